@@ -1,0 +1,110 @@
+"""Shard recipes: how a source becomes a shard set (`shards/*.yaml` load into `ShardRecipe`).
+
+    facegan shards build shards/celeba64.yaml --root /data/celeba --out /data/shards/celeba64
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from facegan.config import ConfigError, require, to_dict
+
+SourceName = Literal["celeba", "utkface", "folder", "synthetic"]
+ImageFormat = Literal["jpg", "png", "raw"]
+IMAGE_EXT: dict[str, str] = {"jpg": "jpg", "png": "png", "raw": "npy"}
+
+
+def parse_hw(value: Any, *, field_name: str) -> tuple[int, int]:
+    """`64`, `"64"`, `"218x178"` or `[218, 178]` -> (height, width), both positive ints."""
+    expected = f"{field_name}: expected a positive integer or [height, width] / 'HxW', got {value!r}"
+    if isinstance(value, bool):
+        raise ConfigError(expected)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        parts = text.split("x") if "x" in text else [text, text]
+        try:
+            value = [int(p) for p in parts]
+        except ValueError:
+            raise ConfigError(expected) from None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int):
+        value = [value, value]
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        raise ConfigError(expected)
+    return int(value[0]), int(value[1])
+
+
+@dataclass(kw_only=True)
+class ShardRecipe:
+    """One shard set. `root`/`out` come from the command line, everything else may be in YAML.
+
+    crop: "square" (largest centred square; CelebA 178x218 -> 178x178), "none" (whole image),
+          an int N (centred N x N box) or [h, w] (centred h x w box), in source pixels.
+    resolution: output size, an int (square) or [height, width] (CelebA native: [218, 178]).
+    """
+
+    source: SourceName
+    resolution: int | str | list[int] = 64
+    crop: int | str | list[int] = "square"
+    format: ImageFormat = "jpg"
+    quality: int = 95
+    shard_size: int = 1000
+    workers: int = 0                      # 0: all cores
+    seed: int = 0
+    shuffle: bool = True                  # shuffle the train split's order across shards
+    val_fraction: float = 0.1             # used where the source has no official partition
+    test_fraction: float = 0.1
+    annotations: str | None = None        # celeba: folder holding list_attr_celeba.txt etc.
+    labels_csv: str | None = None         # folder: optional CSV of labels
+    count: int = 1000                     # synthetic: number of faces
+    limit: int = 0                        # >0: keep only the first N items (smoke runs)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        self.height, self.width = parse_hw(self.resolution, field_name="resolution")
+        self.resolution = [self.height, self.width] if self.height != self.width else self.height
+        if not (isinstance(self.crop, str) and self.crop in ("square", "none")):
+            try:
+                self.crop = list(parse_hw(self.crop, field_name="crop"))
+            except ConfigError:
+                raise ConfigError(f"crop: expected 'square', 'none', N or [h, w], got {self.crop!r}") from None
+        require(1 <= self.quality <= 100, f"quality: expected 1..100, got {self.quality}")
+        require(self.shard_size >= 1, f"shard_size: expected a positive integer, got {self.shard_size}")
+        require(self.workers >= 0, f"workers: expected >= 0 (0 = all cores), got {self.workers}")
+        require(0 <= self.val_fraction < 1, f"val_fraction: expected 0 <= x < 1, got {self.val_fraction}")
+        require(0 <= self.test_fraction < 1, f"test_fraction: expected 0 <= x < 1, got {self.test_fraction}")
+        require(self.val_fraction + self.test_fraction < 1,
+                f"val_fraction + test_fraction: expected < 1, got {self.val_fraction + self.test_fraction}")
+        require(self.count >= 1, f"count: expected a positive integer, got {self.count}")
+        require(self.limit >= 0, f"limit: expected >= 0, got {self.limit}")
+        require(self.source == "celeba" or self.annotations is None,
+                f"annotations: only used by source celeba, not {self.source}")
+        require(self.source == "folder" or self.labels_csv is None,
+                f"labels_csv: only used by source folder, not {self.source}")
+
+    @property
+    def crop_hw(self) -> tuple[int, int] | str:
+        return self.crop if isinstance(self.crop, str) else (self.crop[0], self.crop[1])
+
+    @property
+    def num_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of every setting that changes the bytes written (not workers or description)."""
+        data = {k: v for k, v in self.as_dict().items() if k not in ("workers", "description")}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+

@@ -1,0 +1,182 @@
+"""Where shard sets live: a local folder, any fsspec URL, or a `pipe:` command.
+
+    local      /data/shards/celeba64                       atomic writes (temp name + rename)
+    fsspec     s3://bucket/celeba64, file:///..., memory://  written through fsspec
+    pipe       'pipe:aws s3 cp - s3://bucket/celeba64/{name}'  each file is piped to the command,
+               '{name}' replaced by the file name; write-only, so a rerun rebuilds everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from facegan.data.records import DataError
+
+
+class Store:
+    """Interface: open_write(name) (atomic where the backend allows), read(name), url(name)."""
+
+    readable: bool = True
+    location: str
+
+    def open_write(self, name: str) -> contextlib.AbstractContextManager[BinaryIO]:
+        raise NotImplementedError
+
+    def open_read(self, name: str) -> BinaryIO:
+        raise NotImplementedError
+
+    def exists(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def remove(self, name: str) -> None:
+        raise NotImplementedError
+
+    def url(self, name: str) -> str:
+        raise NotImplementedError
+
+    def read_bytes(self, name: str) -> bytes | None:
+        if not self.readable or not self.exists(name):
+            return None
+        with self.open_read(name) as f:
+            return f.read()
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        with self.open_write(name) as f:
+            f.write(data)
+
+
+class LocalStore(Store):
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+        self.location = str(self.root)
+
+    @contextlib.contextmanager
+    def open_write(self, name: str) -> Iterator[BinaryIO]:
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)  # readers and resumed builds only ever see complete files
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    def open_read(self, name: str) -> BinaryIO:
+        return open(self.root / name, "rb")
+
+    def exists(self, name: str) -> bool:
+        return (self.root / name).is_file()
+
+    def remove(self, name: str) -> None:
+        (self.root / name).unlink(missing_ok=True)
+
+    def url(self, name: str) -> str:
+        return str(self.root / name)
+
+    def clean_temp(self) -> int:
+        """Delete temp files a killed build left behind; returns how many."""
+        n = 0
+        if self.root.is_dir():
+            for p in list(self.root.glob(".*.tmp-*")) + list(self.root.glob(".partial/.*.tmp-*")):
+                p.unlink(missing_ok=True)
+                n += 1
+        return n
+
+
+class FsspecStore(Store):
+    def __init__(self, url: str) -> None:
+        import fsspec
+
+        self.fs, self.path = fsspec.core.url_to_fs(url)
+        self.location = url.rstrip("/")
+
+    def _p(self, name: str) -> str:
+        return f"{self.path.rstrip('/')}/{name}"
+
+    @contextlib.contextmanager
+    def open_write(self, name: str) -> Iterator[BinaryIO]:
+        parent = self._p(name).rsplit("/", 1)[0]
+        self.fs.makedirs(parent, exist_ok=True)
+        with self.fs.open(self._p(name), "wb") as f:
+            yield f
+
+    def open_read(self, name: str) -> BinaryIO:
+        return self.fs.open(self._p(name), "rb")
+
+    def exists(self, name: str) -> bool:
+        return self.fs.exists(self._p(name))
+
+    def remove(self, name: str) -> None:
+        if self.fs.exists(self._p(name)):
+            self.fs.rm(self._p(name))
+
+    def url(self, name: str) -> str:
+        return f"{self.location}/{name}"
+
+
+class PipeStore(Store):
+    readable = False
+
+    def __init__(self, template: str) -> None:
+        if "{name}" not in template:
+            raise DataError(f"--out {template!r}: a pipe: destination must contain '{{name}}', "
+                            "e.g. 'pipe:aws s3 cp - s3://bucket/set/{name}'")
+        self.template = template
+        self.location = template
+
+    @contextlib.contextmanager
+    def open_write(self, name: str) -> Iterator[BinaryIO]:
+        cmd = self.template[len("pipe:"):].replace("{name}", name)
+        proc = subprocess.Popen(cmd, shell=True, stdin=subprocess.PIPE)
+        assert proc.stdin is not None
+        try:
+            yield proc.stdin
+        finally:
+            proc.stdin.close()
+            rc = proc.wait()
+        if rc != 0:
+            raise DataError(f"writing {name}: command {cmd!r} exited with status {rc}")
+
+    def exists(self, name: str) -> bool:
+        return False
+
+    def remove(self, name: str) -> None:
+        pass
+
+    def url(self, name: str) -> str:
+        return self.template.replace("{name}", name)
+
+
+def open_store(location: str | Path) -> Store:
+    text = str(location)
+    if text.startswith("pipe:"):
+        return PipeStore(text)
+    if "://" in text and not text.startswith("file://"):
+        return FsspecStore(text)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    return LocalStore(text)
+
+
+def open_url(url: str) -> BinaryIO:
+    """Open a shard URL for reading: local path, fsspec URL or `pipe:` command."""
+    if url.startswith("pipe:"):
+        proc = subprocess.Popen(url[len("pipe:"):], shell=True, stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        return proc.stdout
+    if "://" in url and not url.startswith("file://"):
+        import fsspec
+
+        return fsspec.open(url, "rb").open()
+    return open(url.removeprefix("file://"), "rb")
+
+
+__all__ = ["Store", "LocalStore", "FsspecStore", "PipeStore", "open_store", "open_url"]

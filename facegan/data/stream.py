@@ -1,0 +1,273 @@
+"""Streaming shard reader for training and evaluation, split by rank and by loader worker.
+
+    shards = ShardSet.open("/data/shards/celeba64")
+    loader = train_loader(shards, batch_size=128, rank=rank, world_size=world, num_workers=2, seed=0)
+    for epoch in range(3):
+        for batch in loader.epoch():          # exactly loader.batches_per_epoch batches on every rank
+            batch["image"]                     # float32 Bx3xHxW in [-1, 1]
+
+Every (rank, worker) pair is a *slot*. With at least as many shards as slots each slot reads its
+own shards (disjoint across ranks: multi-node jobs never read the same data twice); with fewer
+shards every slot reads all of them and keeps every n-th sample, which is still disjoint.
+
+Training streams never end: each slot walks its shards in a freshly shuffled order per pass,
+through a seeded shuffle buffer. An "epoch" is a fixed number of batches, the same on every rank,
+so DDP ranks always agree on the number of steps (a rank that ran dry would hang the all-reduce).
+Evaluation streams are read once, not shuffled: across all slots each sample appears exactly once.
+
+Damaged input loses only itself: a sample whose bytes fail their crc32, that does not decode to
+the manifest's shape, or that misses its labels is skipped; a truncated shard yields the samples
+before the damage. Both are logged and counted in the batch (`num_skipped`, `num_bad_shards`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from facegan.data.imageio import ImageError, crc32, decode_chw
+from facegan.data.records import DataError
+from facegan.data.store import open_store, open_url
+from facegan.data.tario import TarFormatError, iter_samples
+from facegan.data.writer import load_manifest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """A built shard set: its location and manifest."""
+
+    location: str
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, location: str) -> "ShardSet":
+        return cls(location=str(location), manifest=load_manifest(location))
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        h, w = self.manifest["resolution"]
+        return int(h), int(w)
+
+    @property
+    def attr_names(self) -> list[str]:
+        return list(self.manifest["attr_names"])
+
+    def shards(self, split: str) -> list[dict[str, Any]]:
+        shards = [s for s in self.manifest["shards"] if s["split"] == split and s["count"] > 0]
+        return shards
+
+    def urls(self, split: str) -> list[str]:
+        store = open_store(self.location)
+        return [store.url(s["name"]) for s in self.shards(split)]
+
+    def count(self, split: str) -> int:
+        return sum(s["count"] for s in self.shards(split))
+
+
+def _seed(*parts: Any) -> int:
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little")
+
+
+class ShardStream(IterableDataset):
+    """Batches from one rank's share of a split. Use via `train_loader` / `eval_loader`."""
+
+    def __init__(self, *, shard_set: ShardSet, split: str, batch_size: int, rank: int, world_size: int,
+                 train: bool, seed: int = 0, shuffle_buffer: int = 1000, start_batch: int = 0,
+                 normalize: bool = True) -> None:
+        super().__init__()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank: expected 0 <= rank < world_size={world_size}, got {rank}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+        self.urls = shard_set.urls(split)
+        if not self.urls:
+            raise DataError(f"{shard_set.location}: no non-empty {split} shards")
+        counts = [s["count"] for s in shard_set.shards(split)]
+        self.offsets = [sum(counts[:i]) for i in range(len(counts))]
+        self.split = split
+        self.height, self.width = shard_set.resolution
+        self.ext = shard_set.manifest["image_ext"]
+        self.attr_names = shard_set.attr_names
+        self.label_fields = list(shard_set.manifest.get("label_fields", []))
+        self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
+        self.train, self.seed = train, seed
+        self.shuffle_buffer = shuffle_buffer if train else 0
+        self.start_batch = start_batch
+        self.normalize = normalize
+
+    # -- which data this slot reads -------------------------------------------------------
+    def _slot(self) -> tuple[int, int]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        return self.rank * num_workers + worker, self.world_size * num_workers
+
+    def _assignment(self, slot: int, num_slots: int) -> tuple[list[int], bool]:
+        """Shard indices this slot reads, and whether it must also filter samples by index."""
+        if len(self.urls) >= num_slots:
+            return list(range(slot, len(self.urls), num_slots)), False
+        return list(range(len(self.urls))), True
+
+    def _raw_samples(self, slot: int, num_slots: int, stats: dict[str, int]) -> Iterator[dict[str, Any]]:
+        shard_ids, by_sample = self._assignment(slot, num_slots)
+        epoch = 0
+        while True:
+            order = list(shard_ids)
+            if self.train:
+                random.Random(_seed(self.seed, slot, num_slots, "order", epoch)).shuffle(order)
+            for sid in order:
+                url = self.urls[sid]
+                n = 0
+                try:
+                    with open_url(url) as f:
+                        for sample in iter_samples(f):
+                            if not by_sample or (self.offsets[sid] + n) % num_slots == slot:
+                                yield sample
+                            n += 1
+                except (TarFormatError, OSError) as exc:
+                    stats["bad_shards"] += 1
+                    log.warning("shard %s: %s; kept the %d samples before it", url, exc, n)
+            if not self.train:
+                return
+            epoch += 1
+
+    def _shuffled(self, samples: Iterator[dict[str, Any]], rng: random.Random) -> Iterator[dict[str, Any]]:
+        if self.shuffle_buffer <= 1:
+            yield from samples
+            return
+        buf: list[dict[str, Any]] = []
+        for sample in samples:
+            if len(buf) < self.shuffle_buffer:
+                buf.append(sample)
+                continue
+            i = rng.randrange(len(buf))
+            buf[i], sample = sample, buf[i]
+            yield sample
+        rng.shuffle(buf)
+        yield from buf
+
+    def _checked(self, sample: dict[str, Any], *, decode: bool) -> tuple[torch.Tensor | None, dict[str, Any]]:
+        """Labels (+ decoded image) of a sample, or raise ValueError/ImageError saying why not."""
+        data = sample.get(self.ext)
+        if data is None:
+            raise ImageError(f"no .{self.ext} image")
+        raw = sample.get("json")
+        if raw is None:
+            raise ValueError("no .json labels")
+        labels = json.loads(raw)
+        if "img_crc32" in labels and crc32(data) != labels["img_crc32"]:
+            raise ImageError("image bytes do not match their crc32")
+        img = decode_chw(data, ext=self.ext, height=self.height, width=self.width) if decode else None
+        return img, labels
+
+    def _collate(self, imgs: list[torch.Tensor], labels: list[dict[str, Any]], keys: list[str],
+                 stats: dict[str, int]) -> dict[str, Any]:
+        img = torch.stack(imgs)
+        if self.normalize:
+            img = img.to(torch.float32).div_(127.5).sub_(1.0)
+        batch: dict[str, Any] = {"image": img, "key": keys}
+        if self.attr_names:
+            batch["attrs"] = torch.tensor([lab.get("attrs", [0] * len(self.attr_names)) for lab in labels],
+                                          dtype=torch.float32)
+        for name in ("identity", "partition", "age", "gender", "race"):
+            if name in self.label_fields:
+                batch[name] = torch.tensor([lab.get(name) if lab.get(name) is not None else -1 for lab in labels],
+                                           dtype=torch.int64)
+        batch["num_skipped"] = stats["skipped"] - stats["reported_skipped"]
+        batch["num_bad_shards"] = stats["bad_shards"] - stats["reported_bad_shards"]
+        stats["reported_skipped"], stats["reported_bad_shards"] = stats["skipped"], stats["bad_shards"]
+        return batch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        slot, num_slots = self._slot()
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        # The DataLoader hands out batches round-robin over workers, so global batch g comes from
+        # worker g % num_workers: to resume at batch `start_batch`, this worker drops its share.
+        to_skip = max(0, (self.start_batch - worker + num_workers - 1) // num_workers)
+        stats = {"skipped": 0, "bad_shards": 0, "reported_skipped": 0, "reported_bad_shards": 0}
+        rng = random.Random(_seed(self.seed, slot, num_slots, "buffer"))
+        samples = self._shuffled(self._raw_samples(slot, num_slots, stats), rng)
+        imgs: list[torch.Tensor] = []
+        labels: list[dict[str, Any]] = []
+        keys: list[str] = []
+        for sample in samples:
+            skipping = to_skip > 0
+            try:
+                img, lab = self._checked(sample, decode=not skipping)
+            except (ImageError, ValueError) as exc:
+                stats["skipped"] += 1
+                log.warning("skipping sample %s: %s", sample.get("__key__"), exc)
+                continue
+            if skipping:
+                keys.append(sample["__key__"])
+                if len(keys) == self.batch_size:
+                    keys, to_skip = [], to_skip - 1
+                continue
+            imgs.append(img)  # type: ignore[arg-type]
+            labels.append(lab)
+            keys.append(sample["__key__"])
+            if len(imgs) == self.batch_size:
+                yield self._collate(imgs, labels, keys, stats)
+                imgs, labels, keys = [], [], []
+        if imgs and not self.train:
+            yield self._collate(imgs, labels, keys, stats)
+
+
+class TrainLoader:
+    """An endless DataLoader over a ShardStream, cut into equal epochs on every rank."""
+
+    def __init__(self, stream: ShardStream, *, num_workers: int, batches_per_epoch: int,
+                 pin_memory: bool = False) -> None:
+        self.stream = stream
+        self.batches_per_epoch = batches_per_epoch
+        self.loader = DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                                 persistent_workers=False, prefetch_factor=4 if num_workers else None)
+        self._it: Iterator[dict[str, Any]] | None = None
+        self.batches_seen = stream.start_batch
+
+    def __next__(self) -> dict[str, Any]:
+        if self._it is None:
+            self._it = iter(self.loader)
+        self.batches_seen += 1
+        return next(self._it)
+
+    def __iter__(self) -> "TrainLoader":
+        return self
+
+    def epoch(self) -> Iterator[dict[str, Any]]:
+        for _ in range(self.batches_per_epoch):
+            yield next(self)
+
+
+def train_loader(shard_set: ShardSet, *, batch_size: int, rank: int = 0, world_size: int = 1,
+                 num_workers: int = 2, seed: int = 0, shuffle_buffer: int = 1000, start_batch: int = 0,
+                 split: str = "train", normalize: bool = True, pin_memory: bool = False) -> TrainLoader:
+    """Endless shuffled batches of this rank's share of `split`; see the module docstring.
+
+    `start_batch` resumes a stream exactly where batch number `start_batch` would have come
+    (same seed, world size and worker count), skipping earlier batches without decoding them.
+    """
+    stream = ShardStream(shard_set=shard_set, split=split, batch_size=batch_size, rank=rank,
+                         world_size=world_size, train=True, seed=seed, shuffle_buffer=shuffle_buffer,
+                         start_batch=start_batch, normalize=normalize)
+    batches_per_epoch = max(1, shard_set.count(split) // (world_size * batch_size))
+    return TrainLoader(stream, num_workers=num_workers, batches_per_epoch=batches_per_epoch,
+                       pin_memory=pin_memory)
+
+
+def eval_loader(shard_set: ShardSet, *, split: str = "val", batch_size: int, rank: int = 0,
+                world_size: int = 1, num_workers: int = 0, normalize: bool = True) -> DataLoader:
+    """One pass over this rank's share of `split`; over all ranks each sample appears once."""
+    stream = ShardStream(shard_set=shard_set, split=split, batch_size=batch_size, rank=rank,
+                         world_size=world_size, train=False, normalize=normalize)
+    return DataLoader(stream, batch_size=None, num_workers=num_workers)
