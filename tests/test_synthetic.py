@@ -175,8 +175,8 @@ NUM_TRAIN, NUM_TEST, EPOCHS = 3000, 600, 8
 def _faces(*, seed: int, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     imgs = np.stack([render_face(seed=seed, index=i, height=32, width=32)
                      for i in range(start, start + count)])
-    attrs = np.array([[sample_attributes(seed=seed, index=i)[n] for n in SYNTHETIC_DRAWN]
-                      for i in range(start, start + count)])
+    rows = [sample_attributes(seed=seed, index=i) for i in range(start, start + count)]
+    attrs = np.array([[row[name] for name in SYNTHETIC_DRAWN] for row in rows])
     x_BCHW = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return x_BCHW, torch.from_numpy(attrs).float()
 

@@ -8,6 +8,7 @@ exactly the manifest's shape: a corrupt sample is skipped, never turned into a g
 from __future__ import annotations
 
 import io
+import warnings
 import zlib
 
 import numpy as np
@@ -16,6 +17,10 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg, decode_png
 
 from facegan.data.records import DataError
+
+# torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; they are still the
+# fastest JPEG decoder available here, so keep them and keep the per-call warning quiet.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
 
 
 class ImageError(ValueError):

@@ -23,6 +23,7 @@ before the damage. Both are logged and counted in the batch (`num_skipped`, `num
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import random
@@ -106,10 +107,16 @@ class ShardStream(IterableDataset):
         self.normalize = normalize
 
     # -- which data this slot reads -------------------------------------------------------
-    def _slot(self) -> tuple[int, int]:
+    def _worker(self) -> tuple[int, int]:
+        """(logical worker id, number of workers) of the calling loader worker.
+
+        The DataLoader hands out batches round-robin starting with worker 0, so global batch g
+        comes from worker g % num_workers. A stream resumed at `start_batch` must start with the
+        worker whose turn it is, so loader worker i plays logical worker (i + start_batch) % n.
+        """
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        return self.rank * num_workers + worker, self.world_size * num_workers
+        return (worker + self.start_batch) % num_workers, num_workers
 
     def _assignment(self, slot: int, num_slots: int) -> tuple[list[int], bool]:
         """Shard indices this slot reads, and whether it must also filter samples by index."""
@@ -117,36 +124,34 @@ class ShardStream(IterableDataset):
             return list(range(slot, len(self.urls), num_slots)), False
         return list(range(len(self.urls))), True
 
-    def _raw_samples(self, slot: int, num_slots: int, stats: dict[str, int]) -> Iterator[dict[str, Any]]:
+    def _pass_samples(self, slot: int, num_slots: int, stats: dict[str, int], epoch: int
+                      ) -> Iterator[dict[str, Any]]:
+        """One pass over this slot's data (shard order reshuffled per pass when training)."""
         shard_ids, by_sample = self._assignment(slot, num_slots)
-        epoch = 0
-        while True:
-            order = list(shard_ids)
-            if self.train:
-                random.Random(_seed(self.seed, slot, num_slots, "order", epoch)).shuffle(order)
-            for sid in order:
-                url = self.urls[sid]
-                n = 0
-                try:
-                    with open_url(url) as f:
-                        for sample in iter_samples(f):
-                            if not by_sample or (self.offsets[sid] + n) % num_slots == slot:
-                                yield sample
-                            n += 1
-                except (TarFormatError, OSError) as exc:
-                    stats["bad_shards"] += 1
-                    log.warning("shard %s: %s; kept the %d samples before it", url, exc, n)
-            if not self.train:
-                return
-            epoch += 1
+        order = list(shard_ids)
+        if self.train:
+            random.Random(_seed(self.seed, slot, num_slots, "order", epoch)).shuffle(order)
+        for sid in order:
+            url = self.urls[sid]
+            n = 0
+            try:
+                with open_url(url) as f:
+                    for sample in iter_samples(f):
+                        if not by_sample or (self.offsets[sid] + n) % num_slots == slot:
+                            yield sample
+                        n += 1
+            except (TarFormatError, OSError) as exc:
+                stats["bad_shards"] += 1
+                log.warning("shard %s: %s; kept the %d samples before it", url, exc, n)
 
-    def _shuffled(self, samples: Iterator[dict[str, Any]], rng: random.Random) -> Iterator[dict[str, Any]]:
-        if self.shuffle_buffer <= 1:
+    @staticmethod
+    def _shuffled(samples: Iterator[dict[str, Any]], rng: random.Random, size: int) -> Iterator[dict[str, Any]]:
+        if size <= 1:
             yield from samples
             return
         buf: list[dict[str, Any]] = []
         for sample in samples:
-            if len(buf) < self.shuffle_buffer:
+            if len(buf) < size:
                 buf.append(sample)
                 continue
             i = rng.randrange(len(buf))
@@ -188,15 +193,17 @@ class ShardStream(IterableDataset):
         return batch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        slot, num_slots = self._slot()
-        info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        # The DataLoader hands out batches round-robin over workers, so global batch g comes from
-        # worker g % num_workers: to resume at batch `start_batch`, this worker drops its share.
+        worker, num_workers = self._worker()
+        slot, num_slots = self.rank * num_workers + worker, self.world_size * num_workers
+        # Batches this logical worker produced before `start_batch`: dropped without decoding.
         to_skip = max(0, (self.start_batch - worker + num_workers - 1) // num_workers)
         stats = {"skipped": 0, "bad_shards": 0, "reported_skipped": 0, "reported_bad_shards": 0}
         rng = random.Random(_seed(self.seed, slot, num_slots, "buffer"))
-        samples = self._shuffled(self._raw_samples(slot, num_slots, stats), rng)
+        # The buffer is flushed at the end of every pass, so within a pass each of this slot's
+        # samples comes exactly once; an unflushed buffer would repeat samples across passes.
+        samples = itertools.chain.from_iterable(
+            self._shuffled(self._pass_samples(slot, num_slots, stats, epoch), rng, self.shuffle_buffer)
+            for epoch in (itertools.count() if self.train else range(1)))
         imgs: list[torch.Tensor] = []
         labels: list[dict[str, Any]] = []
         keys: list[str] = []

@@ -138,7 +138,8 @@ def _dist(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
 
 
 def _chord(d: ImageDraw.ImageDraw, cx: float, cy: float, rx: float, ry: float, start: float,
-           end: float, fill: tuple[int, int, int]) -> None:
+           end: float, fill: tuple[int, int, int], outline: tuple[int, int, int] | None = None,
+           width: int = 1) -> None:
     """Fill the ellipse segment between angles start..end (degrees, clockwise from 3 o'clock).
 
     Drawn as a polygon because Pillow's own `chord` floods far outside the ellipse for some
@@ -146,7 +147,7 @@ def _chord(d: ImageDraw.ImageDraw, cx: float, cy: float, rx: float, ry: float, s
     """
     t = np.radians(np.linspace(start, end, 33))
     xs, ys = cx + rx * np.cos(t), cy + ry * np.sin(t)
-    d.polygon(list(zip(xs.tolist(), ys.tolist())), fill=fill)
+    d.polygon(list(zip(xs.tolist(), ys.tolist())), fill=fill, outline=outline, width=width)
 
 
 def render_face(*, seed: int, index: int, height: int, width: int) -> np.ndarray:
@@ -190,8 +191,8 @@ def render_face(*, seed: int, index: int, height: int, width: int) -> np.ndarray
 
     # --- geometry, in supersampled pixels
     scale = nx("scale", 0.9, 1.08)
-    a = 0.24 * s * scale * nx("aspect", 0.94, 1.06) * (1.05 if male else 1.0)   # face half-width
-    b = 0.31 * s * scale                                                  # face half-height
+    a = 0.255 * s * scale * nx("aspect", 0.94, 1.06) * (1.05 if male else 1.0)   # face half-width
+    b = 0.325 * s * scale                                                 # face half-height
     cx = W / 2 + nx("dx", -0.04, 0.04) * s
     cy = H / 2 + (0.06 + nx("dy", -0.025, 0.025)) * s
 
@@ -201,7 +202,7 @@ def render_face(*, seed: int, index: int, height: int, width: int) -> np.ndarray
     # shoulders and long hair first: everything else overlaps them
     d.ellipse((cx - 0.42 * s, cy + 0.82 * b, cx + 0.42 * s, cy + 0.82 * b + 0.7 * s), fill=clothes)
     if male:
-        d.ellipse((cx - 1.12 * a, cy - 1.12 * b, cx + 1.12 * a, cy + 0.3 * b), fill=hair)
+        d.ellipse((cx - 1.14 * a, cy - 1.12 * b, cx + 1.14 * a, cy + 0.3 * b), fill=hair)
     else:
         d.ellipse((cx - 1.32 * a, cy - 1.14 * b, cx + 1.32 * a, cy + 0.6 * b), fill=hair)
         d.rectangle((cx - 1.32 * a, cy - 0.3 * b, cx + 1.32 * a, cy + 1.2 * b), fill=hair)
@@ -209,16 +210,32 @@ def render_face(*, seed: int, index: int, height: int, width: int) -> np.ndarray
     d.ellipse((cx - a, cy - b, cx + a, cy + b), fill=skin, outline=_shade(skin, 0.7),
               width=max(1, round(0.03 * a)))
 
-    # hair cap above the hairline; chord angles are where the cut line meets the hair ellipse
+    # hair cap above the hairline; chord angles are where the cut line meets the hair ellipse.
+    # Hair edges get a darker line so the hairline shows even when hair and skin are alike
+    # (brown hair on dark skin); bangs sit ~0.4 face-half-heights below the bare hairline.
     ha, hb = 1.05 * a, 1.07 * b
-    k = (0.52 if male else 0.58) + nx("hairline", -0.05, 0.05)
-    ang = math.degrees(math.asin(k * b / hb))
-    _chord(d, cx, cy, ha, hb, 180 + ang, 360 - ang, fill=hair)
+    k = (0.6 if male else 0.66) + nx("hairline", -0.05, 0.05)
+    ang = math.asin(k * b / hb)
+    _chord(d, cx, cy, ha, hb, 180 + math.degrees(ang), 360 - math.degrees(ang), fill=hair)
+    edge = _shade(hair, 0.62)
+    edge_w = max(1, round(0.04 * b))
     if bangs:
         tilt = nx("bangs_tilt", -0.08, 0.08) * b
-        low = cy - nx("bangs_low", 0.25, 0.3) * b
-        d.polygon([(cx - 0.86 * a, cy - 0.5 * b), (cx + 0.86 * a, cy - 0.5 * b),
-                   (cx + 0.93 * a, low - tilt), (cx - 0.93 * a, low + tilt)], fill=hair)
+        low = cy - nx("bangs_low", 0.18, 0.24) * b
+        d.polygon([(cx - 0.8 * a, cy - 0.6 * b), (cx + 0.8 * a, cy - 0.6 * b),
+                   (cx + 0.94 * a, low - tilt), (cx - 0.94 * a, low + tilt)], fill=hair)
+        d.line((cx - 0.94 * a, low + tilt, cx + 0.94 * a, low - tilt), fill=edge, width=edge_w)
+    else:
+        hx = ha * math.cos(ang)
+        d.line((cx - hx, cy - k * b, cx + hx, cy - k * b), fill=edge, width=edge_w)
+
+    if male:
+        # sideburns keep the hair colour readable when a hat hides the top of the head
+        sb = 0.16 * a
+        for sgn in (-1, 1):
+            x_out = cx + sgn * 0.985 * a
+            d.rectangle((min(x_out, x_out - sgn * sb), cy - 0.55 * b,
+                         max(x_out, x_out - sgn * sb), cy + 0.05 * b), fill=hair)
 
     # eyes and brows
     eye_y = cy - 0.04 * b
@@ -251,20 +268,21 @@ def render_face(*, seed: int, index: int, height: int, width: int) -> np.ndarray
     # nose, beard, mouth
     d.ellipse((cx - 0.1 * a, cy + 0.2 * b, cx + 0.1 * a, cy + 0.28 * b), fill=_shade(skin, 0.78))
     if beard:
-        ang = math.degrees(math.asin(0.34))
-        _chord(d, cx, cy, a, b, ang, 180 - ang, fill=hair)
+        ang = math.degrees(math.asin(0.32))
+        _chord(d, cx, cy, a, b, ang, 180 - ang, fill=hair, outline=edge, width=edge_w)
     mouth_y = cy + nx("mouth_y", 0.5, 0.56) * b
     ms = nx("mouth_size", 0.85, 1.15)
+    # a smile is a wide open mouth with teeth; neutral is a small closed mouth, so at 32 px
+    # the two differ in width, height and brightness, not only in curvature
     if smiling:
-        mw = 0.38 * a * ms
-        top, bot = mouth_y - 0.13 * b, mouth_y + 0.15 * b
-        mid = (top + bot) / 2
-        _chord(d, cx, mid, mw, (bot - top) / 2, 0, 180, fill=(120, 24, 36))
-        d.rectangle((cx - 0.75 * mw, mid, cx + 0.75 * mw, mid + 0.045 * b), fill=(250, 250, 250))
+        mw = 0.46 * a * ms
+        top = mouth_y - 0.03 * b
+        _chord(d, cx, top, mw, 0.2 * b * ms, 0, 180, fill=(120, 24, 36))
+        d.rectangle((cx - 0.78 * mw, top, cx + 0.78 * mw, top + 0.07 * b), fill=(250, 250, 250))
     else:
-        mw = 0.22 * a * ms
+        mw = 0.2 * a * ms
         lip = (min(255, int(skin[0] * 0.8 + 40)), int(skin[1] * 0.55), int(skin[2] * 0.55))
-        d.ellipse((cx - mw, mouth_y - 0.035 * b, cx + mw, mouth_y + 0.035 * b), fill=lip)
+        d.ellipse((cx - mw, mouth_y - 0.03 * b, cx + mw, mouth_y + 0.03 * b), fill=lip)
 
     if hat:
         brim_y = cy - 0.68 * b

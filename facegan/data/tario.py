@@ -44,7 +44,8 @@ def iter_tar_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
     while True:
         header = _read_exact(f, BLOCK)
         if len(header) == 0:
-            return  # tolerated: a stream that ends without the two zero blocks
+            # Every tar writer ends with zero blocks; a stream that just stops was cut short.
+            raise TarFormatError(f"truncated: no end-of-archive marker after byte {offset}")
         if len(header) < BLOCK:
             raise TarFormatError(f"truncated header at byte {offset}")
         if header == b"\0" * BLOCK:

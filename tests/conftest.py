@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny CelebA/UTKFace layouts and small synthetic shard sets, made in tmp dirs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facegan.data.records import CELEBA_ATTRS
+
+# Nothing the tests start may talk to the outside world.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_USAGE_STATS_REPORT_URL", "http://127.0.0.1:9/")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_jpeg(path: Path, *, seed: int, size: tuple[int, int] = (44, 54)) -> None:
+    """A small real JPEG (w x h) with a seeded pattern."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = rng.integers(0, 255, size=(1, 1, 3))
+    img = (base + rng.integers(0, 40, size=(h, w, 3))).clip(0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path, quality=90)
+
+
+def make_celeba(root: Path, *, n: int = 24, extra_rows: int = 0, crlf: bool = True, seed: int = 0,
+                annotations: Path | None = None) -> dict[str, dict]:
+    """CelebA layout: img_align_celeba/*.jpg + list_attr/partition/identity files.
+
+    `extra_rows` annotation rows have no image (as when the full annotation files sit beside a
+    partial image set). Returns the expected labels by key.
+    """
+    rng = np.random.default_rng(seed)
+    ann = annotations or root
+    ann.mkdir(parents=True, exist_ok=True)
+    total = n + extra_rows
+    nl = "\r\n" if crlf else "\n"
+    attr_lines = [str(total), " ".join(CELEBA_ATTRS) + " "]
+    part_lines, id_lines = [], []
+    expected: dict[str, dict] = {}
+    for i in range(1, total + 1):
+        name = f"{i:06d}.jpg"
+        attrs = rng.integers(0, 2, size=len(CELEBA_ATTRS))
+        # CelebA pads single-digit values to two columns: " 1" after one space, "-1" after one.
+        cols = "".join(f" {' 1' if a else '-1'}" for a in attrs)
+        attr_lines.append(name + cols)
+        partition = int(rng.choice([0, 0, 0, 1, 2]))
+        identity = int(rng.integers(1, 10))
+        part_lines.append(f"{name} {partition}")
+        id_lines.append(f"{name} {identity}")
+        if i <= n:
+            write_jpeg(root / "img_align_celeba" / name, seed=seed * 1000 + i)
+            expected[f"{i:06d}"] = {"attrs": attrs.tolist(), "partition": partition, "identity": identity}
+    (ann / "list_attr_celeba.txt").write_bytes((nl.join(attr_lines) + nl).encode())
+    (ann / "list_eval_partition.txt").write_bytes((nl.join(part_lines) + nl).encode())
+    (ann / "identity_CelebA.txt").write_bytes((nl.join(id_lines) + nl).encode())
+    return expected
+
+
+def make_utkface(root: Path, *, n: int = 12, seed: int = 0) -> list[str]:
+    """UTKFace chips, including the two kinds of malformed names the real release has."""
+    rng = np.random.default_rng(seed)
+    names = []
+    for i in range(n):
+        age, gender, race = int(rng.integers(1, 90)), int(rng.integers(0, 2)), int(rng.integers(0, 5))
+        names.append(f"{age}_{gender}_{race}_2017010{i % 10}1{i:08d}.jpg.chip.jpg")
+    names.append("61_1_20170109142408075.jpg.chip.jpg")   # race missing (real example)
+    names.append("39_1_20170116174525125.jpg.chip.jpg")   # race missing (real example)
+    names.append("notaface.jpg.chip.jpg")                 # unparseable
+    for j, name in enumerate(names):
+        write_jpeg(root / name, seed=seed * 1000 + j, size=(40, 40))
+    return names
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic shard set: 160 faces at 32x32, 16 per shard (many shards for splitting)."""
+    from facegan.config import from_dict
+    from facegan.data.recipe import ShardRecipe
+    from facegan.data.writer import build_shards
+
+    out = tmp_path_factory.mktemp("synth") / "shards"
+    recipe = from_dict(ShardRecipe, {"source": "synthetic", "count": 160, "resolution": 32,
+                                     "shard_size": 16, "workers": 2, "seed": 3})
+    build_shards(recipe, root=None, out=out, progress=False)
+    return out
