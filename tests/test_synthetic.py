@@ -169,7 +169,7 @@ def test_render_rejects_bad_arguments(kwargs, field):
 
 # --- learnability: the attributes must be in the pixels, not only in the labels
 
-NUM_TRAIN, NUM_TEST, EPOCHS = 3000, 600, 8
+NUM_TRAIN, NUM_TEST, EPOCHS = 4000, 600, 15
 
 
 def _faces(*, seed: int, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -50,7 +50,7 @@ _P_SUNGLASSES_IF_GLASSES = 0.25
 # "red" carries no CelebA hair label, like CelebA's many faces with none of the four.
 _HAIR: tuple[tuple[str, float, tuple[int, int, int]], ...] = (
     ("Black_Hair", 0.24, (28, 24, 24)),
-    ("Blond_Hair", 0.15, (228, 196, 118)),
+    ("Blond_Hair", 0.15, (232, 194, 96)),
     ("Brown_Hair", 0.24, (96, 62, 38)),
     ("Gray_Hair", 0.10, (168, 168, 172)),
     ("red", 0.27, (184, 84, 38)),
@@ -78,6 +78,7 @@ _NUM_U = _FIRST_NUISANCE + len(_NUISANCE)
 
 _IRIS = ((60, 40, 25), (50, 90, 150), (60, 110, 60), (30, 25, 25))
 _FRAME = ((20, 20, 20), (70, 40, 20), (30, 40, 90))
+_FRAME_ON_DARK_SKIN = (205, 205, 215)   # silver, so frames do not vanish on dark skin
 
 _SUPERSAMPLE = 4
 
@@ -188,6 +189,8 @@ def render_face(*, seed: int, index: int, height: int, width: int) -> np.ndarray
     hat_col = _rgb(nx("hat_h", 60 / 360, 345 / 360), nx("hat_s", 0.55, 0.9), nx("hat_v", 0.35, 0.9))
     iris = _IRIS[min(int(nu["iris"] * len(_IRIS)), len(_IRIS) - 1)]
     frame = _FRAME[min(int(nu["frame"] * len(_FRAME)), len(_FRAME) - 1)]
+    if sum(skin) < 330:
+        frame = _FRAME_ON_DARK_SKIN
 
     # --- geometry, in supersampled pixels
     scale = nx("scale", 0.9, 1.08)
@@ -267,10 +270,12 @@ def render_face(*, seed: int, index: int, height: int, width: int) -> np.ndarray
 
     # nose, beard, mouth
     d.ellipse((cx - 0.1 * a, cy + 0.2 * b, cx + 0.1 * a, cy + 0.28 * b), fill=_shade(skin, 0.78))
-    if beard:
-        ang = math.degrees(math.asin(0.32))
-        _chord(d, cx, cy, a, b, ang, 180 - ang, fill=hair, outline=edge, width=edge_w)
     mouth_y = cy + nx("mouth_y", 0.5, 0.56) * b
+    if beard:
+        ang = math.degrees(math.asin(0.3))
+        _chord(d, cx, cy, a, b, ang, 180 - ang, fill=hair, outline=edge, width=edge_w)
+        d.ellipse((cx - 0.42 * a, mouth_y - 0.2 * b, cx + 0.42 * a, mouth_y + 0.02 * b),
+                  fill=hair, outline=edge, width=edge_w)
     ms = nx("mouth_size", 0.85, 1.15)
     # a smile is a wide open mouth with teeth; neutral is a small closed mouth, so at 32 px
     # the two differ in width, height and brightness, not only in curvature
