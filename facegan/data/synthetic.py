@@ -9,8 +9,8 @@ recoverable by a small CNN at 32x32; every other CelebA attribute is constant ac
 Nuisance variation (position, scale, background, skin tone within its class, hair shade, eye and
 mouth size, hat/glasses/clothes colours) keeps it a real learning problem.
 
-    .venv/bin/python -c "from facegan.data.synthetic import render_face; \
-        from PIL import Image; Image.fromarray(render_face(seed=0, index=3, height=64, width=64)).show()"
+    .venv/bin/python -c "from PIL import Image; from facegan.data.synthetic import render_face; \
+        Image.fromarray(render_face(seed=0, index=3, height=218, width=178)).save('face.png')"
 """
 
 from __future__ import annotations
@@ -126,12 +126,19 @@ def _rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
+def _clip(x: float) -> int:
+    return max(0, min(255, int(x)))
+
+
 def _shade(c: tuple[int, int, int], f: float) -> tuple[int, int, int]:
-    return tuple(max(0, min(255, int(x * f))) for x in c)  # type: ignore[return-value]
+    return _clip(c[0] * f), _clip(c[1] * f), _clip(c[2] * f)
 
 
-def _jitter(c: tuple[int, ...], u3: tuple[float, float, float], amount: float) -> tuple[int, int, int]:
-    return tuple(max(0, min(255, int(x + (2 * v - 1) * amount))) for x, v in zip(c, u3))  # type: ignore[return-value]
+def _jitter(c: tuple[int, int, int], u3: tuple[float, float, float], amount: float,
+            ) -> tuple[int, int, int]:
+    """Shift each channel by up to +-amount, driven by three uniforms in [0, 1)."""
+    return (_clip(c[0] + (2 * u3[0] - 1) * amount), _clip(c[1] + (2 * u3[1] - 1) * amount),
+            _clip(c[2] + (2 * u3[2] - 1) * amount))
 
 
 def _dist(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
@@ -152,7 +159,7 @@ def _chord(d: ImageDraw.ImageDraw, cx: float, cy: float, rx: float, ry: float, s
 
 
 def render_face(*, seed: int, index: int, height: int, width: int) -> np.ndarray:
-    """Render synthetic face `index` as uint8 HxWx3; its labels are `sample_attributes(seed, index)`.
+    """Render synthetic face `index` as uint8 HxWx3, labelled by `sample_attributes(seed, index)`.
 
     The face is centred and sized from min(height, width), so non-square frames (CelebA's
     218x178) get background margins rather than a stretched face.
@@ -176,7 +183,9 @@ def render_face(*, seed: int, index: int, height: int, width: int) -> np.ndarray
         skin_base = _PALE_SKIN
     else:
         t = nu["skin_t"]
-        skin_base = tuple(int(a + (b - a) * t) for a, b in zip(_SKIN_LIGHT, _SKIN_DARK))
+        lo, hi = _SKIN_LIGHT, _SKIN_DARK
+        skin_base = (_clip(lo[0] + (hi[0] - lo[0]) * t), _clip(lo[1] + (hi[1] - lo[1]) * t),
+                     _clip(lo[2] + (hi[2] - lo[2]) * t))
     skin = _jitter(skin_base, (nu["skin_r"], nu["skin_g"], nu["skin_b"]), 9)
     hair = _jitter(_shade(_HAIR[_hair_index(u)][2], nx("hair_shade", 0.88, 1.12)),
                    (nu["hair_r"], nu["hair_g"], nu["hair_b"]), 8)
@@ -235,10 +244,8 @@ def render_face(*, seed: int, index: int, height: int, width: int) -> np.ndarray
     if male:
         # sideburns keep the hair colour readable when a hat hides the top of the head
         sb = 0.16 * a
-        for sgn in (-1, 1):
-            x_out = cx + sgn * 0.985 * a
-            d.rectangle((min(x_out, x_out - sgn * sb), cy - 0.55 * b,
-                         max(x_out, x_out - sgn * sb), cy + 0.05 * b), fill=hair)
+        d.rectangle((cx - 0.985 * a, cy - 0.55 * b, cx - 0.985 * a + sb, cy + 0.05 * b), fill=hair)
+        d.rectangle((cx + 0.985 * a - sb, cy - 0.55 * b, cx + 0.985 * a, cy + 0.05 * b), fill=hair)
 
     # eyes and brows
     eye_y = cy - 0.04 * b
@@ -302,7 +309,8 @@ def render_face(*, seed: int, index: int, height: int, width: int) -> np.ndarray
 
 
 def _check_fraction(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+            or not 0.0 <= value < 1.0):
         raise DataError(f"synthetic: {name} must be a number in [0, 1), got {value!r}")
     return float(value)
 
@@ -319,8 +327,8 @@ def scan_synthetic(*, count: int, seed: int, val_fraction: float = 0.1,
     val_fraction = _check_fraction("val_fraction", val_fraction)
     test_fraction = _check_fraction("test_fraction", test_fraction)
     if val_fraction + test_fraction >= 1.0:
-        raise DataError("synthetic: val_fraction + test_fraction must be < 1 so train is not empty, "
-                        f"got {val_fraction} + {test_fraction}")
+        raise DataError("synthetic: val_fraction + test_fraction must be < 1 so train is not "
+                        f"empty, got {val_fraction} + {test_fraction}")
     items = []
     for index in range(count):
         u = _uniforms(seed, index)
