@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from facegan.config import ConfigError, apply_overrides, from_dict, read_yaml
+from facegan.checkpoint import CheckpointError
 from facegan.data.records import DataError
 
 # Flags of `shards build` that map one-to-one onto ShardRecipe fields.
@@ -142,6 +143,85 @@ def cmd_shards_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_run_config(path: str, overrides: list[str]) -> Any:
+    """RunConfig from YAML + --set overrides; every error names the file and field."""
+    from facegan.config import RunConfig, load_yaml
+
+    return load_yaml(RunConfig, path, overrides=overrides)
+
+
+def make_sinks(cfg: Any) -> tuple[Any, ...]:
+    """Rank-0 metric sinks besides the JSON-lines file: W&B when enabled."""
+    if not cfg.wandb.enabled or cfg.wandb.mode == "disabled":
+        return ()
+    from facegan.config import to_dict
+    from facegan.stats import WandbSink
+
+    w = cfg.wandb
+    return (WandbSink(project=w.project, entity=w.entity, group=w.group, name=w.name or Path(cfg.train.out_dir).name,
+                      mode=w.mode, config=to_dict(cfg), out_dir=Path(cfg.train.out_dir)),)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from facegan.config import to_dict
+
+    cfg = load_run_config(args.config, args.set)
+    if args.no_ray:
+        from facegan.hooks import Hooks
+        from facegan.loop import train
+
+        sinks = make_sinks(cfg)
+        metrics = train(cfg, hooks=Hooks(sinks=sinks))
+        wandb_dir = sinks[0].run_dir if sinks else ""
+    else:
+        from facegan.launch.trainer import run_training
+
+        result = run_training(cfg, config_dict=to_dict(cfg))
+        metrics = result.get("metrics", {})
+        wandb_dir = result.get("wandb_dir", "")
+    print(summarize_run(cfg, metrics, wandb_dir=wandb_dir))
+    return 0
+
+
+def summarize_run(cfg: Any, metrics: dict[str, float], *, wandb_dir: str = "") -> str:
+    from facegan.checkpoint import list_checkpoints
+
+    out = Path(cfg.train.out_dir)
+    ckpts = list_checkpoints(out / "checkpoints")
+    lines = [f"trained {cfg.model.family} to {metrics.get('kimg', 0):.1f} kimg "
+             f"({metrics.get('img_per_sec', 0):.0f} img/s in the last tick)",
+             f"  sample grid:  {out / 'samples' / 'latest.png'}",
+             f"  loss curves:  {out / 'loss_curve.png'}  (per step: {out / 'losses.jsonl'}, per epoch: {out / 'losses'}/)",
+             f"  checkpoint:   {ckpts[-1] if ckpts else '(none)'}"]
+    if wandb_dir:
+        lines.append(f"  W&B run:      {wandb_dir}")
+    losses = {k: v for k, v in metrics.items() if "/" in k or k.startswith("D(")}
+    if losses:
+        lines.append("  last tick:    " + "  ".join(f"{k}={v:.3f}" for k, v in sorted(losses.items())))
+    return "\n".join(lines)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from facegan.checkpoint import load_checkpoint
+    from facegan.config import RunConfig, from_dict
+    from facegan.loop import build_nets, save_grid_png
+
+    state, meta = load_checkpoint(Path(args.checkpoint))
+    cfg = from_dict(RunConfig, meta["config"])
+    G, _ = build_nets(cfg)
+    G.load_state_dict(state["G" if args.no_ema else "G_ema"])
+    G.eval()
+    z = torch.randn(args.n, cfg.model.z_dim, generator=torch.Generator().manual_seed(args.seed))
+    with torch.no_grad():
+        img = G(z)
+    save_grid_png(img, Path(args.out))
+    print(f"wrote {args.n} samples from {args.checkpoint} ({meta['kimg']:.1f} kimg, "
+          f"{'G' if args.no_ema else 'EMA G'}) to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facegan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -180,6 +260,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--world-size", type=int, default=1)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_shards_stream)
+
+    t = sub.add_parser("train", help="train a model family on a shard set (Ray Train DDP, or in-process)")
+    t.add_argument("config", help="run config YAML (configs/*.yaml)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.total_kimg=50")
+    t.add_argument("--no-ray", action="store_true", help="run the loop in this process (one rank)")
+    t.set_defaults(func=cmd_train)
+
+    sm = sub.add_parser("sample", help="draw a sample grid from a checkpoint")
+    sm.add_argument("--checkpoint", required=True)
+    sm.add_argument("-n", type=int, default=64)
+    sm.add_argument("--out", required=True)
+    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--no-ema", action="store_true", help="use the raw generator instead of its EMA")
+    sm.set_defaults(func=cmd_sample)
     return parser
 
 
@@ -189,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

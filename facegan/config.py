@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -201,3 +202,144 @@ def require(cond: bool, message: str) -> None:
     """Validation helper for __post_init__: raise ConfigError(message) unless cond."""
     if not cond:
         raise ConfigError(message)
+
+
+# ============================================================================ run configs
+# A training run is one `RunConfig`: `configs/*.yaml` (or a sweep trial) load into it, and every
+# section validates itself so a bad value fails before any Ray job starts.
+
+@dataclass(kw_only=True)
+class DataConfig:
+    shards: str = ""                       # shard set location (folder, fsspec URL)
+    batch_size: int = 64                   # per training worker
+    num_workers: int = 2                   # loader processes per training worker
+    shuffle_buffer: int = 1000
+
+    def __post_init__(self) -> None:
+        require(bool(self.shards), "data.shards: expected the location of a shard set built by `facegan shards build`")
+        require(self.batch_size >= 1, f"data.batch_size: expected >= 1, got {self.batch_size}")
+        require(self.num_workers >= 0, f"data.num_workers: expected >= 0, got {self.num_workers}")
+        require(self.shuffle_buffer >= 0, f"data.shuffle_buffer: expected >= 0, got {self.shuffle_buffer}")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    family: str = "dcgan"
+    resolution: int = 64                   # must match the shards
+    z_dim: int = 100
+    base_channels: int = 64
+    g_batchnorm: bool = True
+    d_batchnorm: bool = True
+    d_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        from facegan.models import FAMILIES
+
+        require(self.family in FAMILIES, f"model.family: expected one of {sorted(FAMILIES)}, got {self.family!r}")
+        require(self.resolution >= 16 and self.resolution & (self.resolution - 1) == 0,
+                f"model.resolution: expected a power of two >= 16 (32, 64, 128), got {self.resolution}")
+        require(self.z_dim >= 1, f"model.z_dim: expected >= 1, got {self.z_dim}")
+        require(self.base_channels >= 1, f"model.base_channels: expected >= 1, got {self.base_channels}")
+        require(0 <= self.d_dropout < 1, f"model.d_dropout: expected 0 <= p < 1, got {self.d_dropout}")
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    g_lr: float = 2e-4
+    d_lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+
+    def __post_init__(self) -> None:
+        for name in ("g_lr", "d_lr"):
+            v = getattr(self, name)
+            require(0 < v < 1, f"optim.{name}: expected 0 < lr < 1, got {v}")
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            require(0 <= v < 1, f"optim.{name}: expected 0 <= beta < 1, got {v}")
+
+
+@dataclass(kw_only=True)
+class GanConfig:
+    """Family tricks (DCGAN reports): passed to the family's make_steps()."""
+
+    label_smoothing: float = 0.0           # one-sided: real target 1 - s
+    label_flip: float = 0.0                # gamma: probability of swapping a D target
+    d_noise_power: float = 0.0             # variance of Gaussian noise on D's input
+    d_noise_anneal_kimg: float = 0.0       # >0: anneal the noise linearly to 0 over this many kimg
+
+    def __post_init__(self) -> None:
+        require(0 <= self.label_smoothing < 0.5, f"gan.label_smoothing: expected 0 <= s < 0.5, got {self.label_smoothing}")
+        require(0 <= self.label_flip < 0.5, f"gan.label_flip: expected 0 <= gamma < 0.5, got {self.label_flip}")
+        require(self.d_noise_power >= 0, f"gan.d_noise_power: expected >= 0, got {self.d_noise_power}")
+        require(self.d_noise_anneal_kimg >= 0, f"gan.d_noise_anneal_kimg: expected >= 0, got {self.d_noise_anneal_kimg}")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    total_kimg: float = 100.0              # length of the run in thousands of images (over all ranks)
+    tick_kimg: float = 4.0                 # report, sample grid every tick
+    checkpoint_kimg: float = 20.0          # checkpoint every this many kimg (and at the end)
+    keep_checkpoints: int = 3
+    ema_kimg: float = 10.0                 # EMA half-life of G in kimg (0: no EMA)
+    ema_rampup: float = 0.05               # StyleGAN2-ADA: half-life <= rampup * images seen
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"   # auto: bf16 on CUDA, fp32 on CPU
+    deterministic: bool = False
+    seed: int = 0
+    max_bad_steps: int = 10                # stop after this many non-finite losses in a row
+    num_threads: int = 0                   # torch threads per worker (0: leave torch's default)
+    out_dir: str = "runs/default"
+    resume: str = ""                       # "": fresh (or the runner's checkpoint), "latest", or a checkpoint dir
+    grid_size: int = 64                    # fixed-latent sample grid
+
+    def __post_init__(self) -> None:
+        require(self.total_kimg > 0, f"train.total_kimg: expected > 0, got {self.total_kimg}")
+        require(self.tick_kimg > 0, f"train.tick_kimg: expected > 0, got {self.tick_kimg}")
+        require(self.checkpoint_kimg > 0, f"train.checkpoint_kimg: expected > 0, got {self.checkpoint_kimg}")
+        require(self.keep_checkpoints >= 1, f"train.keep_checkpoints: expected >= 1, got {self.keep_checkpoints}")
+        require(self.ema_kimg >= 0, f"train.ema_kimg: expected >= 0, got {self.ema_kimg}")
+        require(self.max_bad_steps >= 1, f"train.max_bad_steps: expected >= 1, got {self.max_bad_steps}")
+        require(self.num_threads >= 0, f"train.num_threads: expected >= 0, got {self.num_threads}")
+        require(1 <= self.grid_size <= 256, f"train.grid_size: expected 1..256, got {self.grid_size}")
+
+
+@dataclass(kw_only=True)
+class RayConfig:
+    num_workers: int = 2                   # training workers (DDP ranks)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    backend: Literal["auto", "gloo", "nccl"] = "auto"     # auto: nccl with GPUs, gloo on CPU
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    storage_path: str = ""                 # Ray RunConfig storage (local path or URI); "" = out_dir/ray
+    max_failures: int = 3
+    address: str = ""                      # "" starts a local cluster; "auto" or host:port joins one
+
+    def __post_init__(self) -> None:
+        require(self.num_workers >= 1, f"ray.num_workers: expected >= 1, got {self.num_workers}")
+        require(self.cpus_per_worker > 0, f"ray.cpus_per_worker: expected > 0, got {self.cpus_per_worker}")
+        require(self.gpus_per_worker > 0, f"ray.gpus_per_worker: expected > 0, got {self.gpus_per_worker}")
+        require(self.max_failures >= -1, f"ray.max_failures: expected >= -1 (-1: unlimited), got {self.max_failures}")
+        require(not (self.backend == "nccl" and not self.use_gpu), "ray.backend: nccl needs ray.use_gpu: true")
+
+
+@dataclass(kw_only=True)
+class WandbConfig:
+    enabled: bool = True
+    project: str = "facegan"
+    entity: str = ""
+    group: str = ""
+    name: str = ""
+    mode: Literal["auto", "offline", "online", "disabled"] = "auto"   # auto: online only with a key
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    data: DataConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    gan: GanConfig = field(default_factory=GanConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)

@@ -237,8 +237,11 @@ class TrainLoader:
                  pin_memory: bool = False) -> None:
         self.stream = stream
         self.batches_per_epoch = batches_per_epoch
+        # Own generator: creating a DataLoader iterator draws a base seed, and drawing it from the
+        # global RNG would shift dropout's random stream and break exact resume.
         self.loader = DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                                 persistent_workers=False, prefetch_factor=4 if num_workers else None)
+                                 persistent_workers=False, prefetch_factor=4 if num_workers else None,
+                                 generator=torch.Generator().manual_seed(stream.seed))
         self._it: Iterator[dict[str, Any]] | None = None
         self.batches_seen = stream.start_batch
 

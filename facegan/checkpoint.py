@@ -1,0 +1,93 @@
+"""Checkpoints: a folder with `state.pt` (state_dicts and tensors only) and `meta.json`.
+
+    ckpt-000040/state.pt    {"G": ..., "D": ..., "G_ema": ..., "opt_G": ..., "opt_D": ..., "scaler": ...,
+                             "rng": {"torch_rank0": ByteTensor, "gen_rank0": ..., "cuda_rank0": ...}}
+    ckpt-000040/meta.json   family, shapes, step, images seen, stream position, config, world size
+
+Written under a temporary name and renamed, so a crash never leaves a half checkpoint behind a
+valid name; loaded with `torch.load(weights_only=True)`, so a checkpoint can hold no code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+META = "meta.json"
+STATE = "state.pt"
+FORMAT_VERSION = 1
+
+# Model settings that change parameter shapes: a checkpoint with other values cannot be loaded.
+SHAPE_KEYS = ("family", "resolution", "z_dim", "base_channels", "g_batchnorm", "d_batchnorm")
+
+
+class CheckpointError(ValueError):
+    """The checkpoint is missing, unreadable or does not fit the model being trained."""
+
+
+def save_checkpoint(directory: Path, *, state: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """Write state + meta atomically into `directory` (which must not exist yet)."""
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    torch.save(state, tmp / STATE)
+    meta = dict(meta, format_version=FORMAT_VERSION, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)
+    return directory
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / META
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: not a facegan checkpoint (no {META})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON: {exc}") from None
+
+
+def load_checkpoint(directory: Path, *, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state, meta) of a checkpoint folder; tensors only (weights_only=True)."""
+    meta = read_meta(directory)
+    path = Path(directory) / STATE
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no {STATE}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or non-tensor pickles
+        raise CheckpointError(f"{path}: cannot load with weights_only=True: {exc}") from None
+    return state, meta
+
+
+def check_compatible(meta: dict[str, Any], model: dict[str, Any], *, where: Path) -> None:
+    """Raise CheckpointError listing every shape-relevant setting that differs."""
+    saved = meta.get("model", {})
+    diffs = [f"{k}: checkpoint has {saved.get(k)!r}, config has {model.get(k)!r}"
+             for k in SHAPE_KEYS if k in model and saved.get(k) != model.get(k)]
+    if diffs:
+        raise CheckpointError(f"{where} does not fit this model: " + "; ".join(diffs))
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under root, oldest first (by images seen)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("ckpt-") and (p / META).is_file()]
+    return sorted(found, key=lambda p: read_meta(p).get("images_seen", 0))
+
+
+def prune_checkpoints(root: Path, *, keep: int) -> None:
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,356 @@
+"""The training loop: one function, run in-process or inside a Ray Train worker.
+
+    facegan train configs/dcgan_demo.yaml --no-ray        # in-process, this loop directly
+    facegan train configs/dcgan_demo.yaml                 # Ray Train workers, each running this loop
+
+Progress is counted in images seen over all ranks (kimg), not epochs: the shard stream is
+endless and every rank runs the same number of steps. Periodic work happens at ticks
+(`train.tick_kimg`: reduced metrics, sample grid) and checkpoints (`train.checkpoint_kimg`).
+This module imports neither Ray nor W&B; it talks to its runner through `facegan.hooks.Hooks`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from facegan.checkpoint import (CheckpointError, check_compatible, list_checkpoints, load_checkpoint,
+                                prune_checkpoints, save_checkpoint)
+from facegan.config import ConfigError, RunConfig, to_dict
+from facegan.data.stream import ShardSet, train_loader
+from facegan.hooks import Hooks
+from facegan.models import FAMILIES
+from facegan.stats import JsonlSink, Stats, plot_loss_curves, save_loss_arrays
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. losses stayed non-finite); the message says what to do."""
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def pick_device(cfg: RunConfig, hooks: Hooks) -> torch.device:
+    if hooks.device is not None:
+        return hooks.device
+    want = cfg.train.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda requested but no CUDA device is available")
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", hooks.local_rank % max(1, torch.cuda.device_count()))
+    return torch.device("cpu")
+
+
+def pick_precision(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for fp32. Half precisions only on CUDA; CPU falls back to fp32."""
+    p = cfg.train.precision
+    if device.type != "cuda":
+        if p in ("bf16", "fp16"):
+            log.warning("train.precision=%s needs CUDA; running fp32 on %s", p, device)
+        return None
+    if p == "auto" or p == "bf16":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float16 if p == "fp16" else None
+
+
+def build_nets(cfg: RunConfig) -> tuple[nn.Module, nn.Module]:
+    family = FAMILIES[cfg.model.family]
+    m = cfg.model
+    nets = family.build(resolution=m.resolution, z_dim=m.z_dim, base_channels=m.base_channels,
+                        g_batchnorm=m.g_batchnorm, d_batchnorm=m.d_batchnorm, d_dropout=m.d_dropout)
+    for net in nets.values():
+        family.init_weights(net)
+    return nets["G"], nets["D"]
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, net: nn.Module, *, beta: float) -> None:
+    for p_ema, p in zip(ema.parameters(), net.parameters()):
+        p_ema.copy_(p.detach().lerp(p_ema, beta))
+    for b_ema, b in zip(ema.buffers(), net.buffers()):
+        b_ema.copy_(b)
+
+
+def _bare(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def _all_ranks_finite(loss: torch.Tensor) -> bool:
+    # Ranks must agree on skipping: a rank that skips backward while others run it would hang DDP.
+    flag = torch.isfinite(loss.detach()).all().to(torch.float32).reshape(1)
+    if _distributed():
+        if dist.get_backend() == "nccl" and flag.device.type != "cuda":
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item() > 0)
+
+
+def _gather_rng(gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    """Every rank's RNG states, gathered on all ranks (rank 0 writes them)."""
+    mine = {"torch": torch.get_rng_state(), "gen": gen.get_state()}
+    if device.type == "cuda":
+        mine["cuda"] = torch.cuda.get_rng_state(device)
+    if _distributed():
+        everyone: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, {k: v.cpu() for k, v in mine.items()})
+    else:
+        everyone = [mine]
+    return {f"{k}_rank{r}": v for r, states in enumerate(everyone) for k, v in states.items()}
+
+
+def save_grid_png(img_BCHW: torch.Tensor, path: Path) -> None:
+    from facegan.data.writer import save_grid
+
+    u8 = ((img_BCHW.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    save_grid(u8, path)
+
+
+def _resume_dir(cfg: RunConfig, hooks: Hooks, ckpt_root: Path) -> Path | None:
+    from_runner = hooks.resume_from()
+    if from_runner is not None:
+        return Path(from_runner)
+    if cfg.train.resume == "latest":
+        found = list_checkpoints(ckpt_root)
+        return found[-1] if found else None
+    if cfg.train.resume:
+        return Path(cfg.train.resume)
+    return None
+
+
+def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
+    """Train cfg.model.family on cfg.data.shards until cfg.train.total_kimg; returns final metrics."""
+    hooks = hooks or Hooks()
+    rank, world = hooks.rank, hooks.world_size
+    tc = cfg.train
+    out = Path(tc.out_dir)
+    ckpt_root = out / "checkpoints"
+    device = pick_device(cfg, hooks)
+    amp_dtype = pick_precision(cfg, device)
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    if tc.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    shards = ShardSet.open(cfg.data.shards)
+    res = cfg.model.resolution
+    if shards.resolution != (res, res):
+        raise ConfigError(f"model.resolution {res} does not match the shards in {cfg.data.shards} "
+                          f"({shards.resolution[0]}x{shards.resolution[1]})")
+
+    # Same initial weights on every rank (DDP also broadcasts rank 0's, but EMA copies must agree).
+    torch.manual_seed(tc.seed)
+    G, D = build_nets(cfg)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.optim.g_lr, betas=(cfg.optim.beta1, cfg.optim.beta2))
+    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.optim.d_lr, betas=(cfg.optim.beta1, cfg.optim.beta2))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+    torch.manual_seed(tc.seed * 1000 + rank)
+    gen = torch.Generator(device=device).manual_seed(tc.seed * 1000 + rank)
+
+    step, images_seen, bad_total = 0, 0, 0
+    resume = _resume_dir(cfg, hooks, ckpt_root)
+    if resume is not None:
+        state, meta = load_checkpoint(resume)
+        check_compatible(meta, to_dict(cfg.model), where=resume)
+        try:
+            G.load_state_dict(state["G"])
+            D.load_state_dict(state["D"])
+            G_ema.load_state_dict(state["G_ema"])
+            opt_G.load_state_dict(state["opt_G"])
+            opt_D.load_state_dict(state["opt_D"])
+            scaler.load_state_dict(state["scaler"])
+        except (KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{resume}: does not fit this model: {exc}") from None
+        step, images_seen, bad_total = meta["step"], meta["images_seen"], meta.get("bad_steps", 0)
+        rng = state.get("rng", {})
+        if meta.get("world_size") == world and f"torch_rank{rank}" in rng:
+            torch.set_rng_state(rng[f"torch_rank{rank}"])
+            gen.set_state(rng[f"gen_rank{rank}"])
+            if device.type == "cuda" and f"cuda_rank{rank}" in rng:
+                torch.cuda.set_rng_state(rng[f"cuda_rank{rank}"], device)
+        else:
+            log.warning("resuming with %d ranks from a %s-rank checkpoint: RNG streams restart",
+                        world, meta.get("world_size"))
+        if rank == 0:
+            log.info("resumed from %s at step %d (%.1f kimg)", resume, step, images_seen / 1000)
+
+    G.to(device)
+    D.to(device)
+    G_ema.to(device)
+    for opt in (opt_G, opt_D):  # optimizer state follows its parameters' device
+        for s in opt.state.values():
+            for k, v in s.items():
+                if isinstance(v, torch.Tensor) and k != "step":
+                    s[k] = v.to(device)
+    G_t = hooks.wrap_model(G, device)
+    D_t = hooks.wrap_model(D, device)
+    steps = FAMILIES[cfg.model.family].make_steps(**asdict(cfg.gan))
+
+    loader = train_loader(shards, batch_size=cfg.data.batch_size, rank=rank, world_size=world,
+                          num_workers=cfg.data.num_workers, seed=tc.seed, shuffle_buffer=cfg.data.shuffle_buffer,
+                          start_batch=step, pin_memory=device.type == "cuda")
+    grid_z = torch.randn(tc.grid_size, cfg.model.z_dim, generator=torch.Generator().manual_seed(tc.seed + 7)).to(device)
+
+    batch_total = cfg.data.batch_size * world
+    total_images = int(round(tc.total_kimg * 1000))
+    tick_images = max(batch_total, int(tc.tick_kimg * 1000))
+    ckpt_images = max(batch_total, int(tc.checkpoint_kimg * 1000))
+    next_tick = (images_seen // tick_images + 1) * tick_images
+    next_ckpt = (images_seen // ckpt_images + 1) * ckpt_images
+    stats = Stats()
+    sinks = (JsonlSink(out / "losses.jsonl"),) + tuple(hooks.sinks) if rank == 0 else ()
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+    epoch_rows: list[dict[str, float]] = []
+    bad_in_row, skipped_samples = 0, 0
+    autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    t_tick, img_tick = time.perf_counter(), images_seen
+    last_ckpt: Path | None = resume
+    metrics: dict[str, float] = {}
+    G_t.train()
+    D_t.train()
+
+    def write_checkpoint() -> Path | None:
+        rng = _gather_rng(gen, device)
+        if rank != 0:
+            return None
+        meta = {"family": cfg.model.family, "model": to_dict(cfg.model), "step": step,
+                "images_seen": images_seen, "kimg": images_seen / 1000, "world_size": world,
+                "loader": {"seed": tc.seed, "start_batch": step, "num_workers": cfg.data.num_workers,
+                           "batch_size": cfg.data.batch_size},
+                "bad_steps": bad_total, "config": to_dict(cfg)}
+        state = {"G": _bare(G_t).state_dict(), "D": _bare(D_t).state_dict(), "G_ema": G_ema.state_dict(),
+                 "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "scaler": scaler.state_dict(),
+                 "rng": rng}
+        path = save_checkpoint(ckpt_root / f"ckpt-{images_seen:09d}", state=state, meta=meta)
+        prune_checkpoints(ckpt_root, keep=tc.keep_checkpoints)
+        return path
+
+    while images_seen < total_images:
+        batch = next(loader)
+        skipped_samples += batch["num_skipped"]
+        real = batch["image"].to(device, non_blocking=True)
+        kimg = images_seen / 1000
+        step_ok = True
+
+        # -- D phase
+        z = torch.randn(real.shape[0], cfg.model.z_dim, generator=gen, device=device)
+        with autocast:
+            loss_d, sc_d = steps.d_step(G=G_t, D=D_t, real_BCHW=real, z_BZ=z, kimg=kimg, generator=gen)
+        if _all_ranks_finite(loss_d):
+            opt_D.zero_grad(set_to_none=True)
+            scaler.scale(loss_d).backward()
+            scaler.step(opt_D)
+        else:
+            step_ok = False
+        # -- G phase
+        if step_ok:
+            z = torch.randn(real.shape[0], cfg.model.z_dim, generator=gen, device=device)
+            with autocast:
+                loss_g, sc_g = steps.g_step(G=G_t, D=D_t, z_BZ=z, kimg=kimg, generator=gen)
+            if _all_ranks_finite(loss_g):
+                opt_G.zero_grad(set_to_none=True)
+                scaler.scale(loss_g).backward()
+                scaler.step(opt_G)
+            else:
+                step_ok = False
+        if scaler.is_enabled() and step_ok:
+            scaler.update()
+
+        step += 1
+        images_seen += batch_total
+        if step_ok:
+            bad_in_row = 0
+            if tc.ema_kimg > 0:
+                ema_nimg = tc.ema_kimg * 1000
+                if tc.ema_rampup > 0:
+                    ema_nimg = min(ema_nimg, images_seen * tc.ema_rampup)
+                update_ema(G_ema, _bare(G_t), beta=0.5 ** (batch_total / max(ema_nimg, 1e-8)))
+            else:
+                update_ema(G_ema, _bare(G_t), beta=0.0)
+            stats.add({**sc_d, **sc_g})
+        else:
+            bad_in_row += 1
+            bad_total += 1
+            log.warning("rank %d step %d: non-finite loss, step skipped (%d in a row)", rank, step, bad_in_row)
+            if bad_in_row >= tc.max_bad_steps:
+                where = f"; last good checkpoint: {last_ckpt}" if last_ckpt else "; no checkpoint was written"
+                raise TrainingError(
+                    f"losses were non-finite for {bad_in_row} steps in a row at {images_seen / 1000:.1f} kimg "
+                    f"(train.max_bad_steps={tc.max_bad_steps}){where}. Lower the learning rates or check the data.")
+
+        at_tick = images_seen >= next_tick or images_seen >= total_images
+        at_ckpt = images_seen >= next_ckpt or images_seen >= total_images
+        at_epoch = loader.batches_seen % loader.batches_per_epoch == 0
+        if rank == 0 and (at_tick or at_epoch):
+            rows = stats.pop_steps()
+            first = step - len(rows) + 1
+            rows = [dict(r, kind="step", step=first + i, kimg=(first + i) * batch_total / 1000)
+                    for i, r in enumerate(rows)]
+            for sink in sinks:
+                sink.log_rows(rows)
+            epoch_rows += rows
+            if at_epoch:
+                save_loss_arrays(epoch_rows, out / "losses", epoch=loader.batches_seen // loader.batches_per_epoch - 1)
+                epoch_rows = []
+                plot_loss_curves(out / "losses.jsonl", out / "loss_curve.png")
+        elif rank != 0 and (at_tick or at_epoch):
+            stats.pop_steps()
+        if at_tick or at_ckpt:
+            dt = time.perf_counter() - t_tick
+            metrics = stats.reduce()
+            metrics.update(kimg=images_seen / 1000, step=step, images_seen=images_seen,
+                           img_per_sec=(images_seen - img_tick) / max(dt, 1e-9), bad_steps=bad_total,
+                           skipped_samples=skipped_samples, d_noise_std=steps.d_noise_std(images_seen / 1000))
+            if device.type == "cuda":
+                metrics["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            t_tick, img_tick = time.perf_counter(), images_seen
+            images = {}
+            if rank == 0:
+                with torch.no_grad(), autocast:
+                    grid = G_ema(grid_z)
+                grid_path = out / "samples" / f"grid-{images_seen:09d}.png"
+                save_grid_png(grid, grid_path)
+                save_grid_png(grid, out / "samples" / "latest.png")
+                images["samples"] = grid_path
+                for sink in sinks:
+                    sink.log(metrics, step=step, images=images)
+                log.info("kimg %.1f step %d: %s", metrics["kimg"], step,
+                         " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if "/" in k))
+            ckpt_dir = None
+            if at_ckpt:
+                ckpt_dir = write_checkpoint()
+                if ckpt_dir is not None:
+                    last_ckpt = ckpt_dir
+                next_ckpt = (images_seen // ckpt_images + 1) * ckpt_images
+                if _distributed():
+                    dist.barrier()  # the checkpoint exists on disk before anyone reports it
+            next_tick = (images_seen // tick_images + 1) * tick_images
+            hooks.report(metrics, ckpt_dir)
+            if hooks.should_stop():
+                break
+
+    if rank == 0:
+        if epoch_rows:
+            plot_loss_curves(out / "losses.jsonl", out / "loss_curve.png")
+        for sink in hooks.sinks:
+            sink.close()
+    return metrics
