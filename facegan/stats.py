@@ -87,11 +87,28 @@ class WandbSink:
 
     def __init__(self, *, project: str, config: dict[str, Any], out_dir: Path, mode: str = "auto",
                  entity: str = "", group: str = "", name: str = "", run_id: str | None = None) -> None:
+        if mode == "auto":
+            # Online only when the user configured it (a key, or WANDB_MODE=online); anything
+            # else stays on this machine.
+            has_key = bool(os.environ.get("WANDB_API_KEY"))
+            mode = os.environ.get("WANDB_MODE") or ("online" if has_key else "offline")
+        if mode in ("offline", "disabled"):
+            # wandb's process-wide analytics (OpenTelemetry probe) and Sentry error reporting
+            # read the environment, not init(mode=...): without these an offline run still
+            # dials wandb's servers when it finishes.
+            os.environ["WANDB_MODE"] = mode
+            os.environ["WANDB_ERROR_REPORTING"] = "false"
+        elif os.environ.get("WANDB_MODE") == "":
+            del os.environ["WANDB_MODE"]  # wandb rejects an empty mode
         import wandb
 
-        if mode == "auto":
-            has_key = bool(os.environ.get("WANDB_API_KEY"))
-            mode = os.environ.get("WANDB_MODE", "online" if has_key else "offline")
+        if mode in ("offline", "disabled"):
+            try:
+                from wandb.analytics.opentelemetry import opentelemetry_proxy
+
+                opentelemetry_proxy.disable()
+            except (ImportError, AttributeError):
+                pass
         self.wandb = wandb
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=project, entity=entity or None, group=group or None, name=name or None,
