@@ -291,6 +291,7 @@ class TrainConfig:
     num_threads: int = 0                   # torch threads per worker (0: leave torch's default)
     out_dir: str = "runs/default"
     resume: str = ""                       # "": fresh (or the runner's checkpoint), "latest", or a checkpoint dir
+    max_minutes: float = 0.0               # >0: stop (with a checkpoint) at the first tick after this long
     grid_size: int = 64                    # fixed-latent sample grid
 
     def __post_init__(self) -> None:
@@ -301,6 +302,7 @@ class TrainConfig:
         require(self.ema_kimg >= 0, f"train.ema_kimg: expected >= 0, got {self.ema_kimg}")
         require(self.max_bad_steps >= 1, f"train.max_bad_steps: expected >= 1, got {self.max_bad_steps}")
         require(self.num_threads >= 0, f"train.num_threads: expected >= 0, got {self.num_threads}")
+        require(self.max_minutes >= 0, f"train.max_minutes: expected >= 0 (0: no limit), got {self.max_minutes}")
         require(1 <= self.grid_size <= 256, f"train.grid_size: expected 1..256, got {self.grid_size}")
 
 

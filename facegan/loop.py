@@ -98,6 +98,17 @@ def _all_ranks_finite(loss: torch.Tensor) -> bool:
     return bool(flag.item() > 0)
 
 
+def _agree(flag: bool) -> bool:
+    """Rank 0's decision, broadcast so that every rank takes the same branch."""
+    if not _distributed():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.broadcast(t, src=0)
+    return bool(t.item() > 0)
+
+
 def _gather_rng(gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
     """Every rank's RNG states, gathered on all ranks (rank 0 writes them)."""
     mine = {"torch": torch.get_rng_state(), "gen": gen.get_state()}
@@ -223,6 +234,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
     bad_in_row, skipped_samples = 0, 0
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
     t_tick, img_tick = time.perf_counter(), images_seen
+    t_start = time.perf_counter()
     last_ckpt: Path | None = resume
     metrics: dict[str, float] = {}
     G_t.train()
@@ -298,7 +310,9 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
                     f"(train.max_bad_steps={tc.max_bad_steps}){where}. Lower the learning rates or check the data.")
 
         at_tick = images_seen >= next_tick or images_seen >= total_images
-        at_ckpt = images_seen >= next_ckpt or images_seen >= total_images
+        # The time budget is checked on rank 0 only at ticks and shared, so all ranks stop together.
+        out_of_time = at_tick and tc.max_minutes > 0 and _agree(time.perf_counter() - t_start > tc.max_minutes * 60)
+        at_ckpt = images_seen >= next_ckpt or images_seen >= total_images or out_of_time
         at_epoch = loader.batches_seen % loader.batches_per_epoch == 0
         if rank == 0 and (at_tick or at_epoch):
             rows = stats.pop_steps()
@@ -345,6 +359,9 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
                     dist.barrier()  # the checkpoint exists on disk before anyone reports it
             next_tick = (images_seen // tick_images + 1) * tick_images
             hooks.report(metrics, ckpt_dir)
+            if out_of_time:
+                log.info("train.max_minutes=%g reached at %.1f kimg: stopping", tc.max_minutes, images_seen / 1000)
+                break
             if hooks.should_stop():
                 break
 

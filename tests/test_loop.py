@@ -194,3 +194,19 @@ def test_two_rank_gloo_ddp_without_ray(synthetic_shards: Path, tmp_path: Path) -
     assert meta["world_size"] == 2 and meta["images_seen"] == 96 and meta["step"] == 6
     state, _ = load_checkpoint(list_checkpoints(tmp_path / "ddp" / "checkpoints")[-1])
     assert "gen_rank1" in state["rng"] and not torch.equal(state["rng"]["gen_rank0"], state["rng"]["gen_rank1"])
+
+
+def test_wandb_offline_run_per_job_and_max_minutes(synthetic_shards: Path, tmp_path: Path) -> None:
+    from facegan.cli import make_sinks
+
+    cfg = tiny_cfg(synthetic_shards, tmp_path / "r", wandb={"enabled": True, "project": "facegan-test"},
+                   train={"total_kimg": 50, "max_minutes": 0.001})
+    sinks = make_sinks(cfg)
+    assert sinks and sinks[0].mode == "offline"
+    metrics = train(cfg, hooks=Hooks(sinks=sinks))
+    assert metrics["kimg"] < 1                     # stopped by the time budget at the first tick ...
+    assert list_checkpoints(tmp_path / "r" / "checkpoints")   # ... with a checkpoint
+    runs = list((tmp_path / "r" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert sum(p.stat().st_size for p in runs[0].glob("*.wandb")) > 0
+    assert list((runs[0] / "files" / "media").rglob("*.png")), "the sample grid goes to W&B too"
