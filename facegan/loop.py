@@ -261,29 +261,22 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
         skipped_samples += batch["num_skipped"]
         real = batch["image"].to(device, non_blocking=True)
         kimg = images_seen / 1000
-        step_ok = True
+        scalars: dict[str, torch.Tensor] = {}
 
-        # -- D phase
-        z = torch.randn(real.shape[0], cfg.model.z_dim, generator=gen, device=device)
-        with autocast:
-            loss_d, sc_d = steps.d_step(G=G_t, D=D_t, real_BCHW=real, z_BZ=z, kimg=kimg, generator=gen)
-        if _all_ranks_finite(loss_d):
-            opt_D.zero_grad(set_to_none=True)
-            scaler.scale(loss_d).backward()
-            scaler.step(opt_D)
-        else:
-            step_ok = False
-        # -- G phase
-        if step_ok:
+        def phase(fn, opt: torch.optim.Optimizer, **kw: Any) -> bool:
+            """Run one named phase; update `opt` only if the loss is finite on every rank."""
             z = torch.randn(real.shape[0], cfg.model.z_dim, generator=gen, device=device)
             with autocast:
-                loss_g, sc_g = steps.g_step(G=G_t, D=D_t, z_BZ=z, kimg=kimg, generator=gen)
-            if _all_ranks_finite(loss_g):
-                opt_G.zero_grad(set_to_none=True)
-                scaler.scale(loss_g).backward()
-                scaler.step(opt_G)
-            else:
-                step_ok = False
+                loss, sc = fn(G=G_t, D=D_t, z_BZ=z, kimg=kimg, generator=gen, **kw)
+            if not _all_ranks_finite(loss):
+                return False
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scalars.update(sc)
+            return True
+
+        step_ok = phase(steps.d_step, opt_D, real_BCHW=real) and phase(steps.g_step, opt_G)
         if scaler.is_enabled() and step_ok:
             scaler.update()
 
@@ -298,7 +291,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
                 update_ema(G_ema, _bare(G_t), beta=0.5 ** (batch_total / max(ema_nimg, 1e-8)))
             else:
                 update_ema(G_ema, _bare(G_t), beta=0.0)
-            stats.add({**sc_d, **sc_g})
+            stats.add(scalars)
         else:
             bad_in_row += 1
             bad_total += 1

@@ -35,6 +35,15 @@ BOOTSTRAP_TEXT = ("# Written by facegan.launch.cluster: its presence stops Ray's
                   "provider: {type: local}\n")
 # Variables every process of a facegan Ray run needs (drivers, Train workers, job entrypoints).
 OFFLINE_VARS = ("RAY_USAGE_STATS_ENABLED", "RAY_USAGE_STATS_REPORT_URL", "WANDB_MODE")
+# Extra variables for clusters that live entirely on this machine; never pushed to a real cluster.
+LOCAL_VARS = {
+    # Ray advertises 127.0.0.1 for its nodes instead of routing a probe towards 8.8.8.8.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # torch's TCPStore reverse-resolves each peer, a v4-mapped IPv6 address that /etc/hosts cannot
+    # answer, so the lookup would go to the DNS server. With zero attempts the resolver sends
+    # nothing (names in /etc/hosts still resolve) and torch falls back to printing the address.
+    "RES_OPTIONS": "attempts:0",
+}
 DEFAULT_PORT = 6379
 DEFAULT_DASHBOARD_PORT = 8265
 
@@ -54,10 +63,11 @@ def ensure_bootstrap_file(home: str | Path) -> Path:
 
 
 def offline_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A copy of `base` (default os.environ) that keeps Ray and W&B on this machine.
+    """A copy of `base` (default os.environ) for Ray processes that must keep to this machine.
 
-    Ensures the bootstrap file in base's HOME. W&B is forced offline unless WANDB_API_KEY is set
-    (WANDB_MODE=disabled is kept).
+    Ensures the bootstrap file in base's HOME, turns usage stats off (and points their URL at a
+    closed loopback port), forces W&B offline unless WANDB_API_KEY is set (WANDB_MODE=disabled is
+    kept), and adds LOCAL_VARS (FACEGAN_ALLOW_DNS=1 keeps DNS, e.g. for s3:// shards locally).
     """
     env = dict(os.environ if base is None else base)
     home = env.get("HOME") or str(Path.home())
@@ -67,20 +77,24 @@ def offline_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     env["RAY_USAGE_STATS_REPORT_URL"] = f"http://{LOCALHOST}:9/"
     if not env.get("WANDB_API_KEY") and env.get("WANDB_MODE") != "disabled":
         env["WANDB_MODE"] = "offline"
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = LOCAL_VARS["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]
+    if env.get("FACEGAN_ALLOW_DNS") != "1":
+        env["RES_OPTIONS"] = f"{env.get('RES_OPTIONS', '')} {LOCAL_VARS['RES_OPTIONS']}".strip()
     return env
 
 
 def runtime_env_vars(env: Mapping[str, str]) -> dict[str, str]:
     """The part of an offline env that Ray should set in every worker of a job.
 
-    HOME is not among them: on a real cluster each node has its own.
+    HOME and LOCAL_VARS are not among them: on a real cluster each node has its own HOME, and
+    its workers need DNS (object storage).
     """
     return {k: env[k] for k in OFFLINE_VARS if k in env}
 
 
-def _apply_to_process(env: Mapping[str, str]) -> None:
+def _apply_to_process(env: Mapping[str, str], *, local: bool) -> None:
     # ray.init spawns the GCS, raylet and dashboard with this process's environment.
-    for key in ("HOME", *OFFLINE_VARS):
+    for key in ("HOME", *OFFLINE_VARS, *(LOCAL_VARS if local else ())):
         if key in env:
             os.environ[key] = env[key]
 
@@ -95,7 +109,7 @@ def start_local_cluster(*, num_cpus: int | None = None, num_gpus: int | None = N
     import ray
 
     env = offline_env(dict(os.environ, HOME=str(home)) if home is not None else None)
-    _apply_to_process(env)
+    _apply_to_process(env, local=True)
     ctx = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=include_dashboard,
                    dashboard_host=LOCALHOST, _node_ip_address=LOCALHOST, configure_logging=False,
                    runtime_env={"env_vars": runtime_env_vars(env)})
@@ -111,7 +125,7 @@ def connect(address: str) -> dict[str, Any]:
     import ray
 
     env = offline_env()
-    _apply_to_process(env)
+    _apply_to_process(env, local=False)
     ctx = ray.init(address=address, configure_logging=False, runtime_env={"env_vars": runtime_env_vars(env)})
     return dict(ctx.address_info)
 
