@@ -1,30 +1,31 @@
 """Step throughput of `facegan.loop.train` against a bare PyTorch DCGAN loop, measured in one run.
 
-    .venv/bin/python benchmarks/bench_loop.py                       # 64x64, batch 64, 2 threads, ~2.5 min
-    .venv/bin/python benchmarks/bench_loop.py --steps 96 --rounds 3  # longer, steadier
-    .venv/bin/python benchmarks/bench_loop.py --profile             # + where facegan's step time goes
+    .venv/bin/python benchmarks/bench_loop.py                        # 64x64, batch 64, 2 threads, ~1.5 min idle
+    .venv/bin/python benchmarks/bench_loop.py --steps 96             # longer, steadier
+    .venv/bin/python benchmarks/bench_loop.py --profile              # + where facegan's step time goes
 
 The baseline is pytorch/examples dcgan/main.py: D on a real batch, D on fake.detach(), optimizer
-step, then the G step on the same fakes; Adam(2e-4, betas 0.5/0.999), BCE (with logits: both loops
-use the same nets, FAMILIES["dcgan"].build + init_weights from seed 0, which end in a raw logit);
-its three `.item()` logging calls per step are kept, its periodic image saving is not. Both loops
-stream the same synthetic 64x64 JPEG shards through `facegan.data.stream.train_loader` with the
-same batch size, seed, shuffle buffer and loader workers (0 by default: decoding runs in the
-training process for both), and run with the same torch thread count.
+step, then the G step on the same fakes; Adam(2e-4, betas 0.5/0.999), BCE (with logits: all loops
+use the same nets, FAMILIES["dcgan"].build + init_weights from seed 0, which end in a raw logit).
+Its three `.item()` logging calls per step are kept, its periodic image saving is not. Every loop
+streams the same synthetic 64x64 JPEG shards through its own `facegan.data.stream.train_loader`
+with the same batch size, seed, shuffle buffer and loader workers (0 by default: decoding runs in
+the training process, at the same cost for all), at the same torch thread count.
 
-Start-up is excluded: the first tick's steps (`--tick-steps`) are warm-up, then both loops run the
-same number of steps (`--steps`). facegan is timed between two `Hooks.report` calls, so its
-window holds all of the loop's per-step work (EMA update, two finite checks, stats) and the tick
-work (stats reduce, EMA sample grid, two PNGs, JSON lines) of every tick in it. Ticks come every
-`--tick-steps` steps, ~8x more often than the default `train.tick_kimg` (4) at batch 64, which
-counts tick work against facegan; checkpoints (`train.checkpoint_kimg`) and loss-curve epochs
-(`--count` keeps an epoch longer than the run) fall outside the window.
+A second baseline, "bare + fresh z", does what facegan's DCGAN phases do: G runs under no_grad for
+the D step, then again on a new z for the G step (the examples reuse the D step's fakes).
+facegan / bare is the figure with its target; bare + fresh z / bare is the price of the second G
+forward, and facegan / (bare + fresh z) the loop's own overhead.
 
-A third row, "bare + fresh z", is the baseline doing what facegan's DCGAN phases do: G runs under
-no_grad for the D step and again, on a new z, for the G step (the examples reuse the D step's
-fakes). facegan / "bare + fresh z" is the loop's own overhead; the rest is that extra forward.
-Rounds alternate the three (bare, bare + fresh z, facegan, then again) so that load from other
-processes hits all of them; ratios use images / seconds summed over rounds.
+Interleaved, so that load from other processes falls on all loops alike: facegan trains with a
+tick every `--tick-steps` steps, and inside each `Hooks.report` every baseline runs that many
+steps of its own. facegan's time for a tick runs from leaving one report to entering the next,
+so it holds all of the loop's per-step work (EMA update, two finite checks, stats) and its tick
+work (stats reduce, EMA sample grid, two PNGs, JSON lines), but not the baselines. The first tick
+is warm-up for every loop (start-up excluded), then each runs `--steps` measured steps. Ticks
+every 8 steps are ~8x more frequent than the default `train.tick_kimg` (4) at batch 64, which
+counts extra tick work against facegan; checkpoints (`train.checkpoint_kimg`) and the per-epoch
+loss plot (`--count` keeps an epoch longer than the run) fall outside the window.
 
 Target: facegan >= 0.95x the bare loop.
 """
@@ -56,57 +57,59 @@ from facegan.models.dcgan import DCGANGenerator
 TARGET = 0.95
 
 
-def bare_dcgan(shard_set: ShardSet, args: argparse.Namespace, *, fresh_z: bool) -> tuple[int, float]:
-    """(images, seconds) of the measured steps of the pytorch/examples DCGAN loop."""
-    torch.set_num_threads(args.threads)
-    spec = FAMILIES["dcgan"]
-    torch.manual_seed(0)
-    nets = spec.build(resolution=args.resolution, z_dim=args.z_dim, base_channels=args.base_channels)
-    for net in nets.values():
-        spec.init_weights(net)
-    G, D = nets["G"], nets["D"]
-    opt_D = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    opt_G = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    criterion = nn.BCEWithLogitsLoss()
-    loader = train_loader(shard_set, batch_size=args.batch_size, num_workers=args.workers, seed=0,
-                          shuffle_buffer=args.shuffle_buffer)
-    G.train()
-    D.train()
-    images, t0 = 0, 0.0
-    for i in range(args.tick_steps + args.steps):
-        if i == args.tick_steps:
-            images, t0 = 0, time.perf_counter()
-        real = next(loader)["image"]
-        b = real.shape[0]
-        ones, zeros = torch.ones(b), torch.zeros(b)
-        # (1) D: maximize log(D(x)) + log(1 - D(G(z)))
-        D.zero_grad()
-        out = D(real)
-        err_real = criterion(out, ones)
-        err_real.backward()
-        d_x = out.sigmoid().mean().item()
-        if fresh_z:
-            with torch.no_grad():
-                fake = G(torch.randn(b, args.z_dim))
-        else:
-            fake = G(torch.randn(b, args.z_dim))
-        out = D(fake.detach())
-        err_fake = criterion(out, zeros)
-        err_fake.backward()
-        d_g_z1 = out.sigmoid().mean().item()
-        opt_D.step()
-        # (2) G: maximize log(D(G(z)))
-        G.zero_grad()
-        if fresh_z:
-            fake = G(torch.randn(b, args.z_dim))
-        out = D(fake)
-        err_g = criterion(out, ones)
-        err_g.backward()
-        d_g_z2 = out.sigmoid().mean().item()
-        opt_G.step()
-        del d_x, d_g_z1, d_g_z2
-        images += b
-    return images, time.perf_counter() - t0
+class BareDCGAN:
+    """The pytorch/examples dcgan/main.py training step on facegan's nets and loader."""
+
+    def __init__(self, shard_set: ShardSet, args: argparse.Namespace, *, fresh_z: bool) -> None:
+        spec = FAMILIES["dcgan"]
+        torch.manual_seed(0)
+        nets = spec.build(resolution=args.resolution, z_dim=args.z_dim, base_channels=args.base_channels)
+        for net in nets.values():
+            spec.init_weights(net)
+        self.G, self.D = nets["G"].train(), nets["D"].train()
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        self.criterion = nn.BCEWithLogitsLoss()
+        self.loader = train_loader(shard_set, batch_size=args.batch_size, num_workers=args.workers, seed=0,
+                                   shuffle_buffer=args.shuffle_buffer)
+        self.z_dim, self.fresh_z = args.z_dim, fresh_z
+
+    def run(self, num_steps: int) -> tuple[int, float]:
+        """(images, seconds) of num_steps training steps."""
+        G, D, z_dim = self.G, self.D, self.z_dim
+        images, t0 = 0, time.perf_counter()
+        for _ in range(num_steps):
+            real = next(self.loader)["image"]
+            b = real.shape[0]
+            ones, zeros = torch.ones(b), torch.zeros(b)
+            # (1) D: maximize log(D(x)) + log(1 - D(G(z)))
+            D.zero_grad()
+            out = D(real)
+            err_real = self.criterion(out, ones)
+            err_real.backward()
+            d_x = out.sigmoid().mean().item()
+            if self.fresh_z:
+                with torch.no_grad():
+                    fake = G(torch.randn(b, z_dim))
+            else:
+                fake = G(torch.randn(b, z_dim))
+            out = D(fake.detach())
+            err_fake = self.criterion(out, zeros)
+            err_fake.backward()
+            d_g_z1 = out.sigmoid().mean().item()
+            self.opt_D.step()
+            # (2) G: maximize log(D(G(z)))
+            G.zero_grad()
+            if self.fresh_z:
+                fake = G(torch.randn(b, z_dim))
+            out = D(fake)
+            err_g = self.criterion(out, ones)
+            err_g.backward()
+            d_g_z2 = out.sigmoid().mean().item()
+            self.opt_G.step()
+            del d_x, d_g_z1, d_g_z2
+            images += b
+        return images, time.perf_counter() - t0
 
 
 def facegan_config(shards: Path, out: Path, args: argparse.Namespace) -> RunConfig:
@@ -125,22 +128,32 @@ def facegan_config(shards: Path, out: Path, args: argparse.Namespace) -> RunConf
     })
 
 
-def facegan_loop(shards: Path, out: Path, args: argparse.Namespace) -> tuple[int, float, float]:
-    """(images, seconds) between the first tick's report and the last measured one, and the
-    loop's own mean `img_per_sec` over those ticks."""
+def interleaved(shards: Path, out: Path, args: argparse.Namespace,
+                baselines: dict[str, BareDCGAN]) -> dict[str, list[tuple[int, float]]]:
+    """facegan.loop.train, with every baseline run for one tick's steps inside each Hooks.report.
+
+    Returns (images, seconds) per tick for each loop. facegan's tick k is the time from leaving
+    report k-1 to entering report k, so the baselines' time inside report is not counted.
+    """
     num_ticks = args.steps // args.tick_steps
-    seen: list[tuple[float, int, float]] = []
+    times: dict[str, list[tuple[int, float]]] = {name: [] for name in [*baselines, "facegan.loop.train"]}
+    state = {"left": 0.0, "images": 0, "reports": 0}
 
     def report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-        seen.append((time.perf_counter(), int(metrics["images_seen"]), metrics["img_per_sec"]))
+        entered, images = time.perf_counter(), int(metrics["images_seen"])
+        warm = state["reports"] > 0
+        if warm:
+            times["facegan.loop.train"].append((images - state["images"], entered - state["left"]))
+        state["reports"] += 1
+        for name, loop in baselines.items():
+            n, dt = loop.run(args.tick_steps)
+            if warm:  # the first call is the baselines' warm-up
+                times[name].append((n, dt))
+        state["left"], state["images"] = time.perf_counter(), images
 
-    hooks = Hooks(report=report, should_stop=lambda: len(seen) > num_ticks)
+    hooks = Hooks(report=report, should_stop=lambda: state["reports"] > num_ticks)
     train(facegan_config(shards, out, args), hooks=hooks)
-    if len(seen) != num_ticks + 1:
-        raise RuntimeError(f"expected {num_ticks + 1} ticks from facegan.loop.train, got {len(seen)}")
-    (t0, n0, _), (t1, n1, _) = seen[0], seen[-1]
-    own = sum(r for _, _, r in seen[1:]) / num_ticks
-    return n1 - n0, t1 - t0, own
+    return times
 
 
 PROFILE_ROWS = [  # (label, file suffix, function): facegan step parts by cumulative time
@@ -183,24 +196,21 @@ def main() -> int:
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--base-channels", type=int, default=64)
     ap.add_argument("--z-dim", type=int, default=100)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads, both loops")
-    ap.add_argument("--workers", type=int, default=0, help="loader worker processes, both loops")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads, all loops")
+    ap.add_argument("--workers", type=int, default=0, help="loader worker processes, all loops")
     ap.add_argument("--shuffle-buffer", type=int, default=1000)
     ap.add_argument("--count", type=int, default=4000,
                     help="synthetic faces (80%% train); an epoch longer than the run keeps loss plots out")
     ap.add_argument("--format", default="jpg", choices=["jpg", "png", "raw"])
     ap.add_argument("--tick-steps", type=int, default=8, help="steps per facegan tick; also the warm-up")
-    ap.add_argument("--steps", type=int, default=32, help="measured steps per run (a multiple of --tick-steps)")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--no-fresh-z", action="store_true", help="skip the 'bare + fresh z' row")
-    ap.add_argument("--profile", action="store_true", help="then one facegan run under cProfile")
+    ap.add_argument("--steps", type=int, default=32, help="measured steps per loop (a multiple of --tick-steps)")
+    ap.add_argument("--no-fresh-z", action="store_true", help="skip the 'bare + fresh z' baseline")
+    ap.add_argument("--profile", action="store_true", help="then one facegan run alone under cProfile")
     args = ap.parse_args()
     if args.steps < args.tick_steps or args.steps % args.tick_steps:
         ap.error(f"--steps must be a positive multiple of --tick-steps ({args.tick_steps}), got {args.steps}")
+    torch.set_num_threads(args.threads)
 
-    loops = ["bare (pytorch examples)"] + ([] if args.no_fresh_z else ["bare + fresh z"]) + ["facegan.loop.train"]
-    rows: list[tuple[str, int, int, float]] = []
-    own_rates: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         shards = Path(tmp) / "shards"
         recipe = from_dict(ShardRecipe, {"source": "synthetic", "count": args.count, "resolution": args.resolution,
@@ -211,45 +221,40 @@ def main() -> int:
         print(f"{args.resolution}x{args.resolution} DCGAN (base {args.base_channels}, z {args.z_dim}), batch "
               f"{args.batch_size}, {args.threads} torch threads, {args.workers} loader workers, "
               f"{shard_set.count('train')} synthetic {args.format} train images ({per_epoch} steps/epoch); "
-              f"{args.tick_steps} warm-up + {args.steps} measured steps per run")
+              f"{args.tick_steps} warm-up + {args.steps} measured steps per loop, interleaved per tick")
         if per_epoch <= args.tick_steps + args.steps:
             print(f"note: an epoch ({per_epoch} steps) ends inside the run: facegan's loss plot is in the window")
 
-        for rnd in range(1, args.rounds + 1):
-            for name in loops:
-                if name == "facegan.loop.train":
-                    n, dt, own = facegan_loop(shards, Path(tmp) / f"run{rnd}", args)
-                    own_rates.append(own)
-                else:
-                    n, dt = bare_dcgan(shard_set, args, fresh_z=name == "bare + fresh z")
-                rows.append((name, rnd, n, dt))
-                print(f"  round {rnd}: {name:<24} {n / dt:7.1f} img/s", flush=True)
+        baselines = {"bare (pytorch examples)": BareDCGAN(shard_set, args, fresh_z=False)}
+        if not args.no_fresh_z:
+            baselines["bare + fresh z"] = BareDCGAN(shard_set, args, fresh_z=True)
+        times = interleaved(shards, Path(tmp) / "run", args, baselines)
+        del baselines
 
         if args.profile:
             prof = cProfile.Profile()
             prof.enable()
-            facegan_loop(shards, Path(tmp) / "profile", args)
+            interleaved(shards, Path(tmp) / "profile", args, {})
             prof.disable()
 
-    print(f"\n{'loop':<24} {'round':>5} {'images':>7} {'seconds':>8} {'img/s':>8} {'ms/step':>8}")
-    for name, rnd, n, dt in rows:
-        print(f"{name:<24} {rnd:>5} {n:>7} {dt:8.2f} {n / dt:8.1f} {1000 * dt / (n / args.batch_size):8.1f}")
-    rate = {name: sum(n for nm, _, n, _ in rows if nm == name) / sum(dt for nm, _, _, dt in rows if nm == name)
-            for name in loops}
+    ticks = args.steps // args.tick_steps
+    print(f"\n{'loop':<24} " + " ".join(f"{f'tick {k + 1}':>7}" for k in range(ticks))
+          + f" {'images':>7} {'seconds':>8} {'img/s':>7} {'ms/step':>8}")
+    rate = {}
+    for name, segs in times.items():
+        n, dt = sum(s[0] for s in segs), sum(s[1] for s in segs)
+        rate[name] = n / dt
+        print(f"{name:<24} " + " ".join(f"{sn / sdt:7.1f}" for sn, sdt in segs)
+              + f" {n:>7} {dt:8.2f} {n / dt:7.1f} {1000 * dt / (n / args.batch_size):8.1f}")
     bare, ours = rate["bare (pytorch examples)"], rate["facegan.loop.train"]
-    per_round = [(sum(n for nm, r, n, _ in rows if nm == "facegan.loop.train" and r == rnd)
-                  / sum(dt for nm, r, _, dt in rows if nm == "facegan.loop.train" and r == rnd))
-                 / (sum(n for nm, r, n, _ in rows if nm == "bare (pytorch examples)" and r == rnd)
-                    / sum(dt for nm, r, _, dt in rows if nm == "bare (pytorch examples)" and r == rnd))
-                 for rnd in range(1, args.rounds + 1)]
-    print(f"\nall rounds: bare {bare:.1f} img/s, facegan {ours:.1f} img/s = {ours / bare:.3f}x the bare loop "
-          f"(per round {', '.join(f'{r:.3f}' for r in per_round)}); "
-          f"target >= {TARGET}x: {'met' if ours / bare >= TARGET else 'NOT met'}")
+    per_tick = [f[0] / f[1] / (b[0] / b[1]) for f, b in zip(times["facegan.loop.train"], times["bare (pytorch examples)"])]
+    print(f"\nfacegan {ours:.1f} img/s vs bare {bare:.1f} img/s: {ours / bare:.3f}x "
+          f"(per tick {min(per_tick):.3f}..{max(per_tick):.3f}); target >= {TARGET}x: "
+          f"{'met' if ours / bare >= TARGET else 'NOT met'}")
     if "bare + fresh z" in rate:
         fresh = rate["bare + fresh z"]
-        print(f"bare + fresh z {fresh:.1f} img/s = {fresh / bare:.3f}x bare (the second G forward); "
+        print(f"bare + fresh z {fresh:.1f} img/s = {fresh / bare:.3f}x bare (cost of the second G forward); "
               f"facegan = {ours / fresh:.3f}x bare + fresh z (the loop's own overhead)")
-    print(f"facegan's own img_per_sec metric over the same ticks: {sum(own_rates) / len(own_rates):.1f} img/s")
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     if args.profile:
         print_profile(prof, steps=args.tick_steps + args.steps)

@@ -1,0 +1,218 @@
+"""Ray Train for the facegan loop: one TorchTrainer run of `facegan.loop.train` over DDP workers.
+
+    cfg = load_yaml(RunConfig, "configs/dcgan_celeba64.yaml")
+    metrics = run_training(cfg, config_dict=to_dict(cfg))     # or: ray job submit ... ray_jobs/train.py
+
+Every worker rebuilds the RunConfig from the plain dict and runs the same loop as in-process
+training, with `Hooks` that take rank and device from Ray, resume from the checkpoint Ray hands
+out, wrap models with `ray.train.torch.prepare_model` and turn the loop's ticks into
+`ray.train.report` calls (all ranks report; only rank 0 attaches the checkpoint it wrote). When a
+worker or a node dies, Ray restarts the whole group from the latest reported checkpoint, up to
+`ray.max_failures` times. Checkpoints persist under `ray.storage_path` (default <out_dir>/ray);
+starting a run whose name and storage already hold one continues it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from facegan.config import ConfigError, RunConfig, from_dict
+from facegan.hooks import Hooks
+from facegan.launch.cluster import ensure_ray
+
+log = logging.getLogger(__name__)
+
+TrainFn = Callable[..., dict[str, float]]
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location or location.startswith("pipe:")
+
+
+def localize(config_dict: dict[str, Any]) -> dict[str, Any]:
+    """Local paths made absolute: workers (and `ray job submit` drivers) run in other directories."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config_dict.items()}
+    train = out.setdefault("train", {})
+    train["out_dir"] = str(Path(train.get("out_dir", "runs/default")).expanduser().resolve())
+    data = out.setdefault("data", {})
+    if data.get("shards") and not _is_url(str(data["shards"])):
+        data["shards"] = str(Path(data["shards"]).expanduser().resolve())
+    ray_section = out.get("ray", {})
+    if ray_section.get("storage_path") and not _is_url(str(ray_section["storage_path"])):
+        ray_section["storage_path"] = str(Path(ray_section["storage_path"]).expanduser().resolve())
+    return out
+
+
+def run_location(cfg: RunConfig) -> tuple[str, str]:
+    """(storage_path, run name) of the Ray run: <out_dir>/ray unless ray.storage_path is set."""
+    out_dir = Path(cfg.train.out_dir)
+    return cfg.ray.storage_path or str(out_dir / "ray"), out_dir.name
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Catch what would otherwise fail inside every worker, once per retry, after a ~15 s start."""
+    from facegan.data.stream import ShardSet
+
+    if cfg.train.device == "cuda" and not cfg.ray.use_gpu:
+        raise ConfigError("train.device: cuda needs ray.use_gpu: true (Ray gives workers no GPU otherwise)")
+    shards = ShardSet.open(cfg.data.shards)
+    res = cfg.model.resolution
+    if shards.resolution != (res, res):
+        raise ConfigError(f"model.resolution {res} does not match the shards in {cfg.data.shards} "
+                          f"({shards.resolution[0]}x{shards.resolution[1]})")
+    if shards.count("train") < cfg.data.batch_size * cfg.ray.num_workers:
+        raise ConfigError(f"data.batch_size {cfg.data.batch_size} x ray.num_workers {cfg.ray.num_workers} is more "
+                          f"than the {shards.count('train')} training samples in {cfg.data.shards}")
+
+
+def run_training(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: TrainFn | None = None) -> dict[str, Any]:
+    """Train `cfg` on Ray Train workers.
+
+    Returns {"metrics": the last reported checkpoint's metrics, "checkpoint": its directory in
+    storage, "run_dir": <storage>/<name>, "wandb_dir": rank 0's W&B run directory or ""}.
+
+    `config_dict` is the plain form of `cfg` (config.to_dict) shipped to the workers. `train_fn`
+    replaces facegan.loop.train in the workers (signature `(cfg, *, hooks)`); tests use it to
+    observe ranks. Joins ray.address / $RAY_ADDRESS, or starts a local cluster, unless this
+    process is already connected.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if from_dict(RunConfig, config_dict) != cfg:
+        raise ValueError("run_training: config_dict does not describe cfg (pass config.to_dict(cfg))")
+    config_dict = localize(config_dict)
+    cfg = from_dict(RunConfig, config_dict)
+    preflight(cfg)
+    storage, name = run_location(cfg)
+    rc = cfg.ray
+    resources = {"CPU": rc.cpus_per_worker}
+    if rc.use_gpu:
+        resources["GPU"] = rc.gpus_per_worker
+    backend = rc.backend if rc.backend != "auto" else ("nccl" if rc.use_gpu else "gloo")
+
+    ensure_ray(rc.address)
+    trainer = TorchTrainer(
+        functools.partial(train_loop_per_worker, train_fn=train_fn),
+        train_loop_config=config_dict,
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=ScalingConfig(num_workers=rc.num_workers, use_gpu=rc.use_gpu, resources_per_worker=resources,
+                                     placement_strategy=rc.placement_strategy),
+        run_config=RayRunConfig(name=name, storage_path=storage,
+                                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+                                failure_config=FailureConfig(max_failures=rc.max_failures)),
+    )
+    log.info("Ray Train run %r: %d workers (%s), checkpoints in %s/%s", name, rc.num_workers, backend, storage, name)
+    result = trainer.fit()
+    return {"metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
+            "checkpoint": result.checkpoint.path if result.checkpoint else "",
+            "run_dir": f"{storage.rstrip('/')}/{name}",
+            "wandb_dir": _wandb_dir(cfg)}
+
+
+def wandb_run_id(cfg: RunConfig) -> str:
+    """One W&B run per Ray run, kept across restarts (the sink resumes it)."""
+    storage, name = run_location(cfg)
+    digest = hashlib.sha1(f"{storage}/{name}".encode()).hexdigest()[:10]
+    return f"{''.join(c if c.isalnum() or c in '-_' else '_' for c in name[:40])}-{digest}"
+
+
+def _wandb_dir(cfg: RunConfig) -> str:
+    if not cfg.wandb.enabled or cfg.wandb.mode == "disabled":
+        return ""
+    # Rank 0 wrote it; the path is on rank 0's node (here when this driver shares its disk).
+    found = sorted(Path(cfg.train.out_dir).glob(f"wandb/*-{wandb_run_id(cfg)}"), key=lambda p: p.stat().st_mtime)
+    return str(found[-1]) if found else ""
+
+
+# ====================================================================== inside each worker
+
+class _Resume:
+    """resume_from(): a local copy of Ray's checkpoint, made once (it must outlive Ray's context)."""
+
+    def __init__(self) -> None:
+        self._done = False
+        self._dir: Path | None = None
+
+    def __call__(self) -> Path | None:
+        import ray.train
+
+        if not self._done:
+            self._done = True
+            checkpoint = ray.train.get_checkpoint()
+            if checkpoint is not None:
+                self._dir = Path(tempfile.mkdtemp(prefix="facegan-resume-"))
+                checkpoint.to_directory(str(self._dir))
+        return self._dir
+
+    def cleanup(self) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _wrap_model(module: nn.Module, device: torch.device) -> nn.Module:
+    import ray.train.torch
+
+    # With one worker prepare_model returns the module itself (no DDP, no .module).
+    return ray.train.torch.prepare_model(module, move_to_device=False)
+
+
+def _report(metrics: dict[str, float], checkpoint_dir: Path | None, *, rank: int) -> None:
+    import ray.train
+
+    # Every rank must call report (it is a barrier); rank 0 alone owns the checkpoint files.
+    checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if rank == 0 and checkpoint_dir else None
+    ray.train.report(dict(metrics), checkpoint=checkpoint)
+
+
+def _wandb_sinks(cfg: RunConfig, config_dict: dict[str, Any], rank: int) -> tuple[Any, ...]:
+    if rank != 0 or not cfg.wandb.enabled or cfg.wandb.mode == "disabled":
+        return ()
+    from facegan.stats import WandbSink
+
+    mode = cfg.wandb.mode
+    if mode == "online" and not os.environ.get("WANDB_API_KEY"):
+        log.warning("wandb.mode=online but WANDB_API_KEY is not set: logging offline")
+        mode = "offline"
+    return (WandbSink(project=cfg.wandb.project, config=config_dict, out_dir=Path(cfg.train.out_dir), mode=mode,
+                      entity=cfg.wandb.entity, group=cfg.wandb.group, name=cfg.wandb.name or run_location(cfg)[1],
+                      run_id=wandb_run_id(cfg)),)
+
+
+def train_loop_per_worker(config_dict: dict[str, Any], *, train_fn: TrainFn | None = None) -> None:
+    """One DDP rank: rebuild the config, build Ray-backed hooks, run the loop."""
+    import ray.train
+    import ray.train.torch
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = from_dict(RunConfig, config_dict)
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    resume = _Resume()
+    hooks = Hooks(
+        rank=rank,
+        world_size=ctx.get_world_size(),
+        local_rank=ctx.get_local_rank(),
+        device=ray.train.torch.get_device() if cfg.ray.use_gpu else torch.device("cpu"),
+        resume_from=resume,
+        wrap_model=_wrap_model,
+        report=functools.partial(_report, rank=rank),
+        sinks=_wandb_sinks(cfg, config_dict, rank),
+    )
+    if train_fn is None:
+        from facegan.loop import train as train_fn
+    try:
+        train_fn(cfg, hooks=hooks)
+    finally:
+        resume.cleanup()
