@@ -25,7 +25,7 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
@@ -139,28 +139,44 @@ def _render(item: SourceItem, recipe: ShardRecipe) -> np.ndarray:
     return load_and_prepare(item.path, crop=recipe.crop_hw, out_h=recipe.height, out_w=recipe.width)
 
 
-def _build_one(args: tuple[ShardJob, dict[str, Any], str]) -> dict[str, Any]:
-    """Worker: write one shard, return its record (count, bytes, sha256, skipped inputs)."""
-    job, recipe_dict, location = args
+# Items per task handed to a worker: small enough to balance load across workers even when a
+# set has fewer shards than workers, large enough to keep inter-process traffic negligible.
+CHUNK = 32
+
+
+def _encode_chunk(args: tuple[list[SourceItem], dict[str, Any]]) -> tuple[list[tuple[str, bytes, bytes]], list[dict[str, str]]]:
+    """Worker: read/render, crop, resize and encode some items -> (samples, skipped inputs)."""
+    items, recipe_dict = args
     recipe = ShardRecipe(**recipe_dict)
-    store = open_store(location)
+    samples: list[tuple[str, bytes, bytes]] = []
+    skipped: list[dict[str, str]] = []
+    for item in items:
+        try:
+            img = _render(item, recipe)
+        except ImageError as exc:
+            skipped.append({"input": item.path or item.key, "reason": str(exc)})
+            continue
+        data = encode(img, fmt=recipe.format, quality=recipe.quality)
+        meta = dict(item.labels, img_crc32=crc32(data))
+        samples.append((item.key, data, json.dumps(meta, sort_keys=True).encode()))
+    return samples, skipped
+
+
+def _write_shard(store: Store, job: ShardJob, recipe: ShardRecipe,
+                 chunks: Iterator[tuple[list[tuple[str, bytes, bytes]], list[dict[str, str]]]]) -> dict[str, Any]:
+    """Write one shard from its encoded chunks (in order); return its record."""
     ext = IMAGE_EXT[recipe.format]
     skipped: list[dict[str, str]] = []
     count = 0
     with store.open_write(job.name) as f:
         hw = _HashingWriter(f)
         with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for item in job.items:
-                try:
-                    img = _render(item, recipe)
-                except ImageError as exc:
-                    skipped.append({"input": item.path or item.key, "reason": str(exc)})
-                    continue
-                data = encode(img, fmt=recipe.format, quality=recipe.quality)
-                meta = dict(item.labels, img_crc32=crc32(data))
-                _add_member(tar, f"{item.key}.{ext}", data)
-                _add_member(tar, f"{item.key}.json", json.dumps(meta, sort_keys=True).encode())
-                count += 1
+            for samples, chunk_skipped in chunks:
+                skipped += chunk_skipped
+                for key, data, meta in samples:
+                    _add_member(tar, f"{key}.{ext}", data)
+                    _add_member(tar, f"{key}.json", meta)
+                    count += 1
     return {"name": job.name, "split": job.split, "count": count, "bytes": hw.nbytes,
             "sha256": hw.sha.hexdigest(), "keys_sha256": job.keys_sha256,
             "fingerprint": recipe.fingerprint(), "skipped": skipped, "num_items": len(job.items)}
@@ -237,18 +253,27 @@ def build_shards(recipe: ShardRecipe, *, root: str | Path | None, out: str | Pat
     recipe_dict = recipe.as_dict()
     total = sum(len(j.items) for j in todo)
     bar = _progress(total=total, enabled=progress and total > 0)
-    args = [(job, recipe_dict, store.location) for job in todo]
-    workers = max(1, min(recipe.num_workers, len(todo)))
+    # Workers encode chunks of items; this process writes them into shards in order (an ordered
+    # imap keeps every worker busy while the tar stream stays sequential and deterministic).
+    tasks = [(job.items[i:i + CHUNK], recipe_dict) for job in todo for i in range(0, len(job.items), CHUNK)]
+    workers = max(1, min(recipe.num_workers, len(tasks)))
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     pool = ctx.Pool(workers) if workers > 1 else None
     try:
-        results = pool.imap_unordered(_build_one, args) if pool else map(_build_one, args)
-        for rec in results:
+        results = iter(pool.imap(_encode_chunk, tasks, chunksize=1) if pool else map(_encode_chunk, tasks))
+
+        def take(num_chunks: int) -> Iterator[Any]:
+            for _ in range(num_chunks):
+                chunk = next(results)
+                bar.update(len(chunk[0]) + len(chunk[1]))
+                yield chunk
+
+        for job in todo:
+            rec = _write_shard(store, job, recipe, take(-(-len(job.items) // CHUNK)))
             records[rec["name"]] = rec
             if isinstance(store, LocalStore):
                 # Record each finished shard at once: this is what a resumed build trusts.
                 store.write_bytes(f"{PARTIAL}/{rec['name']}.json", json.dumps(rec).encode())
-            bar.update(rec["num_items"])
     finally:
         if pool:
             pool.terminate()
