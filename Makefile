@@ -15,7 +15,7 @@ export RAY_USAGE_STATS_REPORT_URL := http://127.0.0.1:9/
 export WANDB_MODE ?= offline
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install test test-fast demo lock clean bench
+.PHONY: install test test-fast demo ray-up ray-down lock clean bench
 
 install: $(STAMP)
 
@@ -32,15 +32,28 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
+# The main job on the embedded default: synthetic faces -> shards -> a local Ray cluster ->
+# 2 CPU workers training DCGAN in DDP for a few minutes. DEMO_ARGS adds `--set` overrides.
+DEMO_ARGS ?=
 demo: install
 	$(VENV)/bin/facegan shards build shards/synthetic_demo.yaml --out $(OUT)/shards
 	$(VENV)/bin/facegan shards verify $(OUT)/shards
-	$(VENV)/bin/facegan shards inspect $(OUT)/shards --preview $(OUT)/preview.png
-	$(VENV)/bin/facegan shards stream $(OUT)/shards --batches 100 --batch-size 128 --workers 2
+	$(VENV)/bin/facegan shards inspect $(OUT)/shards --preview $(OUT)/shards_preview.png
+	$(VENV)/bin/facegan train configs/dcgan_demo.yaml --set data.shards=$(abspath $(OUT))/shards \
+		--set train.out_dir=$(abspath $(OUT))/run $(DEMO_ARGS)
+
+# A local Ray head (job server on 127.0.0.1:8265, token auth) for `ray job submit`.
+ray-up: install
+	$(PY) -m facegan.launch.cluster up
+
+ray-down:
+	$(PY) -m facegan.launch.cluster down
 
 bench: install
 	$(PY) benchmarks/bench_build.py
 	$(PY) benchmarks/bench_stream.py
+	$(PY) benchmarks/bench_loop.py
+	$(PY) benchmarks/bench_ddp.py
 
 lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v '^facegan' > requirements.lock.new

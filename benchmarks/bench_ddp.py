@@ -4,10 +4,11 @@ per worker, and scaling against one process at the same per-rank batch, measured
     .venv/bin/python benchmarks/bench_ddp.py                          # per-rank batch 32, ~1.5 min idle
     .venv/bin/python benchmarks/bench_ddp.py --batch-size 64 --pairs 6
 
-Two launches, each `facegan.loop.train` in processes from torch.multiprocessing.spawn, 1 torch
+Three launches, each `facegan.loop.train` in processes from torch.multiprocessing.spawn, 1 torch
 thread per process (the machine has 2 cores), 0 loader workers, the same synthetic 64x64 shards:
 
-  single   1 process, no process group, per-rank batch B.
+  single   1 process, no process group, per-rank batch B: the reference step time.
+  pair     2 such processes at once, independent: what sharing the 2 cores costs without DDP.
   ddp      2 processes, gloo on 127.0.0.1, Hooks(rank=r, world_size=2); `Hooks.wrap_model` wraps
            G and D in DistributedDataParallel and registers a comm hook on each (loop.py unchanged).
 
@@ -51,6 +52,7 @@ from facegan.data.recipe import ShardRecipe
 from facegan.data.writer import build_shards
 from facegan.hooks import Hooks
 from facegan.loop import train
+from facegan.models import FAMILIES
 
 
 def free_port() -> int:
@@ -79,7 +81,7 @@ class CommProbe:
         ddp.register_comm_hook(type(module).__name__.replace("DCGAN", ""), self.hook)
         return ddp
 
-    def hook(self, net: str, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    def hook(self, net, bucket):  # no hints: DDP rejects a hook whose hints are strings (PEP 563)
         if not self.reduce:
             return debugging_hooks.noop_hook(None, bucket)
         launched = time.perf_counter()
@@ -103,7 +105,9 @@ def in_flight(events: list[tuple[str, float, float, int]], t0: float, t1: float)
     return busy
 
 
-def worker(rank: int, world: int, cfg_dict: dict, num_ticks: int, result_dir: str) -> None:
+def worker(index: int, world: int, cfg_dict: dict, num_ticks: int, result_file: str) -> None:
+    """One process: train() with `world` ranks (index = rank), or alone when world is 1."""
+    rank = index if world > 1 else 0
     torch.set_num_threads(1)
     if world > 1:
         dist.init_process_group("gloo", rank=rank, world_size=world)   # MASTER_ADDR/PORT from the parent
@@ -130,15 +134,17 @@ def worker(rank: int, world: int, cfg_dict: dict, num_ticks: int, result_dir: st
                       "calls_D": sum(1 for e in inside if e[0] == "Discriminator")})
     out = {"rank": rank, "world": world, "ticks": ticks, "rss_before_mib": rss_before,
            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    Path(result_dir, f"w{world}-rank{rank}.json").write_text(json.dumps(out))
+    Path(result_file.format(index=index)).write_text(json.dumps(out))
     if world > 1:
         dist.destroy_process_group()
 
 
-def launch(world: int, cfg: RunConfig, num_ticks: int, result_dir: Path) -> list[dict]:
+def launch(name: str, *, nprocs: int, world: int, cfg: RunConfig, num_ticks: int, result_dir: Path) -> list[dict]:
+    """Spawn nprocs processes (DDP ranks if world > 1, else independent runs); their results."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    mp.spawn(worker, args=(world, to_dict(cfg), num_ticks, str(result_dir)), nprocs=world, join=True)
-    return [json.loads((result_dir / f"w{world}-rank{r}.json").read_text()) for r in range(world)]
+    result_file = str(result_dir / f"{name}-{{index}}.json")
+    mp.spawn(worker, args=(world, to_dict(cfg), num_ticks, result_file), nprocs=nprocs, join=True)
+    return [json.loads(Path(result_file.format(index=i)).read_text()) for i in range(nprocs)]
 
 
 def main() -> int:
@@ -149,9 +155,11 @@ def main() -> int:
     ap.add_argument("--z-dim", type=int, default=100)
     ap.add_argument("--count", type=int, default=4000, help="synthetic faces (80%% train)")
     ap.add_argument("--tick-steps", type=int, default=4, help="steps per tick; the first tick is warm-up")
-    ap.add_argument("--pairs", type=int, default=3, help="measured (all-reduce, no-op) tick pairs")
+    ap.add_argument("--pairs", type=int, default=4, help="measured (all-reduce, no-op) tick pairs")
     args = ap.parse_args()
     num_ticks = 2 * args.pairs
+    nets = FAMILIES["dcgan"].build(resolution=args.resolution, z_dim=args.z_dim, base_channels=args.base_channels)
+    grads_mib = {k: sum(p.numel() * p.element_size() for p in net.parameters()) / 2**20 for k, net in nets.items()}
 
     with tempfile.TemporaryDirectory() as tmp:
         shards = Path(tmp) / "shards"
@@ -175,16 +183,17 @@ def main() -> int:
         print(f"{args.resolution}x{args.resolution} DCGAN (base {args.base_channels}, z {args.z_dim}), "
               f"per-rank batch {args.batch_size}, 1 torch thread per process, gloo on 127.0.0.1; "
               f"{args.tick_steps} warm-up + {num_ticks * args.tick_steps} measured steps per launch", flush=True)
-        single = launch(1, config(1), num_ticks, Path(tmp))
-        ddp = launch(2, config(2), num_ticks, Path(tmp))
+        single = launch("single", nprocs=1, world=1, cfg=config(1), num_ticks=num_ticks, result_dir=Path(tmp))
+        pair = launch("pair", nprocs=2, world=1, cfg=config(1), num_ticks=num_ticks, result_dir=Path(tmp))
+        ddp = launch("ddp", nprocs=2, world=2, cfg=config(2), num_ticks=num_ticks, result_dir=Path(tmp))
 
     def step_s(ticks: list[dict]) -> float:
         return sum(t["seconds"] for t in ticks) / (len(ticks) * args.tick_steps)
 
-    one = single[0]["ticks"]
+    one, two = single[0]["ticks"], [w["ticks"] for w in pair]
     on = [[t for t in w["ticks"] if t["allreduce"]] for w in ddp]
     off = [[t for t in w["ticks"] if not t["allreduce"]] for w in ddp]
-    t_one = step_s(one)
+    t_one, t_two = step_s(one), sum(step_s(ticks) for ticks in two) / 2
     t_on = sum(step_s(ticks) for ticks in on) / 2          # both ranks: they run in lockstep
     t_off = sum(step_s(ticks) for ticks in off) / 2
     busy = sum(sum(t["in_flight"] for t in ticks) / sum(t["seconds"] for t in ticks) for ticks in on) / 2
@@ -197,16 +206,21 @@ def main() -> int:
     print(f"\n{'run':<28} {'steps':>5} {'ms/step':>8} {'img/s':>7}  per-tick ms/step")
     print(f"{'single process':<28} {len(one) * args.tick_steps:>5} {1000 * t_one:8.1f} {img_one:7.1f}  "
           + " ".join(f"{1000 * t['seconds'] / args.tick_steps:.0f}" for t in one))
-    for name, ticks, t in (("ddp x2, all-reduce", on, t_on), ("ddp x2, no-op comm hook", off, t_off)):
+    for name, ticks, t in (("2 single processes at once", two, t_two), ("ddp x2, all-reduce", on, t_on),
+                           ("ddp x2, no-op comm hook", off, t_off)):
         print(f"{name:<28} {len(ticks[0]) * args.tick_steps:>5} {1000 * t:8.1f} {2 * args.batch_size / t:7.1f}  "
               + " ".join(f"{1000 * k['seconds'] / args.tick_steps:.0f}" for k in ticks[0]))
     print(f"\n(a) gradient all-reduce: exposed {(t_on - t_off) / t_on:.1%} of the DDP step "
           f"({1000 * (t_on - t_off):.0f} ms of {1000 * t_on:.0f}); in flight {busy:.1%} of it "
           f"(bucket launch to completion, overlapping backward)")
-    print(f"    all-reduced per step: {mb_G + mb_D:.1f} MiB = G {mb_G:.1f} + D {mb_D:.1f} "
-          f"({calls_D:.1f} D bucket all-reduces per step)")
-    print(f"    DDP overhead besides the all-reduce (no-op hook vs single process): "
-          f"{(t_off - t_one) / t_on:.1%} of the DDP step ({1000 * (t_off - t_one):.0f} ms)")
+    pairs = sorted((a["seconds"] - b["seconds"]) / a["seconds"] for a, b in zip(on[0], off[0]))
+    print(f"    per (all-reduce, no-op) tick pair on rank 0: {', '.join(f'{p:.1%}' for p in pairs)}")
+    print(f"    all-reduced per step: {mb_G + mb_D:.1f} MiB = G {mb_G:.1f} + D {mb_D:.1f}, which is "
+          f"{mb_D / grads_mib['D']:.1f}x D's gradients ({calls_D:.1f} D bucket all-reduces per step: the G phase's "
+          f"backward reduces D's grads too, and the next D phase zeroes them)")
+    print(f"    rest of the DDP step over a lone process: {1000 * (t_off - t_one):.0f} ms = "
+          f"{1000 * (t_two - t_one):.0f} ms from sharing the 2 cores (2 independent processes at once) + "
+          f"{1000 * (t_off - t_two):.0f} ms of lockstep (buffer broadcasts, finite checks, waits)")
     rss = ", ".join(f"rank {w['rank']} {w['peak_rss_mib']:.0f} MiB ({w['rss_before_mib']:.0f} before train)"
                     for w in ddp)
     print(f"(b) peak RSS per DDP worker: {rss}; single process {single[0]['peak_rss_mib']:.0f} MiB "

@@ -4,12 +4,13 @@
     python -m facegan.launch.cluster status
     python -m facegan.launch.cluster down    # stops only the head that `up` started
 
-Nothing a facegan Ray start runs may send traffic off the machine. Ray's usage-stats reporter is
-switched off and pointed at a closed loopback port; Ray's dashboard probes the cloud-metadata
-endpoints (169.254.169.254, metadata.google.internal) unless `$HOME/ray_bootstrap_config.yaml`
-exists, so `offline_env` writes a minimal one (never overwriting one a cluster launcher left);
-W&B runs offline unless the user set an API key; and nodes bind to 127.0.0.1 so torch's c10d
-rendezvous resolves only loopback names (from /etc/hosts, not DNS).
+Nothing a local facegan Ray cluster runs may send traffic off the machine (`offline_env`):
+Ray's usage-stats reporter is switched off and pointed at a closed loopback port; Ray's dashboard
+probes the cloud-metadata endpoints (169.254.169.254, metadata.google.internal) unless
+`$HOME/ray_bootstrap_config.yaml` exists, so a minimal one is written (never over one a cluster
+launcher left); W&B runs offline unless the user set an API key; nodes advertise 127.0.0.1; and
+the resolver makes no DNS queries, because torch's c10d rendezvous reverse-resolves every peer.
+When joining a real cluster only the usage-stats and W&B settings are passed on.
 """
 
 from __future__ import annotations
@@ -86,10 +87,10 @@ def offline_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
 def runtime_env_vars(env: Mapping[str, str]) -> dict[str, str]:
     """The part of an offline env that Ray should set in every worker of a job.
 
-    HOME and LOCAL_VARS are not among them: on a real cluster each node has its own HOME, and
-    its workers need DNS (object storage).
+    A W&B key the user set travels with it (rank 0 may be on another node). HOME and LOCAL_VARS
+    do not: on a real cluster each node has its own HOME, and its workers need DNS.
     """
-    return {k: env[k] for k in OFFLINE_VARS if k in env}
+    return {k: env[k] for k in (*OFFLINE_VARS, "WANDB_API_KEY") if env.get(k)}
 
 
 def _apply_to_process(env: Mapping[str, str], *, local: bool) -> None:
@@ -100,11 +101,12 @@ def _apply_to_process(env: Mapping[str, str], *, local: bool) -> None:
 
 
 def start_local_cluster(*, num_cpus: int | None = None, num_gpus: int | None = None,
-                        include_dashboard: bool = False, home: str | Path | None = None) -> dict[str, Any]:
+                        include_dashboard: bool = True, home: str | Path | None = None) -> dict[str, Any]:
     """Start a one-node Ray cluster in this process (ray.init), bound to 127.0.0.1.
 
     `home` (default $HOME) is where the bootstrap file and Ray's auth token live; it becomes this
-    process's HOME. Returns ray.init's address info.
+    process's HOME. The dashboard (on 127.0.0.1) serves the state API that Ray Train's
+    placement-group cleaner polls. Returns ray.init's address info.
     """
     import ray
 
@@ -130,18 +132,19 @@ def connect(address: str) -> dict[str, Any]:
     return dict(ctx.address_info)
 
 
-def ensure_ray(address: str = "") -> None:
+def ensure_ray(address: str = "") -> bool:
     """Use the Ray this process is already connected to, else join `address` (or $RAY_ADDRESS,
-    as inside `ray job submit`), else start a local cluster."""
+    as inside `ray job submit`), else start a local cluster. True if it started one."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS", "")
     if address:
         connect(address)
-    else:
-        start_local_cluster()
+        return False
+    start_local_cluster()
+    return True
 
 
 # ================================================================== head node for `make ray-up`
@@ -158,6 +161,8 @@ def _state_path(port: int) -> Path:
 def _head_env(home: str | None = None) -> dict[str, str]:
     env = offline_env(dict(os.environ, HOME=home) if home else None)
     env["RAY_AUTH_MODE"] = "token"
+    # `down` stops the whole one-node cluster: draining it first only waits out a 30 s timeout.
+    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
     # Job entrypoints (`python ray_jobs/train.py`) must find this venv's python.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
@@ -268,7 +273,8 @@ def head_down(*, port: int = DEFAULT_PORT, timeout: float = 60.0) -> bool:
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.25)
     if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
+        # `up` made the head a session leader: its process group is exactly this cluster's processes.
+        os.killpg(pid, signal.SIGKILL)
     path.unlink(missing_ok=True)
     return True
 

@@ -75,6 +75,17 @@ def preflight(cfg: RunConfig) -> None:
                           f"than the {shards.count('train')} training samples in {cfg.data.shards}")
 
 
+def _check_local_capacity(cfg: RunConfig, resources: dict[str, float]) -> None:
+    # A local cluster never grows: asking for more than it has would wait forever.
+    import ray
+
+    have = ray.cluster_resources()
+    for key, per_worker in resources.items():
+        if per_worker * cfg.ray.num_workers > have.get(key, 0):
+            raise ConfigError(f"ray.num_workers {cfg.ray.num_workers} x {per_worker} {key} per worker is more than "
+                              f"this machine's {have.get(key, 0):g} {key}")
+
+
 def run_training(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: TrainFn | None = None) -> dict[str, Any]:
     """Train `cfg` on Ray Train workers.
 
@@ -101,7 +112,8 @@ def run_training(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: Train
         resources["GPU"] = rc.gpus_per_worker
     backend = rc.backend if rc.backend != "auto" else ("nccl" if rc.use_gpu else "gloo")
 
-    ensure_ray(rc.address)
+    if ensure_ray(rc.address):
+        _check_local_capacity(cfg, resources)
     trainer = TorchTrainer(
         functools.partial(train_loop_per_worker, train_fn=train_fn),
         train_loop_config=config_dict,
