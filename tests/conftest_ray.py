@@ -3,7 +3,7 @@
     from conftest_ray import ray_cluster  # noqa: F401   (then take `ray_cluster` as a fixture)
 
 Starting Ray Train workers costs ~15 s, so every test that needs Ray shares this cluster: a head
-and one worker node of 1 CPU each (`ray.cluster_utils.Cluster`, both on 127.0.0.1), so
+and one worker node of 1 CPU each (`ray.cluster_utils.Cluster`, both on this machine), so
 STRICT_SPREAD puts one training worker on each node and a test can remove a whole node. The
 session runs with `facegan.launch.cluster.offline_env` in a temporary HOME (bootstrap file, no
 usage stats, W&B offline, no DNS) and a 0.2 s Train health-check interval, so reports are fast
@@ -31,7 +31,8 @@ def free_port() -> int:
 
 def node_args() -> dict[str, Any]:
     """Arguments for `Cluster.add_node` of a 1-CPU worker node (also for replacement nodes)."""
-    return {"num_cpus": 1, "node_ip_address": LOCALHOST}
+    # No node_ip_address: nodes and this driver must agree on it, and ray.init works out its own.
+    return {"num_cpus": 1}
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +43,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         return
     env = offline_env({"HOME": str(tmp_path_factory.mktemp("ray_home"))})
     patch = pytest.MonkeyPatch()
-    # Set before the first `import ray` in this process where possible: Ray reads some at import.
+    # Ray's processes inherit these (GCS, raylets, dashboard, workers).
     for key in ("HOME", *OFFLINE_VARS, *LOCAL_VARS):
         patch.setenv(key, env[key])
     patch.setenv("RAY_AUTH_MODE", "disabled")

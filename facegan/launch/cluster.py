@@ -1,15 +1,17 @@
 """Ray clusters that keep every byte on this machine: local starts, connections, `make ray-up/down`.
 
-    python -m facegan.launch.cluster up      # head node on 127.0.0.1: token auth, job server
+    python -m facegan.launch.cluster up      # head node: token auth, job server on 127.0.0.1
     python -m facegan.launch.cluster status
     python -m facegan.launch.cluster down    # stops only the head that `up` started
+    FACEGAN_RAY_PORT=6390 FACEGAN_RAY_DASHBOARD_PORT=8290 make ray-up   # other ports (also for down)
 
 Nothing a local facegan Ray cluster runs may send traffic off the machine (`offline_env`):
 Ray's usage-stats reporter is switched off and pointed at a closed loopback port; Ray's dashboard
 probes the cloud-metadata endpoints (169.254.169.254, metadata.google.internal) unless
 `$HOME/ray_bootstrap_config.yaml` exists, so a minimal one is written (never over one a cluster
-launcher left); W&B runs offline unless the user set an API key; nodes advertise 127.0.0.1; and
-the resolver makes no DNS queries, because torch's c10d rendezvous reverse-resolves every peer.
+launcher left); W&B runs offline unless the user set an API key; and the resolver makes no DNS
+queries, because torch's c10d rendezvous reverse-resolves every peer. Servers bind to 127.0.0.1
+where Ray lets us choose (dashboard, job server); Ray names a node by this machine's own address.
 When joining a real cluster only the usage-stats and W&B settings are passed on.
 """
 
@@ -38,8 +40,6 @@ BOOTSTRAP_TEXT = ("# Written by facegan.launch.cluster: its presence stops Ray's
 OFFLINE_VARS = ("RAY_USAGE_STATS_ENABLED", "RAY_USAGE_STATS_REPORT_URL", "WANDB_MODE")
 # Extra variables for clusters that live entirely on this machine; never pushed to a real cluster.
 LOCAL_VARS = {
-    # Ray advertises 127.0.0.1 for its nodes instead of routing a probe towards 8.8.8.8.
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     # torch's TCPStore reverse-resolves each peer, a v4-mapped IPv6 address that /etc/hosts cannot
     # answer, so the lookup would go to the DNS server. With zero attempts the resolver sends
     # nothing (names in /etc/hosts still resolve) and torch falls back to printing the address.
@@ -78,7 +78,6 @@ def offline_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     env["RAY_USAGE_STATS_REPORT_URL"] = f"http://{LOCALHOST}:9/"
     if not env.get("WANDB_API_KEY") and env.get("WANDB_MODE") != "disabled":
         env["WANDB_MODE"] = "offline"
-    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = LOCAL_VARS["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]
     if env.get("FACEGAN_ALLOW_DNS") != "1":
         env["RES_OPTIONS"] = f"{env.get('RES_OPTIONS', '')} {LOCAL_VARS['RES_OPTIONS']}".strip()
     return env
@@ -102,7 +101,7 @@ def _apply_to_process(env: Mapping[str, str], *, local: bool) -> None:
 
 def start_local_cluster(*, num_cpus: int | None = None, num_gpus: int | None = None,
                         include_dashboard: bool = True, home: str | Path | None = None) -> dict[str, Any]:
-    """Start a one-node Ray cluster in this process (ray.init), bound to 127.0.0.1.
+    """Start a one-node Ray cluster in this process (ray.init); its dashboard listens on 127.0.0.1.
 
     `home` (default $HOME) is where the bootstrap file and Ray's auth token live; it becomes this
     process's HOME. The dashboard (on 127.0.0.1) serves the state API that Ray Train's
@@ -113,7 +112,7 @@ def start_local_cluster(*, num_cpus: int | None = None, num_gpus: int | None = N
     env = offline_env(dict(os.environ, HOME=str(home)) if home is not None else None)
     _apply_to_process(env, local=True)
     ctx = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=include_dashboard,
-                   dashboard_host=LOCALHOST, _node_ip_address=LOCALHOST, configure_logging=False,
+                   dashboard_host=LOCALHOST, configure_logging=False,
                    runtime_env={"env_vars": runtime_env_vars(env)})
     return dict(ctx.address_info)
 
@@ -128,7 +127,13 @@ def connect(address: str) -> dict[str, Any]:
 
     env = offline_env()
     _apply_to_process(env, local=False)
-    ctx = ray.init(address=address, configure_logging=False, runtime_env={"env_vars": runtime_env_vars(env)})
+    env_vars = runtime_env_vars(env)
+    # Inside `ray job submit` Ray merges the job's runtime_env into this one and refuses a variable
+    # set in both: the job's own value wins.
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    taken = (job.get("runtime_env") or {}).get("env_vars") or {}
+    env_vars = {k: v for k, v in env_vars.items() if k not in taken}
+    ctx = ray.init(address=address, configure_logging=False, runtime_env={"env_vars": env_vars})
     return dict(ctx.address_info)
 
 
@@ -154,8 +159,13 @@ def _ray_cli() -> str:
     return str(found) if found.exists() else (shutil.which("ray") or "ray")
 
 
+def state_dir(port: int) -> Path:
+    """Where `up` keeps the head's pid file, its log and Ray's session files (kept after `down`)."""
+    return Path(tempfile.gettempdir()) / f"facegan-ray-{port}"
+
+
 def _state_path(port: int) -> Path:
-    return Path(tempfile.gettempdir()) / f"facegan-ray-{port}" / "head.json"
+    return state_dir(port) / "head.json"
 
 
 def _head_env(home: str | None = None) -> dict[str, str]:
@@ -190,6 +200,12 @@ def _alive(pid: int) -> bool:
     return status != "Z"
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOCALHOST, 0))
+        return s.getsockname()[1]
+
+
 def _port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
@@ -206,7 +222,7 @@ def _read_state(port: int) -> dict[str, Any] | None:
 
 def head_up(*, port: int = DEFAULT_PORT, dashboard_port: int = DEFAULT_DASHBOARD_PORT,
             num_cpus: int | None = None, num_gpus: int | None = None, timeout: float = 90.0) -> dict[str, Any]:
-    """Start a token-auth head node on 127.0.0.1 (GCS `port`, dashboard + job server `dashboard_port`).
+    """Start a token-auth head node (GCS `port`; dashboard + job server on 127.0.0.1:`dashboard_port`).
 
     The head runs as `ray start --head --block` in its own session; its pid is recorded so that
     `head_down` stops exactly this cluster (`ray stop` would stop every Ray on the machine).
@@ -222,10 +238,14 @@ def head_up(*, port: int = DEFAULT_PORT, dashboard_port: int = DEFAULT_DASHBOARD
         # `ray start` (unlike ray.init) does not create a token. stdout is the token: keep it off the terminal.
         subprocess.run([_ray_cli(), "get-auth-token", "--generate"], env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    root = _state_path(port).parent
+    root = state_dir(port)
     root.mkdir(parents=True, exist_ok=True)
-    cmd = [_ray_cli(), "start", "--head", "--block", f"--node-ip-address={LOCALHOST}", f"--port={port}",
+    # Ray's fixed defaults for these (52365, 10001) collide with any other Ray on the machine; a
+    # head whose dashboard agent cannot bind accepts no jobs ("No available agent").
+    agent_port, client_port = _free_port(), _free_port()
+    cmd = [_ray_cli(), "start", "--head", "--block", f"--port={port}",
            "--include-dashboard=true", f"--dashboard-host={LOCALHOST}", f"--dashboard-port={dashboard_port}",
+           f"--dashboard-agent-listen-port={agent_port}", f"--ray-client-server-port={client_port}",
            "--disable-usage-stats", f"--temp-dir={root / 'tmp'}"]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
@@ -242,7 +262,9 @@ def head_up(*, port: int = DEFAULT_PORT, dashboard_port: int = DEFAULT_DASHBOARD
         if proc.poll() is not None:
             raise RuntimeError(f"ray start exited with status {proc.returncode}; see {log_path}:\n"
                                + log_path.read_text()[-3000:])
-        if "Ray runtime started" in log_path.read_text() and _job_server_ready(state["dashboard"]):
+        # Jobs need the dashboard (job server) and the head's dashboard agent (runs them).
+        if "Ray runtime started" in log_path.read_text() and _job_server_ready(state["dashboard"]) \
+                and _port_open(agent_port):
             _state_path(port).write_text(json.dumps(state, indent=1))
             return state
         time.sleep(0.5)
@@ -288,9 +310,11 @@ def submit_hint(state: Mapping[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m facegan.launch.cluster", description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["up", "down", "status"])
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="GCS port of the head (default %(default)s)")
-    parser.add_argument("--dashboard-port", type=int, default=DEFAULT_DASHBOARD_PORT,
-                        help="dashboard / job server port (default %(default)s)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("FACEGAN_RAY_PORT", DEFAULT_PORT)),
+                        help="GCS port of the head (default $FACEGAN_RAY_PORT or %(default)s)")
+    parser.add_argument("--dashboard-port", type=int,
+                        default=int(os.environ.get("FACEGAN_RAY_DASHBOARD_PORT", DEFAULT_DASHBOARD_PORT)),
+                        help="dashboard / job server port (default $FACEGAN_RAY_DASHBOARD_PORT or %(default)s)")
     parser.add_argument("--num-cpus", type=int, default=None)
     parser.add_argument("--num-gpus", type=int, default=None)
     args = parser.parse_args(argv)
