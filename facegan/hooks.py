@@ -33,8 +33,9 @@ class Hooks:
     resume_from():      a checkpoint directory to resume from, or None for a fresh start.
     wrap_model(m, dev): DDP-wrap a module already on `dev` (Ray: ray.train.torch.prepare_model).
     report(metrics, checkpoint_dir): called on EVERY rank at each tick with the rank-reduced
-                        metrics; `checkpoint_dir` is set (on every rank) when a checkpoint was
-                        just written by rank 0. Ray turns this into ray.train.report(...).
+                        metrics; on rank 0 `checkpoint_dir` is the checkpoint just written (None
+                        on other ranks and between checkpoints). Ray turns this into
+                        ray.train.report(...), which every rank must call.
     should_stop():      polled once per tick (e.g. a Tune scheduler stopping the trial).
     sinks:              metric sinks used on rank 0 (jsonl, W&B); see facegan.stats.
     """

@@ -86,7 +86,8 @@ def observed_train(cfg: RunConfig, *, hooks: Any) -> dict[str, float]:
         for model in models:
             for p in model.parameters():
                 digest.update(p.detach().cpu().numpy().tobytes())
-        write(event="report", step=int(metrics["step"]), digest=digest.hexdigest(), checkpoint=checkpoint_dir is not None)
+        write(event="report", step=int(metrics["step"]), digest=digest.hexdigest(),
+              checkpoint=checkpoint_dir is not None)
         hooks.report(metrics, checkpoint_dir)
 
     real_open = stream.open_url
@@ -193,7 +194,8 @@ def check_recovery(out_dir: Path, *, c_durable: int, reached: int, total_steps: 
     assert len(resumed) == 1, f"ranks resumed from different checkpoints: {resumed}"
     (r,) = resumed
     assert r in written and r % ckpt_steps == 0 and r >= c_durable, (r, written, c_durable)
-    assert {info["start"]["pid"] for info in second.values()}.isdisjoint(info["start"]["pid"] for info in first.values())
+    pids_before = {info["start"]["pid"] for info in first.values()}
+    assert pids_before.isdisjoint(info["start"]["pid"] for info in second.values())
     # The step counter continues from that checkpoint: never back past it, no tick skipped.
     for info in second.values():
         steps = [x["step"] for x in info["reports"]]
@@ -338,8 +340,8 @@ def test_ddp_run_one_worker_per_node_disjoint_shards_identical_params(
     assert opened[0] and opened[1] and opened[0].isdisjoint(opened[1])
     assert all("/train-" in url for urls in opened.values() for url in urls)
 
-    digests = {rank: {r["step"]: r["digest"] for r in rows if r["event"] == "report" and r["file"].startswith(f"rank{rank}-")}
-               for rank in (0, 1)}
+    digests = {rank: {r["step"]: r["digest"] for r in rows
+                      if r["event"] == "report" and r["file"].startswith(f"rank{rank}-")} for rank in (0, 1)}
     assert sorted(digests[0]) == sorted(digests[1]) == list(range(1, steps + 1))
     assert all(digests[0][s] == digests[1][s] for s in range(1, steps + 1)), "ranks diverged"
     # Ranks read different data, so equal parameters mean their gradients were averaged.
@@ -373,7 +375,8 @@ def test_sigkilled_worker_restarts_from_latest_checkpoint(
     _ship_by_value()
     steps, tick, every = 30, 2, 6
     out = tmp_path / "run"
-    cfg = tiny_config(synthetic_shards, out, steps=steps, tick_steps=tick, ckpt_steps=every, train={"keep_checkpoints": 3})
+    cfg = tiny_config(synthetic_shards, out, steps=steps, tick_steps=tick, ckpt_steps=every,
+                      train={"keep_checkpoints": 3})
     thread, outcome = run_in_thread(cfg)
     c_durable, reached = wait_for(lambda: durable_checkpoint(out), timeout=120, what="a durable checkpoint")
     victim = _worker_pid(out, 0)  # rank 0: it writes the checkpoints
