@@ -20,6 +20,7 @@ import io
 import json
 import multiprocessing as mp
 import random
+import signal
 import sys
 import tarfile
 import time
@@ -162,6 +163,14 @@ def _encode_chunk(args: tuple[list[SourceItem], dict[str, Any]]) -> tuple[list[t
     return samples, skipped
 
 
+def _worker_init() -> None:
+    # Forked workers inherit the parent's signal handlers: a Ray driver's SIGTERM handler would
+    # run in a worker on pool.terminate() and tear down the connection the parent shares with
+    # its raylet. Workers just die on SIGTERM and ignore Ctrl-C (the parent handles it).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _write_shard(store: Store, job: ShardJob, recipe: ShardRecipe,
                  chunks: Iterator[tuple[list[tuple[str, bytes, bytes]], list[dict[str, str]]]]) -> dict[str, Any]:
     """Write one shard from its encoded chunks (in order); return its record."""
@@ -258,7 +267,7 @@ def build_shards(recipe: ShardRecipe, *, root: str | Path | None, out: str | Pat
     tasks = [(job.items[i:i + CHUNK], recipe_dict) for job in todo for i in range(0, len(job.items), CHUNK)]
     workers = max(1, min(recipe.num_workers, len(tasks)))
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    pool = ctx.Pool(workers) if workers > 1 else None
+    pool = ctx.Pool(workers, initializer=_worker_init) if workers > 1 else None
     try:
         results = iter(pool.imap(_encode_chunk, tasks, chunksize=1) if pool else map(_encode_chunk, tasks))
 
@@ -274,6 +283,8 @@ def build_shards(recipe: ShardRecipe, *, root: str | Path | None, out: str | Pat
             if isinstance(store, LocalStore):
                 # Record each finished shard at once: this is what a resumed build trusts.
                 store.write_bytes(f"{PARTIAL}/{rec['name']}.json", json.dumps(rec).encode())
+        if pool:
+            pool.close()  # a normal exit: the workers finish on their own
     finally:
         if pool:
             pool.terminate()
