@@ -12,10 +12,10 @@ streams the same synthetic 64x64 JPEG shards through its own `facegan.data.strea
 with the same batch size, seed, shuffle buffer and loader workers (0 by default: decoding runs in
 the training process, at the same cost for all), at the same torch thread count.
 
-A second baseline, "bare + fresh z", does what facegan's DCGAN phases do: G runs under no_grad for
-the D step, then again on a new z for the G step (the examples reuse the D step's fakes).
-facegan / bare is the figure with its target; bare + fresh z / bare is the price of the second G
-forward, and facegan / (bare + fresh z) the loop's own overhead.
+A second baseline, "bare + fresh z", runs G under no_grad for the D step, then again on a new z
+for the G step, as facegan's DCGAN phases did before they handed d_step's fakes to g_step (they
+now reuse them, like the examples). facegan / bare is the figure with its target; bare + fresh z /
+bare is the price a second G forward would add.
 
 Interleaved, so that load from other processes falls on all loops alike: facegan trains with a
 tick every `--tick-steps` steps, and inside each `Hooks.report` every baseline runs that many
@@ -160,8 +160,8 @@ def interleaved(shards: Path, out: Path, args: argparse.Namespace,
 
 PROFILE_ROWS = [  # (label, file suffix, function): facegan step parts by cumulative time
     ("loader next()", "facegan/data/stream.py", "__next__"),
-    ("d_step forwards (G no_grad + 2x D)", "facegan/steps/dcgan.py", "d_step"),
-    ("g_step forwards (G + D)", "facegan/steps/dcgan.py", "g_step"),
+    ("d_step forwards (G + 2x D)", "facegan/steps/dcgan.py", "d_step"),
+    ("g_step forward (D on the carried fakes)", "facegan/steps/dcgan.py", "g_step"),
     ("  G forward (all calls)", "facegan/models/dcgan.py", "forward@G"),
     ("backward (both phases)", "torch/_tensor.py", "backward"),
     ("Adam steps", "torch/optim/adam.py", "step"),

@@ -263,11 +263,14 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
         kimg = images_seen / 1000
         scalars: dict[str, torch.Tensor] = {}
 
+        # One z per step, shared by the phases; `carry` lets d_step hand its fakes to g_step.
+        z = torch.randn(real.shape[0], cfg.model.z_dim, generator=gen, device=device)
+        carry: dict[str, torch.Tensor] = {}
+
         def phase(fn, opt: torch.optim.Optimizer, **kw: Any) -> bool:
             """Run one named phase; update `opt` only if the loss is finite on every rank."""
-            z = torch.randn(real.shape[0], cfg.model.z_dim, generator=gen, device=device)
             with autocast:
-                loss, sc = fn(G=G_t, D=D_t, z_BZ=z, kimg=kimg, generator=gen, **kw)
+                loss, sc = fn(G=G_t, D=D_t, z_BZ=z, kimg=kimg, generator=gen, carry=carry, **kw)
             if not _all_ranks_finite(loss):
                 return False
             opt.zero_grad(set_to_none=True)
@@ -277,6 +280,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
             return True
 
         step_ok = phase(steps.d_step, opt_D, real_BCHW=real) and phase(steps.g_step, opt_G)
+        carry.clear()  # a skipped g_step must not keep G's graph alive into the next step
         if scaler.is_enabled() and step_ok:
             scaler.update()
 

@@ -280,6 +280,29 @@ def test_d_step_grads_reach_d_only_and_g_step_reaches_g():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters())
 
 
+def test_carry_hands_d_step_fakes_to_g_step():
+    """With `carry`, G runs once per step: D's loss still leaves G without grads, and g_step scores
+    the very fakes d_step drew (same loss as running G again on the same z)."""
+    G, D = tiny_nets()
+    G.eval()  # batch-norm in eval: a second G forward on the same z gives the same fakes
+    steps = make_steps()
+    real_BCHW, z_BZ = torch.rand(8, 3, 16, 16) * 2 - 1, torch.randn(8, 16)
+    carry: dict[str, torch.Tensor] = {}
+    d_loss, _ = steps.d_step(G=G, D=D, real_BCHW=real_BCHW, z_BZ=z_BZ, kimg=0.0, carry=carry)
+    assert carry["fake_BCHW"].requires_grad
+    d_loss.backward()
+    assert all(p.grad is None for p in G.parameters())
+    calls = []
+    handle = G.register_forward_hook(lambda *_: calls.append(1))
+    g_loss, _ = steps.g_step(G=G, D=D, z_BZ=z_BZ, kimg=0.0, carry=carry)
+    assert calls == [] and carry == {}
+    handle.remove()
+    fresh, _ = steps.g_step(G=G, D=D, z_BZ=z_BZ, kimg=0.0)
+    torch.testing.assert_close(g_loss, fresh)
+    g_loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters())
+
+
 def test_scalar_names():
     G, D = tiny_nets()
     _, scalars = make_steps().d_step(G=G, D=D, real_BCHW=torch.zeros(4, 3, 16, 16), z_BZ=torch.randn(4, 16), kimg=0)
