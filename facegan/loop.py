@@ -129,6 +129,22 @@ def save_grid_png(img_BCHW: torch.Tensor, path: Path) -> None:
     save_grid(u8, path)
 
 
+def fixed_attrs(shards: ShardSet, n: int, *, split: str = "val") -> torch.Tensor:
+    """Attribute rows of the first `n` samples of `split` (cycled if fewer): the same for every
+    run on these shards, so conditional sample grids are comparable across ticks and resumes."""
+    from facegan.data.stream import eval_loader
+
+    if shards.count(split) == 0:
+        split = "train"
+    rows: list[torch.Tensor] = []
+    for batch in eval_loader(shards, split=split, batch_size=min(n, 256)):
+        rows.append(batch["attrs"])
+        if sum(len(r) for r in rows) >= n:
+            break
+    attrs = torch.cat(rows).float()
+    return attrs.repeat((n + len(attrs) - 1) // len(attrs), 1)[:n]
+
+
 def _resume_dir(cfg: RunConfig, hooks: Hooks, ckpt_root: Path) -> Path | None:
     from_runner = hooks.resume_from()
     if from_runner is not None:
@@ -213,11 +229,20 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
     G_t = hooks.wrap_model(G, device)
     D_t = hooks.wrap_model(D, device)
     steps = FAMILIES[cfg.model.family].make_steps(**asdict(cfg.gan))
+    # Families whose G/D take the batch's attributes (conditional, alpha/beta overlay) say so with
+    # `uses_attrs`; they may also hold modules of their own (a frozen classifier) to move.
+    uses_attrs = bool(getattr(steps, "uses_attrs", False))
+    if hasattr(steps, "to"):
+        steps.to(device)
+    if uses_attrs and not shards.attr_names:
+        raise ConfigError(f"model.family {cfg.model.family!r} needs attribute labels, but the shards in "
+                          f"{cfg.data.shards} carry none (manifest attr_names is empty)")
 
     loader = train_loader(shards, batch_size=cfg.data.batch_size, rank=rank, world_size=world,
                           num_workers=cfg.data.num_workers, seed=tc.seed, shuffle_buffer=cfg.data.shuffle_buffer,
                           start_batch=step, pin_memory=device.type == "cuda")
     grid_z = torch.randn(tc.grid_size, cfg.model.z_dim, generator=torch.Generator().manual_seed(tc.seed + 7)).to(device)
+    grid_attrs = fixed_attrs(shards, tc.grid_size).to(device) if uses_attrs else None
 
     batch_total = cfg.data.batch_size * world
     total_images = int(round(tc.total_kimg * 1000))
@@ -260,6 +285,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
         batch = next(loader)
         skipped_samples += batch["num_skipped"]
         real = batch["image"].to(device, non_blocking=True)
+        cond = {"attrs_BA": batch["attrs"].to(device, torch.float32)} if uses_attrs else {}
         kimg = images_seen / 1000
         scalars: dict[str, torch.Tensor] = {}
 
@@ -279,7 +305,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
             scalars.update(sc)
             return True
 
-        step_ok = phase(steps.d_step, opt_D, real_BCHW=real) and phase(steps.g_step, opt_G)
+        step_ok = phase(steps.d_step, opt_D, real_BCHW=real, **cond) and phase(steps.g_step, opt_G, **cond)
         carry.clear()  # a skipped g_step must not keep G's graph alive into the next step
         if scaler.is_enabled() and step_ok:
             scaler.update()
@@ -337,7 +363,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
             images = {}
             if rank == 0:
                 with torch.no_grad(), autocast:
-                    grid = G_ema(grid_z)
+                    grid = steps.generate(G_ema, grid_z, grid_attrs) if uses_attrs else G_ema(grid_z)
                 grid_path = out / "samples" / f"grid-{images_seen:09d}.png"
                 save_grid_png(grid, grid_path)
                 save_grid_png(grid, out / "samples" / "latest.png")
