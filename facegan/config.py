@@ -276,13 +276,13 @@ class GanConfig:
 
 
 @dataclass(kw_only=True)
-class TrainConfig:
+class CommonTrainConfig:
+    """The `train` section's settings that every kind of run has (GAN and classifier runs)."""
+
     total_kimg: float = 100.0              # length of the run in thousands of images (over all ranks)
-    tick_kimg: float = 4.0                 # report, sample grid every tick
+    tick_kimg: float = 4.0                 # report (and for GANs a sample grid) every tick
     checkpoint_kimg: float = 20.0          # checkpoint every this many kimg (and at the end)
     keep_checkpoints: int = 3
-    ema_kimg: float = 10.0                 # EMA half-life of G in kimg (0: no EMA)
-    ema_rampup: float = 0.05               # StyleGAN2-ADA: half-life <= rampup * images seen
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"   # auto: bf16 on CUDA, fp32 on CPU
     deterministic: bool = False
@@ -292,17 +292,28 @@ class TrainConfig:
     out_dir: str = "runs/default"
     resume: str = ""                       # "": fresh (or the runner's checkpoint), "latest", or a checkpoint dir
     max_minutes: float = 0.0               # >0: stop (with a checkpoint) at the first tick after this long
-    grid_size: int = 64                    # fixed-latent sample grid
 
     def __post_init__(self) -> None:
         require(self.total_kimg > 0, f"train.total_kimg: expected > 0, got {self.total_kimg}")
         require(self.tick_kimg > 0, f"train.tick_kimg: expected > 0, got {self.tick_kimg}")
         require(self.checkpoint_kimg > 0, f"train.checkpoint_kimg: expected > 0, got {self.checkpoint_kimg}")
         require(self.keep_checkpoints >= 1, f"train.keep_checkpoints: expected >= 1, got {self.keep_checkpoints}")
-        require(self.ema_kimg >= 0, f"train.ema_kimg: expected >= 0, got {self.ema_kimg}")
         require(self.max_bad_steps >= 1, f"train.max_bad_steps: expected >= 1, got {self.max_bad_steps}")
         require(self.num_threads >= 0, f"train.num_threads: expected >= 0, got {self.num_threads}")
         require(self.max_minutes >= 0, f"train.max_minutes: expected >= 0 (0: no limit), got {self.max_minutes}")
+
+
+@dataclass(kw_only=True)
+class TrainConfig(CommonTrainConfig):
+    """A GAN run's `train` section: the common settings plus G's EMA and the sample grid."""
+
+    ema_kimg: float = 10.0                 # EMA half-life of G in kimg (0: no EMA)
+    ema_rampup: float = 0.05               # StyleGAN2-ADA: half-life <= rampup * images seen
+    grid_size: int = 64                    # fixed-latent sample grid
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.ema_kimg >= 0, f"train.ema_kimg: expected >= 0, got {self.ema_kimg}")
         require(1 <= self.grid_size <= 256, f"train.grid_size: expected 1..256, got {self.grid_size}")
 
 
@@ -343,5 +354,80 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     gan: GanConfig = field(default_factory=GanConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+# ===================================================================== classifier run configs
+# An attribute-classifier run (facegan.classify.train_classifier) is one `ClassifierRunConfig`:
+# the same data, train, ray and wandb sections as a GAN run, its own model, optim and eval.
+
+@dataclass(kw_only=True)
+class ClassifierModelConfig:
+    arch: str = "report_cnn"               # facegan.models.CLASSIFIERS: report_cnn | resnet18
+    resolution: int = 64                   # must match the shards
+    dense_units: int | None = None         # report_cnn only (default 1024)
+    dropout: float | None = None           # report_cnn only (default 0.3)
+    attrs: list[str] = field(default_factory=list)   # attributes trained and scored; []: every
+                                           # attribute whose train-split labels take both values
+
+    def __post_init__(self) -> None:
+        from facegan.models.classifier import CLASSIFIERS
+
+        require(self.arch in CLASSIFIERS, f"model.arch: expected one of {sorted(CLASSIFIERS)}, got {self.arch!r}")
+        require(self.resolution >= 16 and self.resolution & (self.resolution - 1) == 0,
+                f"model.resolution: expected a power of two >= 16 (32, 64, 128), got {self.resolution}")
+        if self.arch != "report_cnn":
+            for name in ("dense_units", "dropout"):
+                require(getattr(self, name) is None, f"model.{name}: only report_cnn has it, not {self.arch}")
+        require(self.dense_units is None or self.dense_units >= 1,
+                f"model.dense_units: expected >= 1, got {self.dense_units}")
+        require(self.dropout is None or 0 <= self.dropout < 1, f"model.dropout: expected 0 <= p < 1, got {self.dropout}")
+        dupes = sorted({a for a in self.attrs if self.attrs.count(a) > 1})
+        require(not dupes, f"model.attrs: listed more than once: {', '.join(dupes)}")
+
+    def build_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for CLASSIFIERS[arch] besides num_attrs."""
+        kw: dict[str, Any] = {"resolution": self.resolution}
+        if self.arch == "report_cnn":
+            kw.update(dense_units=self.dense_units or 1024, dropout=0.3 if self.dropout is None else self.dropout)
+        return kw
+
+
+@dataclass(kw_only=True)
+class ClassifierOptimConfig:
+    lr: float = 1e-3                       # Adam
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(0 < self.lr < 1, f"optim.lr: expected 0 < lr < 1, got {self.lr}")
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            require(0 <= v < 1, f"optim.{name}: expected 0 <= beta < 1, got {v}")
+        require(self.weight_decay >= 0, f"optim.weight_decay: expected >= 0, got {self.weight_decay}")
+
+
+@dataclass(kw_only=True)
+class ClassifierEvalConfig:
+    splits: list[str] = field(default_factory=lambda: ["val", "test"])   # scored at the end of the run
+    every_kimg: float = 0.0                # >0: also score eval.splits every this many kimg (at ticks)
+    batch_size: int = 256                  # per rank
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.splits if s not in ("train", "val", "test")]
+        require(not bad, f"eval.splits: expected names among train, val, test, got {bad}")
+        require(self.every_kimg >= 0, f"eval.every_kimg: expected >= 0 (0: only at the end), got {self.every_kimg}")
+        require(self.batch_size >= 1, f"eval.batch_size: expected >= 1, got {self.batch_size}")
+
+
+@dataclass(kw_only=True)
+class ClassifierRunConfig:
+    data: DataConfig
+    model: ClassifierModelConfig = field(default_factory=ClassifierModelConfig)
+    optim: ClassifierOptimConfig = field(default_factory=ClassifierOptimConfig)
+    train: CommonTrainConfig = field(default_factory=CommonTrainConfig)
+    eval: ClassifierEvalConfig = field(default_factory=ClassifierEvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)

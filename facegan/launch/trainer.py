@@ -1,9 +1,13 @@
-"""Ray Train for the facegan loop: one TorchTrainer run of `facegan.loop.train` over DDP workers.
+"""Ray Train for facegan's loops: one TorchTrainer run of a train function over DDP workers.
 
     cfg = load_yaml(RunConfig, "configs/dcgan_celeba64.yaml")
     metrics = run_training(cfg, config_dict=to_dict(cfg))     # or: ray job submit ... ray_jobs/train.py
+    cfg = load_yaml(ClassifierRunConfig, "configs/classifier_celeba64.yaml")
+    metrics = run_training(cfg, config_dict=to_dict(cfg), train_fn=train_classifier)
 
-Every worker rebuilds the RunConfig from the plain dict and runs the same loop as in-process
+The train function is `facegan.loop.train` for a GAN `RunConfig` and
+`facegan.classify.train_classifier` for a `ClassifierRunConfig` (or any `(cfg, *, hooks)`).
+Every worker rebuilds the config (same class) from the plain dict and runs the same loop as in-process
 training, with `Hooks` that take rank and device from Ray, resume from the checkpoint Ray hands
 out, wrap models with `ray.train.torch.prepare_model` and turn the loop's ticks into
 `ray.train.report` calls (all ranks report; only rank 0 attaches the checkpoint it wrote). When a
@@ -26,13 +30,25 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from facegan.config import ConfigError, RunConfig, from_dict
+from facegan.config import ClassifierRunConfig, ConfigError, RunConfig, from_dict
 from facegan.hooks import Hooks
 from facegan.launch.cluster import ensure_ray
 
 log = logging.getLogger(__name__)
 
 TrainFn = Callable[..., dict[str, float]]
+AnyRunConfig = RunConfig | ClassifierRunConfig   # the run configs Ray can train: both have train/data/ray/wandb
+
+
+def default_train_fn(cfg: AnyRunConfig) -> TrainFn:
+    """The loop that trains this kind of config."""
+    if isinstance(cfg, ClassifierRunConfig):
+        from facegan.classify import train_classifier
+
+        return train_classifier
+    from facegan.loop import train
+
+    return train
 
 
 def _is_url(location: str) -> bool:
@@ -53,13 +69,13 @@ def localize(config_dict: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_location(cfg: RunConfig) -> tuple[str, str]:
+def run_location(cfg: AnyRunConfig) -> tuple[str, str]:
     """(storage_path, run name) of the Ray run: <out_dir>/ray unless ray.storage_path is set."""
     out_dir = Path(cfg.train.out_dir)
     return cfg.ray.storage_path or str(out_dir / "ray"), out_dir.name
 
 
-def preflight(cfg: RunConfig) -> None:
+def preflight(cfg: AnyRunConfig) -> None:
     """Catch what would otherwise fail inside every worker, once per retry, after a ~15 s start."""
     from facegan.data.stream import ShardSet
 
@@ -75,7 +91,7 @@ def preflight(cfg: RunConfig) -> None:
                           f"than the {shards.count('train')} training samples in {cfg.data.shards}")
 
 
-def _check_local_capacity(cfg: RunConfig, resources: dict[str, float]) -> None:
+def _check_local_capacity(cfg: AnyRunConfig, resources: dict[str, float]) -> None:
     # A local cluster never grows: asking for more than it has would wait forever.
     import ray
 
@@ -86,24 +102,25 @@ def _check_local_capacity(cfg: RunConfig, resources: dict[str, float]) -> None:
                               f"this machine's {have.get(key, 0):g} {key}")
 
 
-def run_training(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: TrainFn | None = None) -> dict[str, Any]:
+def run_training(cfg: AnyRunConfig, *, config_dict: dict[str, Any], train_fn: TrainFn | None = None) -> dict[str, Any]:
     """Train `cfg` on Ray Train workers.
 
     Returns {"metrics": the last reported checkpoint's metrics, "checkpoint": its directory in
     storage, "run_dir": <storage>/<name>, "wandb_dir": rank 0's W&B run directory or ""}.
 
-    `config_dict` is the plain form of `cfg` (config.to_dict) shipped to the workers. `train_fn`
-    replaces facegan.loop.train in the workers (signature `(cfg, *, hooks)`); tests use it to
-    observe ranks. Joins ray.address / $RAY_ADDRESS, or starts a local cluster, unless this
+    `config_dict` is the plain form of `cfg` (config.to_dict) shipped to the workers, which
+    rebuild it as `type(cfg)`. `train_fn` (signature `(cfg, *, hooks)`) runs in the workers;
+    default: `default_train_fn(cfg)`. Tests pass wrappers to observe ranks. Joins ray.address / $RAY_ADDRESS, or starts a local cluster, unless this
     process is already connected.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    if from_dict(RunConfig, config_dict) != cfg:
+    config_cls = type(cfg)
+    if from_dict(config_cls, config_dict) != cfg:
         raise ValueError("run_training: config_dict does not describe cfg (pass config.to_dict(cfg))")
     config_dict = localize(config_dict)
-    cfg = from_dict(RunConfig, config_dict)
+    cfg = from_dict(config_cls, config_dict)
     preflight(cfg)
     storage, name = run_location(cfg)
     rc = cfg.ray
@@ -115,7 +132,7 @@ def run_training(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: Train
     if ensure_ray(rc.address):
         _check_local_capacity(cfg, resources)
     trainer = TorchTrainer(
-        functools.partial(train_loop_per_worker, train_fn=train_fn),
+        functools.partial(train_loop_per_worker, train_fn=train_fn or default_train_fn(cfg), config_cls=config_cls),
         train_loop_config=config_dict,
         torch_config=TorchConfig(backend=backend),
         scaling_config=ScalingConfig(num_workers=rc.num_workers, use_gpu=rc.use_gpu, resources_per_worker=resources,
@@ -132,14 +149,14 @@ def run_training(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: Train
             "wandb_dir": _wandb_dir(cfg)}
 
 
-def wandb_run_id(cfg: RunConfig) -> str:
+def wandb_run_id(cfg: AnyRunConfig) -> str:
     """One W&B run per Ray run, kept across restarts (the sink resumes it)."""
     storage, name = run_location(cfg)
     digest = hashlib.sha1(f"{storage}/{name}".encode()).hexdigest()[:10]
     return f"{''.join(c if c.isalnum() or c in '-_' else '_' for c in name[:40])}-{digest}"
 
 
-def _wandb_dir(cfg: RunConfig) -> str:
+def _wandb_dir(cfg: AnyRunConfig) -> str:
     if not cfg.wandb.enabled or cfg.wandb.mode == "disabled":
         return ""
     # Rank 0 wrote it; the path is on rank 0's node (here when this driver shares its disk).
@@ -187,7 +204,7 @@ def _report(metrics: dict[str, float], checkpoint_dir: Path | None, *, rank: int
     ray.train.report(dict(metrics), checkpoint=checkpoint)
 
 
-def _wandb_sinks(cfg: RunConfig, config_dict: dict[str, Any], rank: int) -> tuple[Any, ...]:
+def _wandb_sinks(cfg: AnyRunConfig, config_dict: dict[str, Any], rank: int) -> tuple[Any, ...]:
     if rank != 0 or not cfg.wandb.enabled or cfg.wandb.mode == "disabled":
         return ()
     from facegan.stats import WandbSink
@@ -201,14 +218,15 @@ def _wandb_sinks(cfg: RunConfig, config_dict: dict[str, Any], rank: int) -> tupl
                       run_id=wandb_run_id(cfg)),)
 
 
-def train_loop_per_worker(config_dict: dict[str, Any], *, train_fn: TrainFn | None = None) -> None:
-    """One DDP rank: rebuild the config, build Ray-backed hooks, run the loop."""
+def train_loop_per_worker(config_dict: dict[str, Any], *, train_fn: TrainFn | None = None,
+                          config_cls: type[AnyRunConfig] = RunConfig) -> None:
+    """One DDP rank: rebuild the config as `config_cls`, build Ray-backed hooks, run the loop."""
     import ray.train
     import ray.train.torch
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cfg = from_dict(RunConfig, config_dict)
+    cfg = from_dict(config_cls, config_dict)
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     resume = _Resume()
@@ -223,7 +241,7 @@ def train_loop_per_worker(config_dict: dict[str, Any], *, train_fn: TrainFn | No
         sinks=_wandb_sinks(cfg, config_dict, rank),
     )
     if train_fn is None:
-        from facegan.loop import train as train_fn
+        train_fn = default_train_fn(cfg)
     try:
         train_fn(cfg, hooks=hooks)
     finally:

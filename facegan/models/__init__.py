@@ -5,6 +5,8 @@
     for net in nets.values():
         spec.init_weights(net)
     steps = spec.make_steps(label_smoothing=0.1)       # phases for the loop to run
+
+Attribute classifiers (facegan.classify trains them) have their own registry, CLASSIFIERS.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from facegan.models.classifier import CLASSIFIERS
 from facegan.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from facegan.steps import dcgan as dcgan_steps
 
@@ -45,3 +48,6 @@ FAMILIES: dict[str, FamilySpec] = {
     "dcgan": FamilySpec(name="dcgan", build=build_dcgan, make_steps=dcgan_steps.make_steps,
                         init_weights=dcgan_steps.dcgan_init_),
 }
+
+
+__all__ = ["CLASSIFIERS", "FAMILIES", "FamilySpec", "build_dcgan"]
