@@ -1,0 +1,401 @@
+"""Evaluate a generator (or a folder of images, or a baseline) against real shards, offline.
+
+    facegan eval --checkpoint runs/dcgan/checkpoints/ckpt-000040000 --shards data/celeba64 \\
+        --num-samples 5000 --classifier runs/classifier_celeba64          # fid_attr, kid_attr, ...
+    facegan eval --images other_gan_samples/ --shards data/celeba64 --features inception \\
+        --inception-weights pt_inception-2015-12-05-6726825d.pth            # plain fid, kid, ...
+    facegan eval --baseline random --shards data/celeba64 ...              # faceless random images
+    facegan eval --baseline real --shards data/celeba64 ...                # held-out real: the floor
+
+The generated ("fake") set is compared with held-out real images (`--eval-split`, default val)
+for FID/KID/precision/recall, with the training split for memorisation, and with itself for
+MS-SSIM diversity; a GAN checkpoint's own discriminator is also scored on held-out real vs
+generated images. Fakes are drawn in fixed chunks of `CHUNK` images, chunk i from z seeded by
+(seed, i), so the set is the same whether one process draws it or Ray workers split the chunks
+(`--workers N`, see facegan.launch.evaluate); features are gathered before any statistic.
+
+Metric names follow the feature network: `fid` only for Inception; `fid_attr` etc. for the
+project's attribute classifier, so nobody compares them with published FIDs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from facegan.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64                      # images per generation chunk: the unit Ray workers split
+SOURCES = ("checkpoint", "images", "random", "real")
+FEATURES = ("attr", "inception")
+
+
+@dataclass(kw_only=True)
+class EvalRequest:
+    """What to evaluate and how; validated before anything is loaded or any Ray worker starts."""
+
+    shards: str
+    checkpoint: str = ""              # a GAN checkpoint folder (or a run's checkpoints/ folder: its latest)
+    images: str = ""                  # a folder of images made by any program
+    baseline: str = ""                # "random" (no knowledge of faces) or "real" (held-out real images)
+    num_samples: int = 5000
+    features: str = "attr"
+    classifier: str = ""              # attribute classifier checkpoint (features=attr)
+    inception_weights: str = ""       # local Inception-v3 weights file (features=inception)
+    num_real: int = 10_000            # at most this many real images per split
+    train_split: str = "train"
+    eval_split: str = "val"
+    real_split: str = "test"          # where --baseline real draws its "generated" images
+    batch_size: int = 64
+    seed: int = 0
+    use_ema: bool = True
+    metrics: list[str] = field(default_factory=list)   # [] = every metric whose inputs exist
+    ms_ssim_pairs: int = 1000
+    kid_subset_size: int = 1000
+
+    def __post_init__(self) -> None:
+        given = [n for n in ("checkpoint", "images", "baseline") if getattr(self, n)]
+        if len(given) != 1:
+            raise ConfigError("eval: give exactly one of --checkpoint, --images, --baseline "
+                              f"(got {', '.join(given) or 'none'})")
+        if self.baseline and self.baseline not in ("random", "real"):
+            raise ConfigError(f"eval.baseline: expected 'random' or 'real', got {self.baseline!r}")
+        if self.features not in FEATURES:
+            raise ConfigError(f"eval.features: expected one of {list(FEATURES)}, got {self.features!r}")
+        if self.features == "inception" and not self.inception_weights:
+            raise ConfigError("eval.features=inception needs --inception-weights PATH (a local Inception-v3 "
+                              "weights file: the standard FID weights or torchvision's inception_v3 state_dict)")
+        for name in ("num_samples", "num_real", "batch_size", "ms_ssim_pairs", "kid_subset_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"eval.{name}: expected a positive integer, got {value!r}")
+        if self.num_samples < 2:
+            raise ConfigError("eval.num_samples: at least 2 images are needed for any statistic")
+        for path_name in ("checkpoint", "images", "classifier", "inception_weights"):
+            value = getattr(self, path_name)
+            if value and not Path(value).exists():
+                raise ConfigError(f"eval.{path_name}: {value} does not exist")
+        if self.metrics:
+            from facegan.metrics import METRICS
+
+            unknown = [m for m in self.metrics if m not in METRICS]
+            if unknown:
+                raise ConfigError(f"eval.metrics: unknown {unknown}; known: {sorted(METRICS)}")
+
+    @property
+    def source(self) -> str:
+        if self.checkpoint:
+            return "checkpoint"
+        return "images" if self.images else self.baseline
+
+
+# --- the generated set
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder; a run folder or its checkpoints/ folder resolves to the latest checkpoint."""
+    from facegan.checkpoint import META, CheckpointError, list_checkpoints
+
+    path = Path(path)
+    if (path / META).is_file():
+        return path
+    for root in (path, path / "checkpoints"):
+        found = list_checkpoints(root)
+        if found:
+            return found[-1]
+    raise CheckpointError(f"{path}: no facegan checkpoint here (no meta.json, no ckpt-* folders)")
+
+
+@dataclass
+class LoadedGenerator:
+    """A GAN checkpoint ready to draw images: chunk i of a set is the same on any process."""
+
+    G: nn.Module
+    D: nn.Module
+    cfg: Any
+    meta: dict[str, Any]
+    steps: Any = None             # the family's steps when G takes attributes
+    attrs: Tensor | None = None   # attribute rows cycled over the samples (conditional families)
+
+    def chunk(self, index: int, *, seed: int, num: int) -> Tensor:
+        """uint8 (num, 3, H, W) images of chunk `index`: z from a generator seeded by (seed, index)."""
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
+        z = torch.randn(num, self.cfg.model.z_dim, generator=gen)
+        with torch.no_grad():
+            if self.steps is not None:
+                rows = torch.arange(index * CHUNK, index * CHUNK + num) % len(self.attrs)
+                img = self.steps.generate(self.G, z, self.attrs[rows])
+            else:
+                img = self.G(z)
+        return to_uint8(img)
+
+
+def to_uint8(img_BCHW: Tensor) -> Tensor:
+    return ((img_BCHW.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def load_generator(checkpoint: str | Path, *, use_ema: bool = True, shards: str | None = None) -> LoadedGenerator:
+    """G (EMA by default) and D of a GAN checkpoint, in eval mode on the CPU."""
+    from facegan.checkpoint import load_checkpoint
+    from facegan.config import RunConfig, from_dict
+    from facegan.loop import build_nets, fixed_attrs
+    from facegan.models import FAMILIES
+
+    path = resolve_checkpoint(checkpoint)
+    state, meta = load_checkpoint(path)
+    if "config" not in meta or "G" not in state:
+        raise ConfigError(f"{path}: not a GAN checkpoint (a classifier's? expected G/D state and a run config)")
+    cfg = from_dict(RunConfig, meta["config"])
+    G, D = build_nets(cfg)
+    G.load_state_dict(state["G_ema" if use_ema else "G"])
+    D.load_state_dict(state["D"])
+    G.eval()
+    D.eval()
+    steps = FAMILIES[cfg.model.family].make_steps(**asdict(cfg.gan))
+    if getattr(steps, "uses_attrs", False):
+        from facegan.data.stream import ShardSet
+
+        attrs = fixed_attrs(ShardSet.open(shards or cfg.data.shards), 1024)
+        return LoadedGenerator(G=G, D=D, cfg=cfg, meta=meta, steps=steps, attrs=attrs)
+    return LoadedGenerator(G=G, D=D, cfg=cfg, meta=meta)
+
+
+def chunks_for(num_samples: int, *, rank: int = 0, world_size: int = 1) -> Iterator[tuple[int, int]]:
+    """(chunk index, size) of this rank's chunks: round-robin, so every rank gets a fair share."""
+    for index in range(rank, math.ceil(num_samples / CHUNK), world_size):
+        yield index, min(CHUNK, num_samples - index * CHUNK)
+
+
+def random_chunks(num_samples: int, *, height: int, width: int, seed: int, rank: int = 0,
+                  world_size: int = 1) -> Iterator[Tensor]:
+    from facegan.metrics import random_baseline_images
+
+    for index, size in chunks_for(num_samples, rank=rank, world_size=world_size):
+        yield random_baseline_images(num_images=size, height=height, width=width, seed=seed * 1_000_003 + index)
+
+
+# --- one worker's share, then the statistics
+
+@dataclass
+class Share:
+    """What one process contributes: features and a few images of each set (gathered before statistics)."""
+
+    fake_feats: Tensor
+    fake_images: Tensor
+    train_feats: Tensor
+    eval_feats: Tensor
+    eval_images: Tensor
+    skipped_inputs: int = 0
+
+
+def make_extractor(req: EvalRequest):
+    from facegan.metrics import attr_extractor, load_inception
+
+    if req.features == "inception":
+        return load_inception(req.inception_weights)
+    return attr_extractor(checkpoint=resolve_classifier(req.classifier))
+
+
+def resolve_classifier(path: str) -> str:
+    """The attribute classifier checkpoint: a checkpoint folder, or a run folder's latest."""
+    if not path:
+        raise ConfigError("eval.features=attr needs --classifier PATH: a checkpoint of the attribute classifier "
+                          "(train one with `facegan classifier train configs/classifier_celeba64.yaml`)")
+    return str(resolve_checkpoint(path))
+
+
+def compute_share(req: EvalRequest, *, rank: int = 0, world_size: int = 1) -> Share:
+    """This rank's features of its chunks of generated images and of its share of the real splits."""
+    from facegan.data.stream import ShardSet
+    from facegan.metrics import read_image_folder, shard_features, shard_images
+
+    shards = ShardSet.open(req.shards)
+    height, width = shards.resolution
+    extractor = make_extractor(req)
+    skipped = 0
+    if req.source == "checkpoint":
+        loaded = load_generator(req.checkpoint, use_ema=req.use_ema, shards=req.shards)
+        res = loaded.cfg.model.resolution
+        if (res, res) != (height, width):
+            raise ConfigError(f"{req.checkpoint} makes {res}x{res} images but the shards in {req.shards} "
+                              f"are {height}x{width}")
+        fakes: Any = (loaded.chunk(i, seed=req.seed, num=n)
+                      for i, n in chunks_for(req.num_samples, rank=rank, world_size=world_size))
+    elif req.source == "random":
+        fakes = random_chunks(req.num_samples, height=height, width=width, seed=req.seed, rank=rank,
+                              world_size=world_size)
+    elif req.source == "real":
+        fakes = shard_images(shards_dir=req.shards, split=req.real_split, max_images=req.num_samples,
+                             batch_size=req.batch_size, rank=rank, world_size=world_size)
+    else:
+        folder = read_image_folder(req.images, height=height, width=width, max_images=req.num_samples)
+        skipped = len(folder.skipped)
+        fakes = folder.images[rank::world_size]
+    fake_images, fake_feats = _images_and_features(extractor, fakes, batch_size=req.batch_size)
+    train_feats = shard_features(extractor, shards_dir=req.shards, split=req.train_split, max_images=req.num_real,
+                                 batch_size=req.batch_size, rank=rank, world_size=world_size)
+    eval_images, eval_feats = _images_and_features(
+        extractor, shard_images(shards_dir=req.shards, split=req.eval_split, max_images=req.num_real,
+                                batch_size=req.batch_size, rank=rank, world_size=world_size),
+        batch_size=req.batch_size)
+    return Share(fake_feats=fake_feats, fake_images=fake_images, train_feats=train_feats, eval_feats=eval_feats,
+                 eval_images=eval_images, skipped_inputs=skipped)
+
+
+def _images_and_features(extractor, images: Tensor | Iterator[Tensor], *, batch_size: int) -> tuple[Tensor, Tensor]:
+    from facegan.metrics import extract_features
+
+    kept: list[Tensor] = []
+
+    def tee() -> Iterator[Tensor]:
+        batches = images.split(batch_size) if isinstance(images, Tensor) else images
+        for batch in batches:
+            kept.append(batch)
+            yield batch
+
+    feats = extract_features(extractor, tee(), batch_size=batch_size)
+    return torch.cat(kept), feats
+
+
+def merge_shares(shares: list[Share]) -> Share:
+    return Share(*(torch.cat([getattr(s, f) for s in shares]) for f in
+                   ("fake_feats", "fake_images", "train_feats", "eval_feats", "eval_images")),
+                 skipped_inputs=sum(s.skipped_inputs for s in shares))
+
+
+def statistics(req: EvalRequest, share: Share, *, disc: nn.Module | None = None) -> dict[str, float]:
+    """Every metric over the gathered sets (features already extracted)."""
+    from facegan.metrics import MetricOptions, compute_metrics
+
+    options = MetricOptions(ms_ssim_pairs=req.ms_ssim_pairs, kid_subset_size=req.kid_subset_size, seed=req.seed)
+    name = "inception" if req.features == "inception" else "attr"
+    scores = compute_metrics(names=req.metrics or None, feature_name=name,
+                             real_train_feats=share.train_feats, real_eval_feats=share.eval_feats,
+                             fake_feats=share.fake_feats, fake_images=share.fake_images,
+                             real_images=share.eval_images, disc=disc, options=options)
+    scores.update(num_fake=float(share.fake_feats.shape[0]), num_real_train=float(share.train_feats.shape[0]),
+                  num_real_eval=float(share.eval_feats.shape[0]), skipped_inputs=float(share.skipped_inputs))
+    return scores
+
+
+def evaluate(req: EvalRequest, *, workers: int = 0,
+             share_fn: Callable[..., list[Share]] | None = None) -> dict[str, Any]:
+    """Run the evaluation: in-process (workers=0) or with `workers` Ray tasks; returns the JSON result."""
+    if workers > 0:
+        from facegan.launch.evaluate import ray_shares
+
+        shares = (share_fn or ray_shares)(req, workers=workers)
+    else:
+        shares = [compute_share(req)]
+    share = merge_shares(shares)
+    disc = load_generator(req.checkpoint, use_ema=req.use_ema, shards=req.shards).D if req.source == "checkpoint" else None
+    scores = statistics(req, share, disc=disc)
+    result: dict[str, Any] = {"request": asdict(req), "source": describe_source(req), "workers": workers,
+                              "scores": scores}
+    if req.source == "checkpoint":
+        from facegan.checkpoint import read_meta
+
+        path = resolve_checkpoint(req.checkpoint)
+        result["checkpoint"] = str(path)
+        result["kimg"] = read_meta(path).get("kimg")
+    return result
+
+
+def describe_source(req: EvalRequest) -> str:
+    if req.source == "checkpoint":
+        return f"checkpoint {resolve_checkpoint(req.checkpoint)} ({'EMA ' if req.use_ema else ''}G)"
+    if req.source == "images":
+        return f"images in {req.images}"
+    if req.source == "real":
+        return f"real images, split {req.real_split!r}"
+    return "random baseline (no knowledge of faces)"
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    """Rows: sources; columns: metrics (those present in any result)."""
+    keys: list[str] = []
+    for r in results:
+        keys += [k for k in r["scores"] if k not in keys and not k.startswith("num_") and k != "skipped_inputs"]
+    label_w = max(len("source"), *(len(r["source"]) for r in results))
+    head = f"{'source':<{label_w}}  " + "  ".join(f"{k:>12}" for k in keys)
+    lines = [head, "-" * len(head)]
+    for r in results:
+        cells = []
+        for k in keys:
+            v = r["scores"].get(k)
+            cells.append(f"{'-':>12}" if v is None else f"{v:>12.4g}")
+        lines.append(f"{r['source']:<{label_w}}  " + "  ".join(cells))
+    n = results[0]["scores"]
+    lines.append(f"({int(n['num_fake'])} generated vs {int(n['num_real_eval'])} held-out real; "
+                 f"{int(n['num_real_train'])} training images for memorisation)")
+    return "\n".join(lines)
+
+
+def write_result(result: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, sort_keys=True))
+    return path
+
+
+# --- command line (registered by facegan.cli)
+
+def add_eval_parser(sub: Any) -> None:
+    e = sub.add_parser("eval", help="FID/KID/precision-recall/diversity/memorisation of a checkpoint, "
+                                    "an image folder or a baseline against real shards")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", default="", help="GAN checkpoint folder (or a run folder: its latest)")
+    src.add_argument("--images", default="", help="folder of .png/.jpg images made by any program")
+    src.add_argument("--baseline", default="", choices=["random", "real"],
+                     help="random: faceless random images; real: held-out real images (--real-split)")
+    e.add_argument("--shards", required=True, help="real shard set (facegan shards build)")
+    e.add_argument("--num-samples", type=int, default=5000, help="generated images to score")
+    e.add_argument("--features", default="attr", choices=list(FEATURES),
+                   help="attr: the attribute classifier's features (reported as fid_attr, ...); "
+                        "inception: Inception-v3 from --inception-weights (reported as fid, ...)")
+    e.add_argument("--classifier", default="", help="attribute classifier checkpoint (or its run folder)")
+    e.add_argument("--inception-weights", default="", help="local Inception-v3 weights file")
+    e.add_argument("--num-real", type=int, default=10_000, help="at most this many real images per split")
+    e.add_argument("--eval-split", default="val")
+    e.add_argument("--train-split", default="train")
+    e.add_argument("--real-split", default="test", help="split used by --baseline real")
+    e.add_argument("--metrics", default="", help="comma-separated subset of metrics (default: all)")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--no-ema", action="store_true", help="score the raw G instead of its EMA")
+    e.add_argument("--workers", type=int, default=0, help="Ray tasks sharing the work (0: in-process)")
+    e.add_argument("--json", default="", help="where to write the result (default: next to the checkpoint, "
+                                              "or eval.json in the current folder)")
+    e.set_defaults(fn=cmd_eval)
+
+
+def cmd_eval(args: Any) -> int:
+    req = EvalRequest(shards=args.shards, checkpoint=args.checkpoint, images=args.images, baseline=args.baseline,
+                      num_samples=args.num_samples, features=args.features, classifier=args.classifier,
+                      inception_weights=args.inception_weights, num_real=args.num_real, eval_split=args.eval_split,
+                      train_split=args.train_split, real_split=args.real_split, batch_size=args.batch_size,
+                      seed=args.seed, use_ema=not args.no_ema,
+                      metrics=[m.strip() for m in args.metrics.split(",") if m.strip()])
+    if args.workers < 0:
+        raise ConfigError(f"--workers: expected 0 or more, got {args.workers}")
+    result = evaluate(req, workers=args.workers)
+    print(format_table([result]))
+    if result["scores"].get("ms_ssim_alarm", 0) > 0:
+        print("WARNING: generated images are nearly identical to each other (MS-SSIM alarm): mode collapse?")
+    if args.json:
+        out = Path(args.json)
+    elif req.checkpoint:
+        out = resolve_checkpoint(req.checkpoint) / f"eval_{req.features}.json"
+    else:
+        out = Path("eval.json")
+    print(f"wrote {write_result(result, out)}")
+    return 0
