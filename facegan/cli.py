@@ -8,6 +8,7 @@
     facegan train configs/dcgan_demo.yaml [--set train.total_kimg=4] [--no-ray]
     facegan classifier train configs/classifier_demo.yaml [--set k=v ...] [--no-ray]
     facegan classifier eval --checkpoint demo_out/classifier --shards demo_out/shards --split test
+    facegan eval --checkpoint demo_out/run --shards demo_out/shards --classifier demo_out/classifier
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from facegan.config import ConfigError, apply_overrides, from_dict, read_yaml
 from facegan.checkpoint import CheckpointError
 from facegan.data.records import DataError
+from facegan.metrics.features import InceptionWeightsError
 
 # Flags of `shards build` that map one-to-one onto ShardRecipe fields.
 _RECIPE_FLAGS: dict[str, tuple[type, str]] = {
@@ -345,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     ce.add_argument("--batch-size", type=int, default=256)
     ce.add_argument("--json", help="write the result here (default: <checkpoint>/eval_<split>.json)")
     ce.set_defaults(func=cmd_classifier_eval)
+
+    from facegan.evaluate import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 
@@ -354,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError) as exc:
+    except (ConfigError, DataError, CheckpointError, InceptionWeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

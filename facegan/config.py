@@ -260,19 +260,34 @@ class OptimConfig:
 
 
 @dataclass(kw_only=True)
-class GanConfig:
-    """Family tricks (DCGAN reports): passed to the family's make_steps()."""
+class GanEvalConfig:
+    """Metrics computed during a GAN run (facegan.evaluate.PeriodicEval), reported like any scalar."""
 
-    label_smoothing: float = 0.0           # one-sided: real target 1 - s
-    label_flip: float = 0.0                # gamma: probability of swapping a D target
-    d_noise_power: float = 0.0             # variance of Gaussian noise on D's input
-    d_noise_anneal_kimg: float = 0.0       # >0: anneal the noise linearly to 0 over this many kimg
+    every_kimg: float = 0.0                # >0: evaluate every this many kimg (at ticks); 0: off (fastest)
+    num_samples: int = 1000                # generated images per evaluation (over all ranks)
+    num_real: int = 2000                   # at most this many real images per split (features cached)
+    features: Literal["attr", "inception"] = "attr"   # attr -> fid_attr, ...; inception -> fid, ...
+    classifier: str = ""                   # attribute classifier checkpoint (features: attr)
+    inception_weights: str = ""            # local Inception-v3 weights file (features: inception)
+    metrics: list[str] = field(default_factory=lambda: ["fid", "kid", "precision_recall", "ms_ssim"])
+    batch_size: int = 64
 
     def __post_init__(self) -> None:
-        require(0 <= self.label_smoothing < 0.5, f"gan.label_smoothing: expected 0 <= s < 0.5, got {self.label_smoothing}")
-        require(0 <= self.label_flip < 0.5, f"gan.label_flip: expected 0 <= gamma < 0.5, got {self.label_flip}")
-        require(self.d_noise_power >= 0, f"gan.d_noise_power: expected >= 0, got {self.d_noise_power}")
-        require(self.d_noise_anneal_kimg >= 0, f"gan.d_noise_anneal_kimg: expected >= 0, got {self.d_noise_anneal_kimg}")
+        require(self.every_kimg >= 0, f"eval.every_kimg: expected >= 0 (0: off), got {self.every_kimg}")
+        require(self.num_samples >= 2, f"eval.num_samples: expected >= 2, got {self.num_samples}")
+        require(self.num_real >= 2, f"eval.num_real: expected >= 2, got {self.num_real}")
+        require(self.batch_size >= 1, f"eval.batch_size: expected >= 1, got {self.batch_size}")
+        if self.every_kimg > 0:
+            if self.features == "attr":
+                require(bool(self.classifier), "eval.classifier: eval.every_kimg > 0 with features: attr needs "
+                        "the attribute classifier's checkpoint (facegan classifier train ...)")
+            else:
+                require(bool(self.inception_weights), "eval.inception_weights: features: inception needs a local "
+                        "Inception-v3 weights file")
+        from facegan.metrics import METRICS
+
+        unknown = [m for m in self.metrics if m not in METRICS]
+        require(not unknown, f"eval.metrics: unknown {unknown}; known: {sorted(METRICS)}")
 
 
 @dataclass(kw_only=True)
@@ -352,10 +367,27 @@ class RunConfig:
     data: DataConfig
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    gan: GanConfig = field(default_factory=GanConfig)
+    # The family's own options (label smoothing, alpha/beta, ...): a mapping in YAML, validated
+    # against FAMILIES[model.family].options into that dataclass, so a key another family has is
+    # an error here rather than silently ignored.
+    gan: Any = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: GanEvalConfig = field(default_factory=GanEvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self) -> None:
+        from facegan.models import FAMILIES
+
+        options = FAMILIES[self.model.family].options
+        if isinstance(self.gan, options):
+            return
+        require(isinstance(self.gan, dict),
+                f"gan: expected a mapping of {self.model.family} options, got {self.gan!r}")
+        try:
+            self.gan = from_dict(options, self.gan, where="gan")
+        except TypeError as exc:  # an options class without defaults for a missing key
+            raise ConfigError(f"gan: {exc}") from None
 
 
 # ===================================================================== classifier run configs

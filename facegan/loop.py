@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +227,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
                     s[k] = v.to(device)
     G_t = hooks.wrap_model(G, device)
     D_t = hooks.wrap_model(D, device)
-    steps = FAMILIES[cfg.model.family].make_steps(**asdict(cfg.gan))
+    steps = FAMILIES[cfg.model.family].make_steps(**to_dict(cfg.gan))
     # Families whose G/D take the batch's attributes (conditional, alpha/beta overlay) say so with
     # `uses_attrs`; they may also hold modules of their own (a frozen classifier) to move.
     uses_attrs = bool(getattr(steps, "uses_attrs", False))
@@ -244,12 +243,19 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
     grid_z = torch.randn(tc.grid_size, cfg.model.z_dim, generator=torch.Generator().manual_seed(tc.seed + 7)).to(device)
     grid_attrs = fixed_attrs(shards, tc.grid_size).to(device) if uses_attrs else None
 
+    periodic_eval = None
+    if cfg.eval.every_kimg > 0:
+        from facegan.evaluate import PeriodicEval
+
+        periodic_eval = PeriodicEval(cfg.eval, shards=cfg.data.shards, z_dim=cfg.model.z_dim, seed=tc.seed)
     batch_total = cfg.data.batch_size * world
     total_images = int(round(tc.total_kimg * 1000))
     tick_images = max(batch_total, int(tc.tick_kimg * 1000))
     ckpt_images = max(batch_total, int(tc.checkpoint_kimg * 1000))
     next_tick = (images_seen // tick_images + 1) * tick_images
     next_ckpt = (images_seen // ckpt_images + 1) * ckpt_images
+    eval_images = max(batch_total, int(cfg.eval.every_kimg * 1000))
+    next_eval = (images_seen // eval_images + 1) * eval_images
     stats = Stats()
     sinks = (JsonlSink(out / "losses.jsonl"),) + tuple(hooks.sinks) if rank == 0 else ()
     if rank == 0:
@@ -359,6 +365,13 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
                            skipped_samples=skipped_samples, d_noise_std=steps.d_noise_std(images_seen / 1000))
             if device.type == "cuda":
                 metrics["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            if periodic_eval is not None and (images_seen >= next_eval or images_seen >= total_images or out_of_time):
+                # Every rank draws its share of the samples; rank 0 gets the scores.
+                t_eval = time.perf_counter()
+                metrics.update(periodic_eval(G=G_ema, D=_bare(D_t), device=device, rank=rank, world_size=world,
+                                             steps=steps if uses_attrs else None, attrs=grid_attrs))
+                metrics["eval_seconds"] = time.perf_counter() - t_eval
+                next_eval = (images_seen // eval_images + 1) * eval_images
             t_tick, img_tick = time.perf_counter(), images_seen
             images = {}
             if rank == 0:

@@ -115,6 +115,24 @@ def test_cli_prints_a_table_and_writes_json(trained: dict[str, Path], tmp_path: 
     assert json.loads(out.read_text())["scores"]["num_fake"] == 64
 
 
+def test_training_reports_the_metrics_every_k_images(trained: dict[str, Path], tmp_path: Path) -> None:
+    cfg = from_dict(RunConfig, {
+        "data": {"shards": str(trained["shards"]), "batch_size": 16, "num_workers": 0},
+        "model": {"family": "dcgan", "resolution": 32, "z_dim": 16, "base_channels": 8},
+        "train": {"total_kimg": 0.32, "tick_kimg": 0.08, "checkpoint_kimg": 0.32, "out_dir": str(tmp_path / "run"),
+                  "num_threads": 1, "grid_size": 4},
+        "eval": {"every_kimg": 0.16, "num_samples": 64, "num_real": 64, "classifier": str(trained["clf"])},
+        "wandb": {"enabled": False}})
+    train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
+    ticks = [r for r in rows if r["kind"] == "tick"]
+    with_eval = [r for r in ticks if "fid_attr" in r]
+    assert len(ticks) == 4 and [r["kimg"] for r in with_eval] == pytest.approx([0.16, 0.32])
+    assert all(np.isfinite(r["fid_attr"]) and 0 <= r["ms_ssim"] <= 1 for r in with_eval)
+    with pytest.raises(ConfigError, match="eval.classifier"):
+        from_dict(RunConfig, {"data": {"shards": "x"}, "eval": {"every_kimg": 1}})
+
+
 @pytest.mark.slow
 def test_ray_workers_gather_the_same_sets(trained: dict[str, Path], ray_cluster) -> None:  # noqa: F811
     req = request(trained, checkpoint=str(trained["gan"]))

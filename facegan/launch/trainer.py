@@ -63,6 +63,10 @@ def localize(config_dict: dict[str, Any]) -> dict[str, Any]:
     data = out.setdefault("data", {})
     if data.get("shards") and not _is_url(str(data["shards"])):
         data["shards"] = str(Path(data["shards"]).expanduser().resolve())
+    evaluation = out.get("eval", {})
+    for key in ("classifier", "inception_weights"):
+        if evaluation.get(key) and not _is_url(str(evaluation[key])):
+            evaluation[key] = str(Path(evaluation[key]).expanduser().resolve())
     ray_section = out.get("ray", {})
     if ray_section.get("storage_path") and not _is_url(str(ray_section["storage_path"])):
         ray_section["storage_path"] = str(Path(ray_section["storage_path"]).expanduser().resolve())
@@ -89,6 +93,12 @@ def preflight(cfg: AnyRunConfig) -> None:
     if shards.count("train") < cfg.data.batch_size * cfg.ray.num_workers:
         raise ConfigError(f"data.batch_size {cfg.data.batch_size} x ray.num_workers {cfg.ray.num_workers} is more "
                           f"than the {shards.count('train')} training samples in {cfg.data.shards}")
+    evaluation = getattr(cfg, "eval", None)
+    if isinstance(cfg, RunConfig) and evaluation.every_kimg > 0:
+        for name in ("classifier", "inception_weights"):
+            value = getattr(evaluation, name)
+            if value and not _is_url(value) and not Path(value).exists():
+                raise ConfigError(f"eval.{name}: {value} does not exist")
 
 
 def _check_local_capacity(cfg: AnyRunConfig, resources: dict[str, float]) -> None:
