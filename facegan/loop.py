@@ -191,6 +191,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
     gen = torch.Generator(device=device).manual_seed(tc.seed * 1000 + rank)
 
     step, images_seen, bad_total = 0, 0, 0
+    trained_seconds = 0.0  # training time before this attempt (from the checkpoint): max_minutes spans restarts
     resume = _resume_dir(cfg, hooks, ckpt_root)
     if resume is not None:
         state, meta = load_checkpoint(resume)
@@ -205,6 +206,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
         except (KeyError, RuntimeError) as exc:
             raise CheckpointError(f"{resume}: does not fit this model: {exc}") from None
         step, images_seen, bad_total = meta["step"], meta["images_seen"], meta.get("bad_steps", 0)
+        trained_seconds = float(meta.get("train_seconds", 0.0))
         rng = state.get("rng", {})
         if meta.get("world_size") == world and f"torch_rank{rank}" in rng:
             torch.set_rng_state(rng[f"torch_rank{rank}"])
@@ -265,7 +267,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
     bad_in_row, skipped_samples = 0, 0
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
     t_tick, img_tick = time.perf_counter(), images_seen
-    t_start = time.perf_counter()
+    t_start = time.perf_counter() - trained_seconds
     last_ckpt: Path | None = resume
     metrics: dict[str, float] = {}
     G_t.train()
@@ -279,7 +281,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
                 "images_seen": images_seen, "kimg": images_seen / 1000, "world_size": world,
                 "loader": {"seed": tc.seed, "start_batch": step, "num_workers": cfg.data.num_workers,
                            "batch_size": cfg.data.batch_size},
-                "bad_steps": bad_total, "config": to_dict(cfg)}
+                "bad_steps": bad_total, "train_seconds": time.perf_counter() - t_start, "config": to_dict(cfg)}
         state = {"G": _bare(G_t).state_dict(), "D": _bare(D_t).state_dict(), "G_ema": G_ema.state_dict(),
                  "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "scaler": scaler.state_dict(),
                  "rng": rng}

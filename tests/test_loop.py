@@ -210,3 +210,17 @@ def test_wandb_offline_run_per_job_and_max_minutes(synthetic_shards: Path, tmp_p
     assert len(runs) == 1
     assert sum(p.stat().st_size for p in runs[0].glob("*.wandb")) > 0
     assert list((runs[0] / "files" / "media").rglob("*.png")), "the sample grid goes to W&B too"
+
+
+def test_time_budget_counts_training_time_before_a_restart(synthetic_shards: Path, tmp_path: Path) -> None:
+    """A run restarted from a checkpoint (Ray retry, --resume) does not get a fresh train.max_minutes."""
+    from facegan.checkpoint import read_meta
+
+    train(tiny_cfg(synthetic_shards, tmp_path / "r", train={"total_kimg": 0.1}))
+    ckpt = list_checkpoints(tmp_path / "r" / "checkpoints")[-1]
+    spent = read_meta(ckpt)["train_seconds"]
+    assert spent > 0
+    # A budget already used up before the restart: stop at the first tick after resuming.
+    metrics = train(tiny_cfg(synthetic_shards, tmp_path / "r", train={
+        "total_kimg": 0.4, "resume": "latest", "max_minutes": spent / 60 * 0.9}))
+    assert metrics["kimg"] == pytest.approx(0.152)  # 0.104 kimg at the checkpoint + one 0.05-kimg tick (6 steps)
