@@ -37,7 +37,8 @@ def cmd_blend(args: argparse.Namespace) -> int:
     from facegan.control import blend_faces, load_generator, load_photos
     from facegan.loop import save_grid_png
 
-    bundle = load_generator(args.checkpoint, ema=not args.no_ema, alpha=args.alpha, beta=args.beta)
+    bundle = load_generator(args.checkpoint, ema=not args.no_ema, alpha=args.alpha, beta=args.beta,
+                            with_prevalence=False)
     h, w = bundle.resolution
     photos = load_photos(args.photos, crop=bundle.crop, height=h, width=w)   # fail on bad photos first
     path = args.classifier or getattr(bundle.steps.options, "classifier", "")

@@ -81,8 +81,8 @@ def request_rows(requested: dict[str, int], *, attr_names: Sequence[str], preval
 
 def flip_requests(base_NA: Tensor, attr_idx: Sequence[int]) -> tuple[Tensor, Tensor]:
     """(requests, counted mask): row i is base row i with attribute attr_idx[i % len] flipped, and
-    only that flipped entry counts. Asks every attribute for its rarer value as often as its common
-    one's opposite, which is where an attribute-ignoring generator fails."""
+    only that flipped entry counts. Each attribute is asked, in turn, for the value opposite to the
+    one its data row has: where a generator that ignores the request mostly fails."""
     req = (base_NA > 0.5).float().clone()
     mask = torch.zeros_like(req, dtype=torch.bool)
     rows = torch.arange(len(req))
@@ -187,7 +187,7 @@ class ControlGenerator:
     steps: Any                               # OverlaySteps | ConditionalSteps: .generate(G, z, attrs)
     z_dim: int
     attr_names: list[str]
-    prevalence_A: Tensor                     # train-split rate of each attribute
+    prevalence_A: Tensor | None              # train-split rate of each attribute (None: not loaded)
     resolution: tuple[int, int]              # (height, width) of the faces and of prepared photos
     crop: str | tuple[int, int]              # how the shards were cropped from their sources
     checkpoint: str
@@ -243,13 +243,13 @@ def _prevalence(meta: dict[str, Any], config: dict[str, Any], attr_names: list[s
 
 
 def load_generator(checkpoint: str | Path, *, ema: bool = True, alpha: float | None = None,
-                   beta: float | None = None) -> ControlGenerator:
+                   beta: float | None = None, with_prevalence: bool = True) -> ControlGenerator:
     """The generator of an overlay or conditional checkpoint (or run folder), CPU, eval mode.
 
     `alpha`/`beta` replace the overlay's training values (ConfigError outside [0, 1], or for a
     conditional checkpoint). Attribute names, their train rates and the crop come from the
     checkpoint meta when it has them (`attr_names`, `attr_prevalence`, `shard_recipe`), else from
-    the run's shard set.
+    the run's shard set. `with_prevalence=False` skips the rates (blending does not need them).
     """
     from facegan.models import FAMILIES
 
@@ -301,7 +301,8 @@ def load_generator(checkpoint: str | Path, *, ema: bool = True, alpha: float | N
         raise CheckpointError(f"{ckpt}: generator weights do not fit the config: {exc}") from None
     G.eval().requires_grad_(False)
     return ControlGenerator(family=family, G=G, steps=steps, z_dim=model.z_dim, attr_names=list(attr_names),
-                            prevalence_A=_prevalence(meta, config, list(attr_names)), resolution=hw, crop=crop,
+                            prevalence_A=_prevalence(meta, config, list(attr_names)) if with_prevalence else None,
+                            resolution=hw, crop=crop,
                             checkpoint=str(ckpt), kimg=float(meta.get("kimg", 0.0)))
 
 
@@ -371,6 +372,8 @@ def blend_faces(bundle: ControlGenerator, classifier: nn.Module, photos_NCHW: Te
 @torch.no_grad()
 def generate_faces(bundle: ControlGenerator, requested: dict[str, int], *, n: int, seed: int = 0) -> Tensor:
     """n faces with the requested attributes (others at their train-split rate)."""
+    if bundle.prevalence_A is None:
+        raise ValueError("generate_faces: load the generator with_prevalence=True")
     rows = request_rows(requested, attr_names=bundle.attr_names, prevalence_A=bundle.prevalence_A, n=n)
     return bundle.generate(bundle.noise(n, seed=seed), rows)
 

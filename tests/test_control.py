@@ -430,6 +430,17 @@ def test_blend_and_generate_clis(tmp_path: Path, synthetic_shards: Path, classif
         run_cli(["blend", photos[0], "--checkpoint", str(cond), "--out", str(tmp_path / "x.png")])
     assert not (tmp_path / "x.png").exists()
 
+    # Away from its shards, a checkpoint with names and recipe in its meta still blends; generate
+    # needs the attribute rates and says where they would come from.
+    away = save_tiny_gan(tmp_path / "away" / "ckpt-000000008", "overlay", shards=tmp_path / "gone",
+                         classifier=classifier_ckpt,
+                         meta_extra={"attr_names": ATTRS, "shard_recipe": {"crop": "square", "resolution": 32}})
+    assert run_cli(["blend", photos[1], "--checkpoint", str(away), "-n", "1", "--out", str(tmp_path / "b1.png")]) == 0
+    from facegan.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="no attr_prevalence and its shards .*gone"):
+        run_cli(["generate", "--checkpoint", str(away), "--out", str(tmp_path / "x.png")])
+
 
 def test_load_photos_crops_like_the_shards(tmp_path: Path):
     photos = write_photos(tmp_path)
