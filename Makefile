@@ -15,7 +15,7 @@ export RAY_USAGE_STATS_REPORT_URL := http://127.0.0.1:9/
 export WANDB_MODE ?= offline
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install test test-fast demo ray-up ray-down lock clean bench
+.PHONY: install chromium test test-fast demo ray-up ray-down lock clean bench
 
 install: $(STAMP)
 
@@ -26,7 +26,17 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-test: install
+# Headless Chromium renders the sweep report in the tests (Debian's package; skipped when present).
+# Needs the package registry and root (or sudo); without it the report's browser check is skipped.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium \
+			|| echo "warning: could not install chromium; the sweep report's browser test will be skipped"; \
+	else echo "warning: no apt-get; install chromium to run the sweep report's browser test"; fi
+
+test: install chromium
 	$(PY) -m pytest -q
 
 test-fast: install

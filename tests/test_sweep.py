@@ -1,0 +1,244 @@
+"""Sweeps: sweep-file validation, a toy sweep through Ray Tune (interrupted, resumed), the report.
+
+The Ray test uses the session's two-node cluster (conftest_ray) and 1-worker trials of a 32 px
+DCGAN with 8 base channels on the session's synthetic shards; Train worker start-up dominates.
+
+    .venv/bin/python -m pytest -q tests/test_sweep.py
+"""
+
+from __future__ import annotations
+
+import _thread
+import json
+import re
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from conftest_ray import ray_cluster  # noqa: F401
+from facegan.config import ConfigError, RunConfig, from_dict
+from facegan.sweep import FamilyNotAvailable, load_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def toy_sweep(tmp: Path, shards: Path, **sections: Any) -> Path:
+    """A sweep file over a tiny DCGAN: 6 steps of 8 images per trial, a report every 2 steps."""
+    data: dict[str, Any] = {
+        "name": "toy",
+        "family": "dcgan",
+        "base": str(REPO / "configs" / "dcgan_demo.yaml"),
+        "config": {
+            "data": {"shards": str(shards), "batch_size": 8, "num_workers": 0, "shuffle_buffer": 16},
+            "model": {"resolution": 32, "base_channels": 8, "z_dim": 16},
+            "train": {"tick_kimg": 0.016, "checkpoint_kimg": 0.032, "grid_size": 4, "num_threads": 1,
+                      "ema_kimg": 0.1, "max_minutes": 0},
+            "wandb": {"enabled": False},
+        },
+        "space": {"optim.g_lr": {"grid": ["1e-4", "2e-4", "4e-4"]}, "gan.label_smoothing": {"grid": [0.1]}},
+        "objective": {"metric": "loss/g", "mode": "min"},
+        "resources": {"num_workers": 1, "max_concurrent": 2},
+        "budget": {"trial_kimg": 0.048},
+        "out": str(tmp / "sweep"),
+    }
+    for name, value in sections.items():  # sections are merged into the toy's, a space replaces it
+        merge = isinstance(value, dict) and isinstance(data.get(name), dict) and name != "space"
+        data[name] = {**data[name], **value} if merge else value
+    path = tmp / "toy.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# ============================================================================ validation (no Ray)
+
+@pytest.mark.parametrize("overrides, message", [
+    (["epochs=3"], "unknown key epochs"),
+    (["space.optim.g_lrate.grid=[1e-4]"], "unknown key optim.g_lrate"),
+    (["space.model.depth.grid=[3]"], "unknown key model.depth"),
+    (["space.optim.g_lr.grid=[1e-4,1.5]"], "optim.g_lr: expected 0 < lr < 1, got 1.5"),
+    (["space.gan.label_flip.grid=[0.6]"], "label_flip must be in [0, 0.5), got 0.6"),
+    (["space.model.resolution.grid=[48]"], "model.resolution: expected a power of two"),
+    (["search.algorithm=random", "space.optim.d_lr.loguniform=[1e-4,2]"], "optim.d_lr: expected 0 < lr < 1, got 2.0"),
+    (["space.optim.d_lr.uniform=[1e-4,2e-4]"], "grid search needs grid or choice values"),
+    (["space.optim.d_lr.loguniform=[0,1e-3]", "search.algorithm=random"], "loguniform: expected low > 0"),
+    (["family=stylegan"], "unknown model family 'stylegan'"),
+    (["objective.metric=loss/q"], "dcgan does not report 'loss/q'"),
+    (["objective.mode=lowest"], "objective.mode: expected one of ['min', 'max']"),
+    (["objective.metric=fid_attr"], "fid_attr is reported only every eval.every_kimg"),
+    (["scheduler.kind=asha", "scheduler.grace_kimg=1"], "scheduler.grace_kimg: expected < the trial length"),
+    (["scheduler.kind=pbt", "scheduler.perturbation_kimg=0.016", "scheduler.mutations.model.z_dim.grid=[8]"],
+     "pbt can mutate only optim.*, gan.*"),
+    (["resources.num_workers=0"], "resources.num_workers: expected >= 1"),
+    (["budget.max_minutes=-1"], "budget.max_minutes: expected >= 0"),
+])
+def test_bad_sweeps_fail_before_anything_starts(tmp_path: Path, synthetic_shards: Path, overrides: list[str],
+                                                message: str) -> None:
+    path = toy_sweep(tmp_path, synthetic_shards)
+    with pytest.raises(ConfigError) as exc:
+        load_sweep(path, overrides=overrides)
+    assert message in str(exc.value)
+    assert str(path) in str(exc.value)
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_planned_family_is_checked_then_refused_naming_it(tmp_path: Path, synthetic_shards: Path) -> None:
+    path = toy_sweep(tmp_path, synthetic_shards, family="infogan",
+                     space={"model.cat_dim": {"grid": [8, 10]}, "gan.d_noise_power": {"grid": ["1/15", "1/20"]}})
+    with pytest.raises(FamilyNotAvailable, match="family 'infogan' is not available yet"):
+        load_sweep(path)
+    # What can be checked still is: a planned key's range, and every key RunConfig has.
+    with pytest.raises(ConfigError, match=r"model.cat_dim: expected int in \[2, 1000\]") as exc:
+        load_sweep(path, overrides=["space.model.cat_dim.grid=[1]"])
+    assert not isinstance(exc.value, FamilyNotAvailable)
+    with pytest.raises(ConfigError, match="d_noise_power must be >= 0"):
+        load_sweep(path, overrides=["space.gan.d_noise_power.grid=[-1]"])
+    with pytest.raises(ConfigError, match="unknown key model.code_size"):
+        load_sweep(path, overrides=["space.model.code_size.grid=[8]"])
+    plan = load_sweep(path, check_family=False)
+    assert not plan.family_ready and plan.num_trials == 4
+
+
+def test_grid_points_linked_keys_and_trial_configs(tmp_path: Path, synthetic_shards: Path) -> None:
+    path = toy_sweep(tmp_path, synthetic_shards, space={
+        "optim.g_lr": {"grid": ["1e-4", "2e-4"], "also": ["optim.d_lr"]},
+        "model.resolution": {"grid": [32, 16], "sets": {16: {"data.shards": "/elsewhere/16px"}}},
+    }, budget={"trial_kimg": 0.048, "max_trials": 3})
+    plan = load_sweep(path)
+    assert plan.points == [{"optim.g_lr": 1e-4, "model.resolution": 32}, {"optim.g_lr": 1e-4, "model.resolution": 16},
+                           {"optim.g_lr": 2e-4, "model.resolution": 32}]
+    cfg = from_dict(RunConfig, plan.trial_config(plan.points[1], trial_id="abc"))
+    assert cfg.optim.g_lr == cfg.optim.d_lr == 1e-4 and cfg.data.shards == "/elsewhere/16px"
+    assert cfg.train.total_kimg == 0.048 and cfg.ray.num_workers == 1
+    assert cfg.train.out_dir == str(tmp_path / "sweep" / "trials" / "abc")
+    assert (cfg.wandb.group, cfg.wandb.name) == ("toy", "toy-abc")      # one W&B run per trial, grouped by sweep
+
+
+def test_pbt_resume_point_takes_the_trials_own_rates(tmp_path: Path) -> None:
+    """PBT's exploit hands a trial another trial's checkpoint: its Adam rates must become the trial's own."""
+    from facegan.checkpoint import load_checkpoint, save_checkpoint
+    from facegan.launch.tune import _resume_point
+
+    net = torch.nn.Linear(2, 2)
+    opts = {name: torch.optim.Adam(net.parameters(), lr=2e-4, betas=(0.5, 0.999)) for name in ("opt_G", "opt_D")}
+    donor = save_checkpoint(tmp_path / "donor", state={k: o.state_dict() for k, o in opts.items()},
+                            meta={"kimg": 1.5, "config": {}})
+
+    class TuneCheckpoint:  # what tune.get_checkpoint() returns, as far as _resume_point uses it
+        def to_directory(self, path: str) -> None:
+            shutil.copytree(donor, path)
+
+    data = {"optim": {"g_lr": 3e-4, "d_lr": 1e-4, "beta1": 0.0, "beta2": 0.99}}
+    got = _resume_point(TuneCheckpoint(), data, tmp_path / "trial" / "resume" / "attempt-1")
+    state, meta = load_checkpoint(got["dir"])
+    assert got["kimg"] == 1.5
+    assert state["opt_G"]["param_groups"][0]["lr"] == 3e-4 and state["opt_D"]["param_groups"][0]["lr"] == 1e-4
+    assert tuple(state["opt_G"]["param_groups"][0]["betas"]) == (0.0, 0.99)
+    assert meta["config"]["optim"]["g_lr"] == 3e-4
+
+
+# ============================================================================ through Ray Tune
+
+def _interrupt_when(done: Path, count: int, fired: threading.Event, stop: threading.Event) -> None:
+    """Ctrl-C for the sweep (Tune's SIGINT handler saves its state and returns) once `count` trials finished."""
+    while not stop.is_set():
+        if len(list(done.glob("*/done.json"))) >= count:
+            fired.set()
+            _thread.interrupt_main()
+            return
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_toy_sweep_interrupted_resumed_and_reported(tmp_path: Path, synthetic_shards: Path,
+                                                    ray_cluster: Any) -> None:  # noqa: F811
+    from facegan.launch.tune import run_sweep
+    from facegan.sweep_cli import add_sweep_parsers
+
+    plan = load_sweep(toy_sweep(tmp_path, synthetic_shards))
+    out = Path(plan.out_dir)
+    fired, stop = threading.Event(), threading.Event()
+    watcher = threading.Thread(target=_interrupt_when, args=(out / "trials", 2, fired, stop), daemon=True)
+    watcher.start()
+    t0 = time.time()
+    try:
+        first = run_sweep(plan)
+    except KeyboardInterrupt:      # the interrupt landed outside Tune's handler: the state is saved all the same
+        first = None
+    finally:
+        stop.set()
+    assert fired.is_set(), "all trials finished before the interrupt"
+    finished_first = {p.parent.name for p in (out / "trials").glob("*/done.json")}
+    assert len(finished_first) >= 2
+    if first is not None:
+        assert first["num_trials"] == 3
+
+    with pytest.raises(ConfigError, match="pass --resume"):
+        run_sweep(plan)
+    summary = run_sweep(plan, resume=True)
+    t_total = time.time() - t0
+    trials = sorted((out / "trials").iterdir())
+    assert len(trials) == 3 and summary["num_errors"] == 0, summary
+    starts = {t.name: [json.loads(x) for x in (t / "starts.jsonl").read_text().splitlines()] for t in trials}
+    for trial_id in finished_first:
+        assert len(starts[trial_id]) == 1, f"finished trial {trial_id} was run again"
+    assert all((t / "done.json").is_file() for t in trials)
+    rates = sorted(json.loads((t / "trial.json").read_text())["config"]["optim"]["g_lr"] for t in trials)
+    assert rates == [1e-4, 2e-4, 4e-4]
+    best = summary["best"]
+    assert best["last"]["loss/g"] == min(t["last"]["loss/g"] for t in summary["trials"])
+    for t in trials:
+        assert (t / "samples" / "latest.png").stat().st_size > 0
+        rows = [json.loads(x) for x in (t / "results.jsonl").read_text().splitlines()]
+        assert rows[-1]["kimg"] == pytest.approx(0.048)
+
+    # The report, through the CLI handler, then rendered by a real browser.
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_sweep_parsers(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["sweep-report", str(out)])
+    assert args.func(args) == 0
+    html_path, csv_path = out / "report.html", out / "trials.csv"
+    csv_rows = csv_path.read_text().splitlines()
+    assert csv_rows[0].startswith("trial,status,optim.g_lr,gan.label_smoothing,loss/g") and len(csv_rows) == 4
+    page = html_path.read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//|<link|@import|url\((?!#)""", page)   # nothing to fetch
+    check_report_in_browser(html_path, best["trial_id"], num_trials=3)
+    print(f"toy sweep: interrupted + resumed in {t_total:.0f} s")
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _dump_dom(url: str) -> str:
+    proc = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           "--disable-extensions", "--virtual-time-budget=3000", "--dump-dom", url],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def check_report_in_browser(html_path: Path, best_id: str, *, num_trials: int) -> None:
+    """Headless Chromium runs the page's script: rows sorted by the objective (or #sort=...), plots present."""
+    if chromium() is None:
+        pytest.skip("chromium is not installed (make chromium installs it)")
+    dom = _dump_dom(html_path.as_uri())
+    assert 'data-sorted-by="loss/g:asc"' in dom
+    rows = re.findall(r'<tr data-trial="([^"]+)"', dom)
+    assert len(rows) == num_trials and rows[0] == best_id
+    values = [float(v) for v in re.findall(r'<tr data-trial="[^"]+"[^>]*>(?:<td[^>]*>[^<]*</td>){4}<td data-value="([^"]+)"', dom)]
+    assert values == sorted(values)
+    assert dom.count("<svg") >= 2 and 'id="objective-plots"' in dom and 'id="curves"' in dom
+    assert dom.count('src="data:image/png;base64,') >= min(num_trials, 4)
+    dom = _dump_dom(html_path.as_uri() + "#sort=optim.g_lr:desc")
+    assert 'data-sorted-by="optim.g_lr:desc"' in dom
+    rates = [float(v) for v in re.findall(r'<tr data-trial="[^"]+"[^>]*>(?:<td[^>]*>[^<]*</td>){2}<td data-value="([^"]+)"', dom)]
+    assert rates == sorted(rates, reverse=True) and len(rates) == num_trials
