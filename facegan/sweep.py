@@ -79,6 +79,8 @@ PLANNED_FAMILIES: dict[str, PlannedFamily] = {
 # What PBT may change in a running trial: a checkpoint taken with one value must fit the other.
 PBT_MUTABLE_PREFIXES = ("optim.", "gan.")
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform")
+# Run-config paths resolved against the directory `facegan sweep` runs in (trials run elsewhere).
+LOCAL_PATH_KEYS = ("data.shards", "eval.classifier", "eval.inception_weights", "gan.classifier")
 _NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?(\s*/\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)?\s*$")
 MAX_CHECKED_COMBINATIONS = 4096
 
@@ -382,9 +384,11 @@ def _base_config(spec: SweepConfig, sweep_path: Path) -> dict[str, Any]:
     if b.trial_kimg:
         set_path(data, "train.total_kimg", b.trial_kimg)
     # Workers and Tune trials run in other directories: local paths become absolute here.
-    shards = data.get("data", {}).get("shards")
-    if shards and "://" not in str(shards) and not str(shards).startswith("pipe:"):
-        set_path(data, "data.shards", str(Path(shards).expanduser().resolve()))
+    for key in LOCAL_PATH_KEYS:
+        section, name = key.split(".")
+        value = data.get(section, {}).get(name) if isinstance(data.get(section), dict) else None
+        if isinstance(value, str) and value and "://" not in value and not value.startswith("pipe:"):
+            set_path(data, key, str(Path(value).expanduser().resolve()))
     return data
 
 
@@ -447,6 +451,11 @@ def _validate_objective(spec: SweepConfig, base: dict[str, Any], planned: Planne
                 "in the sweep's config")
         require(ev.get("features", "attr") == features,
                 f"objective.metric: {metric} needs eval.features: {features}, got {ev.get('features', 'attr')}")
+        # Tune's schedulers need the objective in every report: evaluate at every tick.
+        tick = float(number(base.get("train", {}).get("tick_kimg", 4.0)))
+        require(float(number(ev.get("every_kimg", 0))) <= tick,
+                f"objective.metric: {metric} must be in every report (Tune's schedulers compare them), so "
+                f"eval.every_kimg must be <= train.tick_kimg={tick:g}, got {ev.get('every_kimg')}")
         listed = ev.get("metrics")
         require(listed is None or EVAL_METRICS[name] in listed,
                 f"objective.metric: {metric} needs {EVAL_METRICS[name]} in eval.metrics, got {listed}")

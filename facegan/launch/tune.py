@@ -292,11 +292,18 @@ def _trial(config: dict[str, Any], plan: SweepPlan) -> None:
         if checkpoint is not None:
             last["checkpoint_path"] = checkpoint.path
         _append(out / "results.jsonl", dict(last, time=time.time(), attempt=attempt))
+        if last.get("kimg", 0) >= cfg.train.total_kimg - 1e-9:
+            # Before the last report: a scheduler may stop the trial (ASHA at max_t) when Tune gets it.
+            _write_done(out, last)
         tune.report(last, checkpoint=tune.Checkpoint(checkpoint.path, checkpoint.filesystem) if checkpoint else None)
     thread.join()
     if failure:
         raise failure[0]
-    (out / "done.json").write_text(json.dumps({"time": time.time(), "metrics": last}, indent=1))
+    _write_done(out, last)
+
+
+def _write_done(out: Path, metrics: dict[str, Any]) -> None:
+    (out / "done.json").write_text(json.dumps({"time": time.time(), "metrics": metrics}, indent=1))
 
 
 def _fit(cfg: RunConfig, *, callbacks: list[Any]) -> Any:
