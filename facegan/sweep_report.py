@@ -102,7 +102,9 @@ def load_results(folder: str | Path) -> SweepResults:
     folder = Path(folder)
     spec_path = folder / "sweep_spec.json"
     if not spec_path.is_file():
-        raise FileNotFoundError(f"{folder}: not a facegan sweep folder (no sweep_spec.json)")
+        from facegan.config import ConfigError
+
+        raise ConfigError(f"{folder}: not a facegan sweep folder (no sweep_spec.json)")
     spec = json.loads(spec_path.read_text())
     summary = json.loads((folder / "sweep.json").read_text()) if (folder / "sweep.json").is_file() else {}
     errors = {t["trial_id"]: t.get("error", "") for t in summary.get("trials", [])}
@@ -204,10 +206,15 @@ def _objective_plots(res: SweepResults, best_id: str | None) -> str:
     trials = [t for t in res.trials if t.objective(res.metric) is not None]
     if not trials or not res.keys:
         return "<p>No trial has reported the objective yet.</p>"
-    n = len(res.keys)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False)
+    # Keys every trial shares say nothing about the objective: no panel for them.
+    keys = [k for k in res.keys if len({str(t.params.get(k)) for t in trials}) > 1] or res.keys[:1]
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
     space = res.spec["spec"]["space"]
-    for ax, key in zip(axes[0], res.keys):
+    for ax, key in zip(axes.flat, keys):
         xs = [t.params.get(key) for t in trials]
         ys = [t.objective(res.metric) for t in trials]
         if not _numeric(xs):
@@ -219,6 +226,9 @@ def _objective_plots(res: SweepResults, best_id: str | None) -> str:
         colors = ["tab:red" if t.trial_id == best_id else
                   ("tab:blue" if t.status(res.total_kimg) == "finished" else "tab:gray") for t in trials]
         ax.scatter(xs, ys, c=colors, s=28)
+        ax.tick_params(axis="x", labelrotation=30)
+        if ax.get_xscale() == "linear" and _numeric(xs):
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
         ax.set_xlabel(key)
         ax.set_ylabel(res.metric)
     fig.suptitle(f"{res.metric} (last report) against each hyperparameter; red: best, gray: stopped early")

@@ -13,7 +13,6 @@ import json
 import re
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from ray.tune import Callback
 
 from conftest_ray import ray_cluster  # noqa: F401
 from facegan.config import ConfigError, RunConfig, from_dict
@@ -149,14 +149,22 @@ def test_pbt_resume_point_takes_the_trials_own_rates(tmp_path: Path) -> None:
 
 # ============================================================================ through Ray Tune
 
-def _interrupt_when(done: Path, count: int, fired: threading.Event, stop: threading.Event) -> None:
-    """Ctrl-C for the sweep (Tune's SIGINT handler saves its state and returns) once `count` trials finished."""
-    while not stop.is_set():
-        if len(list(done.glob("*/done.json"))) >= count:
-            fired.set()
+_INTERRUPT = {"after": 2, "completed": 0, "fired": False}
+
+
+class InterruptAfter(Callback):
+    """A Tune callback: Ctrl-C for the sweep once Tune has seen _INTERRUPT["after"] trials complete.
+
+    Tune's SIGINT handler saves the experiment state and ends the run; trials still running are
+    killed and stay unfinished in the saved state. Module-level with module-level state: the
+    Tuner pickles its callbacks into the sweep folder.
+    """
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        _INTERRUPT["completed"] += 1
+        if _INTERRUPT["completed"] == _INTERRUPT["after"] and not _INTERRUPT["fired"]:
+            _INTERRUPT["fired"] = True
             _thread.interrupt_main()
-            return
-        time.sleep(0.1)
 
 
 @pytest.mark.slow
@@ -167,17 +175,12 @@ def test_toy_sweep_interrupted_resumed_and_reported(tmp_path: Path, synthetic_sh
 
     plan = load_sweep(toy_sweep(tmp_path, synthetic_shards))
     out = Path(plan.out_dir)
-    fired, stop = threading.Event(), threading.Event()
-    watcher = threading.Thread(target=_interrupt_when, args=(out / "trials", 2, fired, stop), daemon=True)
-    watcher.start()
     t0 = time.time()
     try:
-        first = run_sweep(plan)
+        first = run_sweep(plan, callbacks=[InterruptAfter()])
     except KeyboardInterrupt:      # the interrupt landed outside Tune's handler: the state is saved all the same
         first = None
-    finally:
-        stop.set()
-    assert fired.is_set(), "all trials finished before the interrupt"
+    assert _INTERRUPT["fired"]
     finished_first = {p.parent.name for p in (out / "trials").glob("*/done.json")}
     assert len(finished_first) >= 2
     if first is not None:

@@ -55,11 +55,14 @@ _ADAM_BETAS = ("beta1", "beta2")
 
 # ============================================================================ the driver side
 
-def run_sweep(plan: SweepPlan, *, resume: bool = False, address: str = "") -> dict[str, Any]:
+def run_sweep(plan: SweepPlan, *, resume: bool = False, address: str = "",
+              callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Run (or with resume=True continue) a validated sweep on Ray Tune; returns the summary.
 
     Joins `address` / ray.address of the base config / $RAY_ADDRESS, or starts a local cluster
     (facegan.launch.cluster: nothing leaves the machine). Writes <out>/sweep.json and the report.
+    `callbacks`: extra `ray.tune.Callback`s for a new sweep's Tuner (picklable: the sweep folder
+    keeps them for a resume); tests use one to interrupt a sweep.
     """
     from ray import tune
 
@@ -77,6 +80,7 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, address: str = "") -> di
         if not tune.Tuner.can_restore(str(out)):
             raise ConfigError(f"{out}: no sweep to resume there (run without --resume to start it)")
         _check_same_sweep(out, plan)
+        # (The first run's RunConfig, callbacks included, comes back from the sweep folder.)
         tuner = tune.Tuner.restore(str(out), trainable, resume_unfinished=True, resume_errored=True)
     else:
         if tune.Tuner.can_restore(str(out)):
@@ -85,7 +89,7 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, address: str = "") -> di
         out.mkdir(parents=True, exist_ok=True)
         (out / SPEC_JSON).write_text(json.dumps(spec_dict(plan), indent=1))
         tuner = tune.Tuner(trainable, param_space=_param_space(plan),
-                           tune_config=_tune_config(plan, max_concurrent), run_config=_run_config(plan))
+                           tune_config=_tune_config(plan, max_concurrent), run_config=_run_config(plan, callbacks))
     log.info("sweep %s: %d trials, %s search, %s scheduler, up to %d at once, results in %s", plan.spec.name,
              plan.num_trials, plan.spec.search.algorithm, plan.spec.scheduler.kind, max_concurrent, out)
     grid = tuner.fit()
@@ -180,11 +184,11 @@ def _scheduler(plan: SweepPlan) -> Any:
     return None
 
 
-def _run_config(plan: SweepPlan) -> Any:
+def _run_config(plan: SweepPlan, callbacks: list[Any] | None = None) -> Any:
     from ray import tune
 
     out = Path(plan.out_dir)
-    return tune.RunConfig(name=out.name, storage_path=str(out.parent),
+    return tune.RunConfig(name=out.name, storage_path=str(out.parent), callbacks=callbacks,
                           checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
 
 
@@ -299,7 +303,8 @@ def _trial(config: dict[str, Any], plan: SweepPlan) -> None:
     thread.join()
     if failure:
         raise failure[0]
-    _write_done(out, last)
+    if last or not (out / "done.json").is_file():  # a restart at the end trains (and reports) nothing
+        _write_done(out, last)
 
 
 def _write_done(out: Path, metrics: dict[str, Any]) -> None:
