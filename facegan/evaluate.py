@@ -279,9 +279,23 @@ def merge_shares(shares: list[Share]) -> Share:
                  skipped_inputs=sum(s.skipped_inputs for s in shares))
 
 
+def canonical_order(images_NCHW: Tensor) -> Tensor:
+    """A permutation that sorts images by their content: gathered sets come in rank order, and KID
+    subsets and MS-SSIM pairs are drawn by index, so sorting makes scores independent of how
+    the work was split."""
+    flat = images_NCHW.reshape(images_NCHW.shape[0], -1).double()
+    weights = torch.rand(flat.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return torch.argsort(flat @ weights, stable=True)
+
+
 def statistics(req: EvalRequest, share: Share, *, disc: nn.Module | None = None) -> dict[str, float]:
     """Every metric over the gathered sets (features already extracted)."""
     from facegan.metrics import MetricOptions, compute_metrics
+
+    fake_order, eval_order = canonical_order(share.fake_images), canonical_order(share.eval_images)
+    share = Share(fake_feats=share.fake_feats[fake_order], fake_images=share.fake_images[fake_order],
+                  train_feats=share.train_feats, eval_feats=share.eval_feats[eval_order],
+                  eval_images=share.eval_images[eval_order], skipped_inputs=share.skipped_inputs)
 
     options = MetricOptions(ms_ssim_pairs=req.ms_ssim_pairs, kid_subset_size=req.kid_subset_size, seed=req.seed)
     name = "inception" if req.features == "inception" else "attr"

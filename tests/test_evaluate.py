@@ -139,5 +139,6 @@ def test_ray_workers_gather_the_same_sets(trained: dict[str, Path], ray_cluster)
     alone = evaluate(req)["scores"]
     shared = evaluate(req, workers=2)["scores"]
     assert shared["num_fake"] == alone["num_fake"] and shared["num_real_train"] == alone["num_real_train"]
-    for key in ("fid_attr", "kid_attr", "precision_attr", "recall_attr", "d_acc_real", "d_acc_fake"):
+    for key in ("fid_attr", "kid_attr", "precision_attr", "recall_attr", "d_acc_real", "d_acc_fake", "ms_ssim",
+                "ms_ssim_real"):
         assert shared[key] == pytest.approx(alone[key], rel=1e-4, abs=1e-6), key
