@@ -349,8 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
     ce.set_defaults(func=cmd_classifier_eval)
 
     from facegan.evaluate import add_eval_parser
+    from facegan.blend_cli import add_control_parsers
+    from facegan.sweep_cli import add_sweep_parsers
 
     add_eval_parser(sub)
+    add_sweep_parsers(sub)
+    add_control_parsers(sub)
     return parser
 
 

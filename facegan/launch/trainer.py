@@ -63,10 +63,10 @@ def localize(config_dict: dict[str, Any]) -> dict[str, Any]:
     data = out.setdefault("data", {})
     if data.get("shards") and not _is_url(str(data["shards"])):
         data["shards"] = str(Path(data["shards"]).expanduser().resolve())
-    evaluation = out.get("eval", {})
-    for key in ("classifier", "inception_weights"):
-        if evaluation.get(key) and not _is_url(str(evaluation[key])):
-            evaluation[key] = str(Path(evaluation[key]).expanduser().resolve())
+    for section, key in (("eval", "classifier"), ("eval", "inception_weights"), ("gan", "classifier")):
+        values = out.get(section)
+        if isinstance(values, dict) and values.get(key) and not _is_url(str(values[key])):
+            values[key] = str(Path(values[key]).expanduser().resolve())
     ray_section = out.get("ray", {})
     if ray_section.get("storage_path") and not _is_url(str(ray_section["storage_path"])):
         ray_section["storage_path"] = str(Path(ray_section["storage_path"]).expanduser().resolve())

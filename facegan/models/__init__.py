@@ -84,9 +84,10 @@ FAMILIES: dict[str, FamilySpec] = {
                         init_weights=dcgan_steps.dcgan_init_),
     # Attribute-controlled faces (issue 5): the report's alpha/beta overlay and a conditional baseline.
     "overlay": FamilySpec(name="overlay", build=build_overlay, make_steps=overlay_steps.make_steps,
-                          init_weights=dcgan_steps.dcgan_init_),
+                          init_weights=dcgan_steps.dcgan_init_, options=overlay_steps.OverlayOptions),
     "conditional": FamilySpec(name="conditional", build=build_conditional, make_steps=conditional_steps.make_steps,
-                              init_weights=conditional_steps.conditional_init_),
+                              init_weights=conditional_steps.conditional_init_,
+                              options=conditional_steps.ConditionalOptions),
 }
 
 
