@@ -95,13 +95,14 @@ def compare(args: argparse.Namespace) -> dict:
     base = label_rows(shards, args.split, args.n)
     flip_req, flip_mask = flip_requests(base, [names.index(a) for a in scored])
     requests = {"data": ((base > 0.5).float(), None), "flip": (flip_req, flip_mask)}
-    unc = unconditioned_fn(args.unconditioned, args.seed) if args.unconditioned else None
+    # Rebuilt per run, so every generator is compared with the very same unconditioned faces.
+    unc = (lambda: unconditioned_fn(args.unconditioned, args.seed)) if args.unconditioned else (lambda: None)
     results: dict = {"shards": shards, "split": args.split, "n": args.n, "classifier": clf.checkpoint, "runs": {}}
     for kind, (req, mask) in requests.items():
         for name, bundle in gens.items():
             t0 = time.perf_counter()
             r = control_accuracy(conditioned_fn(bundle, args.seed), clf, req, attr_names=names, mask_NA=mask,
-                                 unconditioned=unc, seed=args.seed)
+                                 unconditioned=unc(), seed=args.seed)
             r["seconds"] = time.perf_counter() - t0
             results["runs"][f"{name}/{kind}"] = r
             print(format_control(r, title=f"== {name} ({bundle.kimg:.0f} kimg), {kind} requests"))
