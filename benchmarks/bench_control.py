@@ -32,7 +32,6 @@ busy cores at the defaults), then runs the comparison.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -136,7 +135,6 @@ def train_demo(out: Path, *, kimg: float, classifier_kimg: float, count: int) ->
     from facegan.data.recipe import ShardRecipe
     from facegan.data.writer import build_shards
     from facegan.loop import train
-    from facegan.steps.overlay import OverlayOptions
 
     shards = out / "shards"
     if not (shards / "manifest.json").is_file():
@@ -163,14 +161,11 @@ def train_demo(out: Path, *, kimg: float, classifier_kimg: float, count: int) ->
                 "model": {"family": family, "resolution": 32, "z_dim": 160 if family == "overlay" else 100,
                           "base_channels": 32, "d_dropout": 0.3},
                 "optim": {"g_lr": 4e-4, "d_lr": 2e-4},
-                "gan": {"label_flip": 0.05},
+                "gan": {"label_flip": 0.05, **({"alpha": 0.6, "beta": 0.8, "attr_source": "classifier",
+                                                 "classifier": paths["classifier"]} if family == "overlay" else {})},
                 "train": {"total_kimg": kimg, "checkpoint_kimg": kimg, "ema_kimg": 1, "grid_size": 16,
                           "out_dir": str(run), **common_train},
                 "wandb": {"enabled": False}})
-            if family == "overlay":
-                # RunConfig's `gan` section does not take per-family options yet: set the overlay's directly.
-                cfg = dataclasses.replace(cfg, gan=OverlayOptions(alpha=0.6, beta=0.8, attr_source="classifier",
-                                                                  classifier=paths["classifier"], label_flip=0.05))
             t0 = time.perf_counter()
             train(cfg)
             print(f"trained {family} for {kimg} kimg in {time.perf_counter() - t0:.0f} s", flush=True)
