@@ -213,14 +213,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from facegan.config import RunConfig, from_dict
     from facegan.loop import build_nets, save_grid_png
 
+    from facegan.models import FAMILIES
+
     state, meta = load_checkpoint(Path(args.checkpoint))
     cfg = from_dict(RunConfig, meta["config"])
-    G, _ = build_nets(cfg)
-    G.load_state_dict(state["G" if args.no_ema else "G_ema"])
-    G.eval()
-    z = torch.randn(args.n, cfg.model.z_dim, generator=torch.Generator().manual_seed(args.seed))
-    with torch.no_grad():
-        img = G(z)
+    if FAMILIES[cfg.model.family].uses_attrs:
+        # Attribute families draw each face's attributes from the training rates (facegan generate
+        # with no --attrs); `facegan generate` chooses them.
+        from facegan.control import generate_faces, load_generator
+
+        bundle = load_generator(args.checkpoint, ema=not args.no_ema)
+        img = generate_faces(bundle, {}, n=args.n, seed=args.seed)
+    else:
+        G, _ = build_nets(cfg)
+        G.load_state_dict(state["G" if args.no_ema else "G_ema"])
+        G.eval()
+        z = torch.randn(args.n, cfg.model.z_dim, generator=torch.Generator().manual_seed(args.seed))
+        with torch.no_grad():
+            img = G(z)
     save_grid_png(img, Path(args.out))
     print(f"wrote {args.n} samples from {args.checkpoint} ({meta['kimg']:.1f} kimg, "
           f"{'G' if args.no_ema else 'EMA G'}) to {args.out}")

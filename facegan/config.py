@@ -225,7 +225,7 @@ class DataConfig:
 @dataclass(kw_only=True)
 class ModelConfig:
     family: str = "dcgan"
-    resolution: int = 64                   # must match the shards
+    resolution: int | list[int] = 64      # must match the shards: N (square) or [h, w] (e.g. [218, 178])
     z_dim: int = 100
     base_channels: int = 64
     g_batchnorm: bool = True
@@ -236,11 +236,25 @@ class ModelConfig:
         from facegan.models import FAMILIES
 
         require(self.family in FAMILIES, f"model.family: expected one of {sorted(FAMILIES)}, got {self.family!r}")
-        require(self.resolution >= 16 and self.resolution & (self.resolution - 1) == 0,
-                f"model.resolution: expected a power of two >= 16 (32, 64, 128), got {self.resolution}")
+        if isinstance(self.resolution, list):
+            require(len(self.resolution) == 2 and all(v >= 16 for v in self.resolution),
+                    f"model.resolution: expected [height, width], both >= 16, got {self.resolution}")
+            require(FAMILIES[self.family].non_square,
+                    f"model.resolution: the {self.family} family makes square images only (a power of two); "
+                    f"families with [height, width] sizes: {sorted(k for k, f in FAMILIES.items() if f.non_square)}")
+        else:
+            require(self.resolution >= 16 and self.resolution & (self.resolution - 1) == 0,
+                    f"model.resolution: expected a power of two >= 16 (32, 64, 128) or [height, width], "
+                    f"got {self.resolution}")
         require(self.z_dim >= 1, f"model.z_dim: expected >= 1, got {self.z_dim}")
         require(self.base_channels >= 1, f"model.base_channels: expected >= 1, got {self.base_channels}")
         require(0 <= self.d_dropout < 1, f"model.d_dropout: expected 0 <= p < 1, got {self.d_dropout}")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the images."""
+        r = self.resolution
+        return (r, r) if isinstance(r, int) else (int(r[0]), int(r[1]))
 
 
 @dataclass(kw_only=True)
@@ -417,6 +431,10 @@ class ClassifierModelConfig:
         require(self.dropout is None or 0 <= self.dropout < 1, f"model.dropout: expected 0 <= p < 1, got {self.dropout}")
         dupes = sorted({a for a in self.attrs if self.attrs.count(a) > 1})
         require(not dupes, f"model.attrs: listed more than once: {', '.join(dupes)}")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.resolution, self.resolution)
 
     def build_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for CLASSIFIERS[arch] besides num_attrs."""

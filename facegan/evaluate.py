@@ -162,7 +162,12 @@ def load_generator(checkpoint: str | Path, *, use_ema: bool = True, shards: str 
     if "config" not in meta or "G" not in state:
         raise ConfigError(f"{path}: not a GAN checkpoint (a classifier's? expected G/D state and a run config)")
     cfg = from_dict(RunConfig, meta["config"])
-    G, D = build_nets(cfg)
+    attr_names = meta.get("attr_names")
+    if FAMILIES[cfg.model.family].uses_attrs and not attr_names:
+        from facegan.data.stream import ShardSet
+
+        attr_names = ShardSet.open(shards or cfg.data.shards).attr_names
+    G, D = build_nets(cfg, num_attrs=len(attr_names) if FAMILIES[cfg.model.family].uses_attrs else None)
     G.load_state_dict(state["G_ema" if use_ema else "G"])
     D.load_state_dict(state["D"])
     G.eval()
@@ -231,9 +236,9 @@ def compute_share(req: EvalRequest, *, rank: int = 0, world_size: int = 1) -> Sh
     skipped = 0
     if req.source == "checkpoint":
         loaded = load_generator(req.checkpoint, use_ema=req.use_ema, shards=req.shards)
-        res = loaded.cfg.model.resolution
-        if (res, res) != (height, width):
-            raise ConfigError(f"{req.checkpoint} makes {res}x{res} images but the shards in {req.shards} "
+        h, w = loaded.cfg.model.size
+        if (h, w) != (height, width):
+            raise ConfigError(f"{req.checkpoint} makes {h}x{w} images but the shards in {req.shards} "
                               f"are {height}x{width}")
         fakes: Any = (loaded.chunk(i, seed=req.seed, num=n)
                       for i, n in chunks_for(req.num_samples, rank=rank, world_size=world_size))

@@ -65,11 +65,19 @@ def pick_precision(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
     return torch.float16 if p == "fp16" else None
 
 
-def build_nets(cfg: RunConfig) -> tuple[nn.Module, nn.Module]:
+def build_nets(cfg: RunConfig, *, num_attrs: int | None = None) -> tuple[nn.Module, nn.Module]:
+    """G and D of cfg's family, initialised. Attribute families need `num_attrs` (the shards'
+    attribute count; a checkpoint's meta has it as attr_names)."""
     family = FAMILIES[cfg.model.family]
     m = cfg.model
-    nets = family.build(resolution=m.resolution, z_dim=m.z_dim, base_channels=m.base_channels,
-                        g_batchnorm=m.g_batchnorm, d_batchnorm=m.d_batchnorm, d_dropout=m.d_dropout)
+    kw: dict[str, Any] = {}
+    if family.uses_attrs:
+        if num_attrs is None:
+            raise ValueError(f"build_nets: the {m.family} family needs num_attrs")
+        kw["num_attrs"] = num_attrs
+    resolution = m.resolution if isinstance(m.resolution, int) else m.size
+    nets = family.build(resolution=resolution, z_dim=m.z_dim, base_channels=m.base_channels,
+                        g_batchnorm=m.g_batchnorm, d_batchnorm=m.d_batchnorm, d_dropout=m.d_dropout, **kw)
     for net in nets.values():
         family.init_weights(net)
     return nets["G"], nets["D"]
@@ -175,14 +183,17 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
         torch.backends.cudnn.benchmark = True
 
     shards = ShardSet.open(cfg.data.shards)
-    res = cfg.model.resolution
-    if shards.resolution != (res, res):
-        raise ConfigError(f"model.resolution {res} does not match the shards in {cfg.data.shards} "
+    if tuple(shards.resolution) != cfg.model.size:
+        raise ConfigError(f"model.resolution {cfg.model.resolution} does not match the shards in {cfg.data.shards} "
                           f"({shards.resolution[0]}x{shards.resolution[1]})")
+    family = FAMILIES[cfg.model.family]
+    if family.uses_attrs and not shards.attr_names:
+        raise ConfigError(f"model.family {cfg.model.family!r} needs attribute labels, but the shards in "
+                          f"{cfg.data.shards} carry none (manifest attr_names is empty)")
 
     # Same initial weights on every rank (DDP also broadcasts rank 0's, but EMA copies must agree).
     torch.manual_seed(tc.seed)
-    G, D = build_nets(cfg)
+    G, D = build_nets(cfg, num_attrs=len(shards.attr_names) if family.uses_attrs else None)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_G = torch.optim.Adam(G.parameters(), lr=cfg.optim.g_lr, betas=(cfg.optim.beta1, cfg.optim.beta2))
     opt_D = torch.optim.Adam(D.parameters(), lr=cfg.optim.d_lr, betas=(cfg.optim.beta1, cfg.optim.beta2))
@@ -232,12 +243,18 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
     steps = FAMILIES[cfg.model.family].make_steps(**to_dict(cfg.gan))
     # Families whose G/D take the batch's attributes (conditional, alpha/beta overlay) say so with
     # `uses_attrs`; they may also hold modules of their own (a frozen classifier) to move.
-    uses_attrs = bool(getattr(steps, "uses_attrs", False))
+    uses_attrs = family.uses_attrs
     if hasattr(steps, "to"):
         steps.to(device)
-    if uses_attrs and not shards.attr_names:
-        raise ConfigError(f"model.family {cfg.model.family!r} needs attribute labels, but the shards in "
-                          f"{cfg.data.shards} carry none (manifest attr_names is empty)")
+    attr_meta: dict[str, Any] = {}
+    if uses_attrs and rank == 0:
+        # generate/blend read names, train rates and the crop from the checkpoint, not the shards.
+        from facegan.classify import label_counts
+
+        pos_A, n = label_counts(shards, "train")
+        attr_meta = {"attr_names": list(shards.attr_names),
+                     "attr_prevalence": [float(p) / max(n, 1) for p in pos_A],
+                     "shard_recipe": shards.manifest.get("recipe", {})}
 
     loader = train_loader(shards, batch_size=cfg.data.batch_size, rank=rank, world_size=world,
                           num_workers=cfg.data.num_workers, seed=tc.seed, shuffle_buffer=cfg.data.shuffle_buffer,
@@ -281,7 +298,8 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
                 "images_seen": images_seen, "kimg": images_seen / 1000, "world_size": world,
                 "loader": {"seed": tc.seed, "start_batch": step, "num_workers": cfg.data.num_workers,
                            "batch_size": cfg.data.batch_size},
-                "bad_steps": bad_total, "train_seconds": time.perf_counter() - t_start, "config": to_dict(cfg)}
+                "bad_steps": bad_total, "train_seconds": time.perf_counter() - t_start, "config": to_dict(cfg),
+                **attr_meta}
         state = {"G": _bare(G_t).state_dict(), "D": _bare(D_t).state_dict(), "G_ema": G_ema.state_dict(),
                  "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "scaler": scaler.state_dict(),
                  "rng": rng}

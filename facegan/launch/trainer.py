@@ -86,9 +86,8 @@ def preflight(cfg: AnyRunConfig) -> None:
     if cfg.train.device == "cuda" and not cfg.ray.use_gpu:
         raise ConfigError("train.device: cuda needs ray.use_gpu: true (Ray gives workers no GPU otherwise)")
     shards = ShardSet.open(cfg.data.shards)
-    res = cfg.model.resolution
-    if shards.resolution != (res, res):
-        raise ConfigError(f"model.resolution {res} does not match the shards in {cfg.data.shards} "
+    if tuple(shards.resolution) != cfg.model.size:
+        raise ConfigError(f"model.resolution {cfg.model.resolution} does not match the shards in {cfg.data.shards} "
                           f"({shards.resolution[0]}x{shards.resolution[1]})")
     if shards.count("train") < cfg.data.batch_size * cfg.ray.num_workers:
         raise ConfigError(f"data.batch_size {cfg.data.batch_size} x ray.num_workers {cfg.ray.num_workers} is more "

@@ -35,6 +35,8 @@ class FamilySpec:
     init_weights: Callable[[nn.Module], None]
     # The dataclass that a run config's `gan:` mapping is validated into (make_steps(**its fields)).
     options: type = dcgan_steps.DCGANOptions
+    uses_attrs: bool = False     # G/D take attribute rows: build(num_attrs=...), the loop passes attrs_BA
+    non_square: bool = False     # build() takes a (height, width) resolution
 
 
 def build_dcgan(*, resolution: int = 64, z_dim: int = 100, base_channels: int = 64,
@@ -84,10 +86,11 @@ FAMILIES: dict[str, FamilySpec] = {
                         init_weights=dcgan_steps.dcgan_init_),
     # Attribute-controlled faces (issue 5): the report's alpha/beta overlay and a conditional baseline.
     "overlay": FamilySpec(name="overlay", build=build_overlay, make_steps=overlay_steps.make_steps,
-                          init_weights=dcgan_steps.dcgan_init_, options=overlay_steps.OverlayOptions),
+                          init_weights=dcgan_steps.dcgan_init_, options=overlay_steps.OverlayOptions,
+                          uses_attrs=True, non_square=True),
     "conditional": FamilySpec(name="conditional", build=build_conditional, make_steps=conditional_steps.make_steps,
                               init_weights=conditional_steps.conditional_init_,
-                              options=conditional_steps.ConditionalOptions),
+                              options=conditional_steps.ConditionalOptions, uses_attrs=True, non_square=True),
 }
 
 
