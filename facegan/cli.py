@@ -231,9 +231,23 @@ def cmd_sample(args: argparse.Namespace) -> int:
         z = torch.randn(args.n, cfg.model.z_dim, generator=torch.Generator().manual_seed(args.seed))
         with torch.no_grad():
             img = G(z)
-    save_grid_png(img, Path(args.out))
+    if not args.out and not args.out_dir:
+        raise ConfigError("sample: give --out GRID.png and/or --out-dir DIR")
+    where = []
+    if args.out:
+        save_grid_png(img, Path(args.out))
+        where.append(args.out)
+    if args.out_dir:
+        from PIL import Image
+
+        out_dir = Path(args.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        u8 = ((img.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        for i, arr in enumerate(u8):
+            Image.fromarray(arr).save(out_dir / f"sample_{args.seed:04d}_{i:05d}.png")
+        where.append(f"{out_dir}/ ({len(u8)} PNG files)")
     print(f"wrote {args.n} samples from {args.checkpoint} ({meta['kimg']:.1f} kimg, "
-          f"{'G' if args.no_ema else 'EMA G'}) to {args.out}")
+          f"{'G' if args.no_ema else 'EMA G'}) to {' and '.join(where)}")
     return 0
 
 
@@ -337,7 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm = sub.add_parser("sample", help="draw a sample grid from a checkpoint")
     sm.add_argument("--checkpoint", required=True)
     sm.add_argument("-n", type=int, default=64)
-    sm.add_argument("--out", required=True)
+    sm.add_argument("--out", default="", help="sample grid PNG")
+    sm.add_argument("--out-dir", default="", help="also (or instead) one PNG per sample in this folder "
+                                                   "(for `facegan eval --images`, `facegan blend`)")
     sm.add_argument("--seed", type=int, default=0)
     sm.add_argument("--no-ema", action="store_true", help="use the raw generator instead of its EMA")
     sm.set_defaults(func=cmd_sample)
