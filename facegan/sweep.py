@@ -183,6 +183,7 @@ class SchedulerConfig:
     burn_in_kimg: float = 0.0                 # pbt: no perturbation before this many kimg
     quantile_fraction: float = 0.25           # pbt: bottom fraction copies the top fraction
     resample_probability: float = 0.25        # pbt: resample from `mutations` instead of perturbing
+    synch: bool = False                       # pbt: perturb all trials together (each waits for the slowest)
     mutations: dict[str, Dimension] = field(default_factory=dict)   # pbt: dotted key -> domain
 
     def __post_init__(self) -> None:
@@ -199,6 +200,7 @@ class SchedulerConfig:
             require(bool(self.mutations), "scheduler.mutations: pbt needs at least one key to mutate")
         else:
             require(not self.mutations, f"scheduler.mutations: only pbt mutates, not {self.kind}")
+            require(not self.synch, f"scheduler.synch: only pbt perturbs, not {self.kind}")
         for key in self.mutations:
             require(key.startswith(PBT_MUTABLE_PREFIXES),
                     f"scheduler.mutations.{key}: pbt can mutate only {', '.join(p + '*' for p in PBT_MUTABLE_PREFIXES)} "

@@ -1,4 +1,5 @@
-"""Sweeps: sweep-file validation, a toy sweep through Ray Tune (interrupted, resumed), the report.
+"""Sweeps: sweep-file validation, a toy sweep through Ray Tune (interrupted, resumed), the report,
+and a PBT exploit end to end (the donor's checkpoint, the exploiter's own rates).
 
 The Ray test uses the session's two-node cluster (conftest_ray) and 1-worker trials of a 32 px
 DCGAN with 8 base channels on the session's synthetic shards; Train worker start-up dominates.
@@ -79,6 +80,7 @@ def toy_sweep(tmp: Path, shards: Path, **sections: Any) -> Path:
     (["scheduler.kind=asha", "scheduler.grace_kimg=1"], "scheduler.grace_kimg: expected < the trial length"),
     (["scheduler.kind=pbt", "scheduler.perturbation_kimg=0.016", "scheduler.mutations.model.z_dim.grid=[8]"],
      "pbt can mutate only optim.*, gan.*"),
+    (["scheduler.synch=true"], "scheduler.synch: only pbt perturbs, not fifo"),
     (["resources.num_workers=0"], "resources.num_workers: expected >= 1"),
     (["budget.max_minutes=-1"], "budget.max_minutes: expected >= 0"),
 ])
@@ -135,6 +137,8 @@ def test_pbt_resume_point_takes_the_trials_own_rates(tmp_path: Path) -> None:
                             meta={"kimg": 1.5, "config": {}})
 
     class TuneCheckpoint:  # what tune.get_checkpoint() returns, as far as _resume_point uses it
+        path = str(donor)
+
         def to_directory(self, path: str) -> None:
             shutil.copytree(donor, path)
 
@@ -145,6 +149,7 @@ def test_pbt_resume_point_takes_the_trials_own_rates(tmp_path: Path) -> None:
     assert state["opt_G"]["param_groups"][0]["lr"] == 3e-4 and state["opt_D"]["param_groups"][0]["lr"] == 1e-4
     assert tuple(state["opt_G"]["param_groups"][0]["betas"]) == (0.0, 0.99)
     assert meta["config"]["optim"]["g_lr"] == 3e-4
+    assert got["rates"] == {"opt_G": [3e-4], "opt_D": [1e-4]} and got["checkpoint"] == str(donor)
 
 
 # ============================================================================ through Ray Tune
@@ -219,6 +224,93 @@ def test_toy_sweep_interrupted_resumed_and_reported(tmp_path: Path, synthetic_sh
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//|<link|@import|url\((?!#)""", page)   # nothing to fetch
     check_report_in_browser(html_path, best["trial_id"], num_trials=3)
     print(f"toy sweep: interrupted + resumed in {t_total:.0f} s")
+
+
+@pytest.mark.slow
+def test_pbt_exploit_continues_from_the_donors_checkpoint_with_its_own_rates(
+        tmp_path: Path, synthetic_shards: Path, ray_cluster: Any) -> None:  # noqa: F811
+    """Two trials under synchronous PBT: at the one perturbation the weaker trial exploits the other.
+
+    The objective is d_noise_std (max), a tick metric fixed by gan.d_noise_power: the batch-8 trial
+    has std 0.1, the batch-16 trial 0.3, so the batch-8 trial must exploit. Trials run 3 reports,
+    perturbing at report 2 only (asynchronous PBT with 2 trials exploits only if their reports
+    interleave, and on the tie after an exploit the same trial exploits again; synch makes it one
+    exploit, always). The batch sizes make the donor's step count differ from the exploiter's own at
+    the same kimg, so the step after the restore tells whose checkpoint the loop loaded. Mutations
+    are x0.8 / x1.2 (no resampling), so a mutated rate never equals the donor's 2e-4.
+    """
+    from facegan.checkpoint import list_checkpoints, load_checkpoint
+    from facegan.launch.tune import run_sweep
+
+    tick, total = 16, 48                     # images per report, per trial
+    plan = load_sweep(toy_sweep(
+        tmp_path, synthetic_shards,
+        config={"data": {"shards": str(synthetic_shards), "batch_size": 8, "num_workers": 0, "shuffle_buffer": 16},
+                "model": {"resolution": 32, "base_channels": 8, "z_dim": 16},
+                "gan": {"d_noise_power": 0.01},
+                "train": {"tick_kimg": tick / 1000, "checkpoint_kimg": tick / 1000, "grid_size": 4,
+                          "num_threads": 1, "ema_kimg": 0.1, "max_minutes": 0},
+                "wandb": {"enabled": False}},
+        space={"data.batch_size": {"grid": [8, 16], "sets": {16: {"gan.d_noise_power": 0.09}}},
+               "optim.g_lr": {"grid": ["2e-4"]}, "optim.d_lr": {"grid": ["2e-4"]}},
+        objective={"metric": "d_noise_std", "mode": "max"},
+        scheduler={"kind": "pbt", "perturbation_kimg": 2 * tick / 1000, "quantile_fraction": 0.5,
+                   "resample_probability": 0.0, "synch": True,
+                   "mutations": {"optim.g_lr": {"uniform": ["1e-5", "1e-2"]},
+                                 "optim.d_lr": {"uniform": ["1e-5", "1e-2"]}}},
+        budget={"trial_kimg": total / 1000}))
+    out = Path(plan.out_dir)
+    t0 = time.time()
+    summary = run_sweep(plan)
+    seconds = time.time() - t0
+    assert summary["num_trials"] == 2 and summary["num_errors"] == 0, summary
+
+    def rows(path: Path) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    trials = {t.name: t for t in (out / "trials").iterdir()}
+    starts = {tid: rows(t / "starts.jsonl") for tid, t in trials.items()}
+    (low,) = [tid for tid, s in starts.items() if s[0]["params"]["data.batch_size"] == 8]
+    (high,) = [tid for tid, s in starts.items() if s[0]["params"]["data.batch_size"] == 16]
+    assert all(s[0]["resume"] is None for s in starts.values())       # both started from scratch
+
+    # (1) One exploit, recorded by facegan as a start from the other trial's checkpoint and by Tune.
+    exploits = [(tid, s) for tid, ss in starts.items() for s in ss if s["resume"] and s["resume"]["trial"] != tid]
+    tune_log = rows(out / "pbt_global.txt")       # [trial tag, donor tag, ..., donor config, new config]
+    assert len(exploits) == len(tune_log) == 1, (exploits, tune_log)
+    (who, start), = exploits
+    resume, params = start["resume"], start["params"]
+    assert who == low and resume["trial"] == high and tune_log[0][5] == params
+    assert Path(resume["checkpoint"]).parent.name == f"tune_{high}"    # Tune handed over the donor's
+
+    # (2) The donor's checkpoint at the perturbation: the donor's step (batch 16), not the low
+    # trial's own (twice that at batch 8), nor 0; the next report continues from it.
+    assert (resume["images_seen"], resume["step"]) == (2 * tick, 2)
+    high_rows = rows(trials[high] / "results.jsonl")
+    assert {"images_seen": 2 * tick, "step": 2} in [{k: r[k] for k in ("images_seen", "step")} for r in high_rows]
+    low_rows = rows(trials[low] / "results.jsonl")
+    assert [(r["attempt"], r["step"], r["images_seen"]) for r in low_rows if r["attempt"] == 0][:2] == \
+        [(0, 2, tick), (0, 4, 2 * tick)]
+    after = [r for r in low_rows if r["attempt"] == start["attempt"]]
+    assert [(r["step"], r["images_seen"], r["d_noise_std"]) for r in after] == [(3, total, pytest.approx(0.3))]
+
+    # (3) Its own mutated rates (the donor's 2e-4 x0.8 or x1.2), in the copy it resumed from and in
+    # the checkpoint its loop wrote after the restore; the donor keeps 2e-4.
+    assert params["data.batch_size"] == 16
+    for key in ("optim.g_lr", "optim.d_lr"):
+        assert params[key] in (pytest.approx(1.6e-4), pytest.approx(2.4e-4))
+    assert resume["rates"] == {"opt_G": [pytest.approx(params["optim.g_lr"])],
+                               "opt_D": [pytest.approx(params["optim.d_lr"])]}
+    state, meta = load_checkpoint(list_checkpoints(trials[low] / "checkpoints")[-1])
+    assert (meta["images_seen"], meta["step"]) == (total, 3)
+    assert state["opt_G"]["param_groups"][0]["lr"] == pytest.approx(params["optim.g_lr"])
+    assert state["opt_D"]["param_groups"][0]["lr"] == pytest.approx(params["optim.d_lr"])
+    assert starts[low][-1]["params"] == params
+    # The donor only ever resumed its own checkpoint (synch pauses every trial at the perturbation).
+    assert all(s["resume"]["trial"] == high for s in starts[high][1:])
+    state, meta = load_checkpoint(list_checkpoints(trials[high] / "checkpoints")[-1])
+    assert meta["images_seen"] == total and state["opt_G"]["param_groups"][0]["lr"] == pytest.approx(2e-4)
+    print(f"pbt sweep: 1 exploit in {seconds:.0f} s")
 
 
 def chromium() -> str | None:

@@ -20,7 +20,8 @@ with the optimizer settings of its own (possibly mutated) config.
 Files per sweep folder (`out`, default runs/sweeps/<name>): Tune's experiment state, and
 `sweep_spec.json`, `sweep.json` (summary), `report.html`/`trials.csv` (facegan.sweep_report),
 `trials/<trial_id>/` (the run's out_dir: samples, losses, checkpoints; plus `trial.json`,
-`starts.jsonl` (one line per start), `results.jsonl` (every report), `done.json` when it finished).
+`starts.jsonl` (one line per start, with its resume point: whose checkpoint, step, rates),
+`results.jsonl` (every report), `done.json` when it finished).
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def _scheduler(plan: SweepPlan) -> Any:
         return PopulationBasedTraining(
             time_attr="kimg", perturbation_interval=sc.perturbation_kimg, burn_in_period=sc.burn_in_kimg,
             hyperparam_mutations={k: (d.values if d.finite else _domain(d)) for k, d in sc.mutations.items()},
-            quantile_fraction=sc.quantile_fraction, resample_probability=sc.resample_probability)
+            quantile_fraction=sc.quantile_fraction, resample_probability=sc.resample_probability, synch=sc.synch)
     return None
 
 
@@ -188,8 +189,14 @@ def _run_config(plan: SweepPlan, callbacks: list[Any] | None = None) -> Any:
     from ray import tune
 
     out = Path(plan.out_dir)
+    # PBT's exploit hands a trial the donor's checkpoint from the donor's last perturbation; the trial
+    # reads it only once its new actor runs, while the donor keeps reporting (and Tune registers the
+    # checkpoint PBT saves a second time, so deleting the older entry deletes both). Any fixed number
+    # kept can be outrun (a test lost the donor's checkpoint 3 reports later), so PBT keeps them all:
+    # about trial_kimg / checkpoint_kimg checkpoints per trial on disk.
+    keep = None if plan.spec.scheduler.kind == "pbt" else 2
     return tune.RunConfig(name=out.name, storage_path=str(out.parent), callbacks=callbacks,
-                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=keep))
 
 
 def _trial_name(trial: Any) -> str:
@@ -268,8 +275,12 @@ def _trial(config: dict[str, Any], plan: SweepPlan) -> None:
     resume = _resume_point(tune.get_checkpoint(), data, out / "resume" / f"attempt-{attempt}")
     if resume is not None:
         data["train"]["resume"] = str(resume["dir"])
+    if resume is not None and resume["trial"] != trial_id:
+        log.info("trial %s: continues from trial %s's checkpoint at step %s (%.3f kimg), rates %s", trial_id,
+                 resume["trial"], resume["step"], resume["kimg"], resume["rates"])
     _append(out / "starts.jsonl", {"attempt": attempt, "time": time.time(), "params": config,
-                                   "resume_kimg": resume["kimg"] if resume else None})
+                                   "resume_kimg": resume["kimg"] if resume else None,
+                                   "resume": {k: v for k, v in resume.items() if k != "dir"} if resume else None})
     (out / "trial.json").write_text(json.dumps({"trial_id": trial_id, "sweep": plan.spec.name, "params": config,
                                                 "overrides": plan.overrides(config), "config": data}, indent=1))
     cfg = from_dict(RunConfig, data)
@@ -353,7 +364,9 @@ def _resume_point(checkpoint: Any, data: dict[str, Any], where: Path) -> dict[st
     """A local copy of the trial's Tune checkpoint, its optimizers set to this trial's config.
 
     After PBT's exploit the checkpoint comes from another trial, whose learning rates the loop
-    would otherwise restore along with the Adam moments.
+    would otherwise restore along with the Adam moments. Returns {"dir": the copy, "trial": the
+    trial that wrote the checkpoint (another one after an exploit), "step", "images_seen", "kimg":
+    where it was written, "checkpoint": the Tune checkpoint's path, "rates": optimizer -> lr now}.
     """
     if checkpoint is None:
         return None
@@ -364,6 +377,8 @@ def _resume_point(checkpoint: Any, data: dict[str, Any], where: Path) -> dict[st
     staging = where.with_name(where.name + ".incoming")
     checkpoint.to_directory(str(staging))
     state, meta = load_checkpoint(staging)
+    # The loop writes its run config into every checkpoint; a trial's out_dir is trials/<trial_id>.
+    writer = Path(meta.get("config", {}).get("train", {}).get("out_dir", "")).name
     optim = data.get("optim", {})
     changed = False
     for opt_key, fields in _OPTIMIZERS.items():
@@ -379,7 +394,9 @@ def _resume_point(checkpoint: Any, data: dict[str, Any], where: Path) -> dict[st
         shutil.rmtree(staging)
     else:
         staging.rename(where)
-    return {"dir": where, "kimg": meta.get("kimg")}
+    rates = {key: [g["lr"] for g in state[key]["param_groups"]] for key in _OPTIMIZERS if key in state}
+    return {"dir": where, "trial": writer, "step": meta.get("step"), "images_seen": meta.get("images_seen"),
+            "kimg": meta.get("kimg"), "checkpoint": str(checkpoint.path), "rates": rates}
 
 
 def _count_lines(path: Path) -> int:
