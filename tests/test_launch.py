@@ -427,7 +427,8 @@ def test_node_removed_mid_run_restarts_from_latest_checkpoint(
 @pytest.mark.slow
 def test_make_ray_up_job_submit_ray_down(synthetic_shards: Path, tmp_path: Path) -> None:
     """The README's remote path on a head of its own: `make ray-up` (token auth), a real
-    `ray job submit` of ray_jobs/train.py with a --set override, W&B offline, `make ray-down`."""
+    `ray job submit` of ray_jobs/train.py with a --set override, W&B offline, a toy sweep submitted
+    through ray_jobs/tune.py, `make ray-down`."""
     home = tmp_path / "home"
     port, dash = free_port(), free_port()
     # Free ports, not 6379/8265: a head someone started on this machine must not be touched.
@@ -463,6 +464,23 @@ def test_make_ray_up_job_submit_ray_down(synthetic_shards: Path, tmp_path: Path)
         meta = json.loads((ray_checkpoints(out / "ray" / out.name)[-1] / "meta.json").read_text())
         assert meta["step"] == 6 and meta["world_size"] == 2  # 12 steps in the file, 6 after --set
         assert list((out / "wandb").glob("offline-run-*"))
+
+        # A sweep goes the same way: ray_jobs/tune.py, a shipped sweep file shrunk with --set.
+        from test_readme import toy_sweep_overrides
+
+        sweep_out = tmp_path / "sweep_out"
+        sweep_file = REPO / "sweeps" / "dcgan_lr_asha.yaml"
+        sets = [arg for s in toy_sweep_overrides(sweep_file, synthetic_shards, sweep_out) for arg in ("--set", s)]
+        submit = subprocess.run(
+            [str(Path(sys.executable).parent / "ray"), "job", "submit", f"--address=http://127.0.0.1:{dash}",
+             "--working-dir", ".", "--runtime-env-json", json.dumps({"env_vars": {"WANDB_MODE": "offline"}}),
+             "--", "python", "ray_jobs/tune.py", str(sweep_file), *sets],
+            cwd=REPO, env=job_env, capture_output=True, text=True, timeout=300)
+        assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-4000:]
+        assert "succeeded" in (submit.stdout + submit.stderr).lower()
+        trials = list((sweep_out / "trials").iterdir())
+        assert len(trials) == 1 and (trials[0] / "done.json").is_file()
+        assert (sweep_out / "report.html").is_file() and (sweep_out / "trials.csv").is_file()
     finally:
         down = subprocess.run(make + ["ray-down"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
         shutil.rmtree(state_dir(port), ignore_errors=True)  # Ray's session files for this head
