@@ -36,8 +36,11 @@ chromium:
 			|| echo "warning: could not install chromium; the sweep report's browser test will be skipped"; \
 	else echo "warning: no apt-get; install chromium to run the sweep report's browser test"; fi
 
+# Two pytest sessions: tests that run Ray Tune in-process get a Ray cluster of their own (see the
+# `tune` marker in pyproject.toml).
 test: install chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not tune"
+	$(PY) -m pytest -q -m tune
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

@@ -158,6 +158,7 @@ def test_every_sweep_validates(sweep_name: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.tune
 @pytest.mark.parametrize("sweep_name", _sweep_files())
 def test_every_sweep_runs_at_toy_size(sweep_name: str, tmp_path: Path, synthetic_shards: Path,
                                       ray_cluster: object) -> None:  # noqa: F811

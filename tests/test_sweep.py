@@ -30,6 +30,11 @@ from facegan.sweep import FamilyNotAvailable, load_sweep
 REPO = Path(__file__).resolve().parents[1]
 
 
+
+# A session of its own in `make test`: in one long session with the other Ray tests, the driver's
+# ray.cluster_resources() was seen to block for good once Tune started (Ray 2.60).
+pytestmark = pytest.mark.tune
+
 def toy_sweep(tmp: Path, shards: Path, **sections: Any) -> Path:
     """A sweep file over a tiny DCGAN: 6 steps of 8 images per trial, a report every 2 steps."""
     data: dict[str, Any] = {
