@@ -91,13 +91,3 @@ def synthetic_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_shards(recipe, root=None, out=out, progress=False)
     return out
 
-
-# Tests that kill a Ray worker or remove a node of the session cluster run last: after them the
-# cluster has been through a failure, and Ray's global-state calls (ray.cluster_resources) have
-# been seen to block for good in a later test of the same session.
-FAULT_TESTS = ("test_sigkilled_worker_restarts_from_latest_checkpoint",
-               "test_node_removed_mid_run_restarts_from_latest_checkpoint")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.originalname in FAULT_TESTS)  # stable: the rest keep their order
