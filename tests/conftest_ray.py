@@ -64,6 +64,12 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield cluster
     finally:
         _SESSION.pop("cluster", None)
-        ray.shutdown()
+        # After a long session ray.shutdown() was seen to block for good in the driver's disconnect
+        # (like ray.cluster_resources mid-session): give it a bounded time, then kill the cluster.
+        import threading
+
+        closer = threading.Thread(target=ray.shutdown, daemon=True)
+        closer.start()
+        closer.join(60)
         cluster.shutdown()
         patch.undo()
