@@ -43,10 +43,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from facegan.checkpoint import load_checkpoint  # noqa: E402
+from facegan.checkpoint import find_checkpoint, load_checkpoint  # noqa: E402
 from facegan.classify import load_classifier  # noqa: E402
 from facegan.config import ModelConfig, from_dict  # noqa: E402
-from facegan.control import (ControlGenerator, control_accuracy, find_checkpoint, flip_requests,  # noqa: E402
+from facegan.control import (ControlGenerator, control_accuracy, flip_requests,  # noqa: E402
                              format_control, load_generator, with_weights)
 from facegan.data.stream import ShardSet, eval_loader  # noqa: E402
 from facegan.models import FAMILIES  # noqa: E402

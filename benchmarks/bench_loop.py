@@ -165,7 +165,7 @@ PROFILE_ROWS = [  # (label, file suffix, function): facegan step parts by cumula
     ("  G forward (all calls)", "facegan/models/dcgan.py", "forward@G"),
     ("backward (both phases)", "torch/_tensor.py", "backward"),
     ("Adam steps", "torch/optim/adam.py", "step"),
-    ("finite checks (_all_ranks_finite)", "facegan/loop.py", "_all_ranks_finite"),
+    ("finite checks (all_ranks_finite)", "facegan/runtime.py", "all_ranks_finite"),
     ("EMA update", "facegan/loop.py", "update_ema"),
     ("stats add", "facegan/stats.py", "add"),
     ("tick: stats reduce + pop_steps", "facegan/stats.py", "reduce|pop_steps"),

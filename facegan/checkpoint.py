@@ -88,6 +88,18 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: read_meta(p).get("images_seen", 0))
 
 
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder as given, or the newest checkpoint of a run folder (<run>/checkpoints/ckpt-*)
+    or of a checkpoints/ folder itself."""
+    path = Path(path)
+    if (path / META).is_file():
+        return path
+    found = list_checkpoints(path / "checkpoints") or list_checkpoints(path)
+    if not found:
+        raise CheckpointError(f"{path}: no facegan checkpoint here (no {META}, no checkpoints/ckpt-* folders)")
+    return found[-1]
+
+
 def prune_checkpoints(root: Path, *, keep: int) -> None:
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

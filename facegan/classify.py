@@ -39,16 +39,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from facegan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
+from facegan.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from facegan.config import ClassifierModelConfig, ClassifierRunConfig, ConfigError, from_dict, to_dict
 from facegan.data.records import DataError
 from facegan.data.store import open_store
 from facegan.data.stream import ShardSet, eval_loader, train_loader
 from facegan.data.tario import TarFormatError, iter_samples
 from facegan.hooks import Hooks
-from facegan.loop import (TrainingError, _agree, _all_ranks_finite, _bare, _distributed, _gather_rng, _resume_dir,
-                          pick_device, pick_precision)
+from facegan.loop import pick_device, pick_precision
 from facegan.models.classifier import CLASSIFIERS
+from facegan.runtime import BadSteps, agree, all_ranks_finite, bare, distributed, gather_rng, resume_dir
 from facegan.stats import JsonlSink, Stats
 
 log = logging.getLogger(__name__)
@@ -114,17 +114,6 @@ def build_classifier(model_cfg: ClassifierModelConfig, *, num_attrs: int) -> nn.
     return CLASSIFIERS[model_cfg.arch](num_attrs=num_attrs, **model_cfg.build_kwargs())
 
 
-def _find_checkpoint(path: Path) -> Path:
-    """A checkpoint folder, or the newest one under <run>/checkpoints when given a run folder."""
-    path = Path(path)
-    if (path / "meta.json").is_file():
-        return path
-    found = list_checkpoints(path / "checkpoints") or list_checkpoints(path)
-    if not found:
-        raise CheckpointError(f"{path}: neither a checkpoint nor a run folder with checkpoints/ckpt-*")
-    return found[-1]
-
-
 def load_classifier(path: str | Path) -> nn.Module:
     """The classifier of a checkpoint (or the newest checkpoint of a run folder): CPU, eval mode.
 
@@ -133,7 +122,7 @@ def load_classifier(path: str | Path) -> nn.Module:
     it was trained and is scored on), `train_positives`/`train_count` (train-split label counts,
     for the majority baseline) and `checkpoint` (the folder it came from).
     """
-    ckpt = _find_checkpoint(Path(path))
+    ckpt = find_checkpoint(path)
     state, meta = load_checkpoint(ckpt)
     if meta.get("kind") != KIND:
         raise CheckpointError(f"{ckpt}: not a classifier checkpoint (kind {meta.get('kind')!r}); "
@@ -175,7 +164,7 @@ def _count_correct(model: nn.Module, shards: ShardSet, split: str, *, batch_size
             counts[:num_attrs] += (pred == y).sum(0).double()
             counts[num_attrs:-1] += y.sum(0).double()
             counts[-1] += y.shape[0]
-    if _distributed():
+    if distributed():
         t = counts.cuda() if dist.get_backend() == "nccl" else counts
         dist.all_reduce(t)
         counts = t.cpu()
@@ -323,7 +312,7 @@ def train_classifier(cfg: ClassifierRunConfig, *, hooks: Hooks | None = None) ->
     torch.manual_seed(tc.seed * 1000 + rank)  # dropout masks differ per rank
 
     step, images_seen, bad_total = 0, 0, 0
-    resume = _resume_dir(cfg, hooks, ckpt_root)  # type: ignore[arg-type]
+    resume = resume_dir(cfg.train.resume, hooks, ckpt_root)
     if resume is not None:
         state, meta = load_checkpoint(resume)
         _check_resumable(meta, cfg, attr_names, scored, resume)
@@ -354,7 +343,7 @@ def train_classifier(cfg: ClassifierRunConfig, *, hooks: Hooks | None = None) ->
     loader = train_loader(shards, batch_size=cfg.data.batch_size, rank=rank, world_size=world,
                           num_workers=cfg.data.num_workers, seed=tc.seed, shuffle_buffer=cfg.data.shuffle_buffer,
                           start_batch=step, pin_memory=device.type == "cuda")
-    # _gather_rng wants a generator; the classifier draws only from the global RNG (dropout).
+    # gather_rng wants a generator; the classifier draws only from the global RNG (dropout).
     unused_gen = torch.Generator()
 
     batch_total = cfg.data.batch_size * world
@@ -377,24 +366,25 @@ def train_classifier(cfg: ClassifierRunConfig, *, hooks: Hooks | None = None) ->
     last_ckpt: Path | None = resume
     metrics: dict[str, float] = {}
     final: dict[str, dict[str, Any]] | None = None
-    bad_in_row, skipped_samples = 0, 0
+    skipped_samples = 0
+    bad = BadSteps(max_in_row=tc.max_bad_steps, rank=rank, total=bad_total, advice="Lower optim.lr or check the data.")
 
     def evaluate(splits: list[str]) -> dict[str, dict[str, Any]]:
-        bare = _bare(model_t)
-        if _distributed():
+        net = bare(model_t)
+        if distributed():
             # Batch-norm statistics are per rank between DDP's broadcasts: score rank 0's on all.
-            for b in bare.buffers():
+            for b in net.buffers():
                 dist.broadcast(b, src=0)
-        bare.eval()  # dropout off, batch norm on running statistics
+        net.eval()  # dropout off, batch norm on running statistics
         try:
             return {split: summarize(split=split, shards=cfg.data.shards, attr_names=attr_names, scored=scored,
                                      train_pos=train_pos, train_n=train_n,
-                                     counts=_count_correct(bare, shards, split, batch_size=ec.batch_size, device=device,
+                                     counts=_count_correct(net, shards, split, batch_size=ec.batch_size, device=device,
                                                            rank=rank, world_size=world, num_workers=0,
                                                            autocast=autocast))
                     for split in splits}
         finally:
-            bare.train()
+            net.train()
 
     def eval_metrics(results: dict[str, dict[str, Any]], *, per_attr: bool) -> dict[str, float]:
         m = {}
@@ -415,7 +405,7 @@ def train_classifier(cfg: ClassifierRunConfig, *, hooks: Hooks | None = None) ->
             os.replace(tmp, out / EVAL_JSON)
 
     def write_checkpoint() -> Path | None:
-        rng = _gather_rng(unused_gen, device)
+        rng = gather_rng(unused_gen, device)
         if rank != 0:
             return None
         meta = {"kind": KIND, "arch": cfg.model.arch, "model": to_dict(cfg.model), "attr_names": attr_names,
@@ -423,8 +413,8 @@ def train_classifier(cfg: ClassifierRunConfig, *, hooks: Hooks | None = None) ->
                 "step": step, "images_seen": images_seen, "kimg": images_seen / 1000, "world_size": world,
                 "loader": {"seed": tc.seed, "start_batch": step, "num_workers": cfg.data.num_workers,
                            "batch_size": cfg.data.batch_size},
-                "bad_steps": bad_total, "config": to_dict(cfg)}
-        state = {"model": _bare(model_t).state_dict(), "opt": opt.state_dict(), "scaler": scaler.state_dict(),
+                "bad_steps": bad.total, "config": to_dict(cfg)}
+        state = {"model": bare(model_t).state_dict(), "opt": opt.state_dict(), "scaler": scaler.state_dict(),
                  "rng": rng}
         path = save_checkpoint(ckpt_root / f"ckpt-{images_seen:09d}", state=state, meta=meta)
         prune_checkpoints(ckpt_root, keep=tc.keep_checkpoints)
@@ -440,7 +430,7 @@ def train_classifier(cfg: ClassifierRunConfig, *, hooks: Hooks | None = None) ->
             logits = model_t(img)
         bce = F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none")
         loss = bce[:, mask_A].mean()
-        step_ok = _all_ranks_finite(loss)
+        step_ok = all_ranks_finite(loss)
         if step_ok:
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -448,23 +438,14 @@ def train_classifier(cfg: ClassifierRunConfig, *, hooks: Hooks | None = None) ->
             scaler.update()
         step += 1
         images_seen += batch_total
+        bad.record(step_ok, step=step, images_seen=images_seen, last_ckpt=last_ckpt)
         if step_ok:
-            bad_in_row = 0
             correct = ((logits.detach() > 0) == (y > 0.5))[:, mask_A]
             stats.add({"loss/bce": loss.detach(), "acc/train": correct.float().mean()})
-        else:
-            bad_in_row += 1
-            bad_total += 1
-            log.warning("rank %d step %d: non-finite loss, step skipped (%d in a row)", rank, step, bad_in_row)
-            if bad_in_row >= tc.max_bad_steps:
-                where = f"; last good checkpoint: {last_ckpt}" if last_ckpt else "; no checkpoint was written"
-                raise TrainingError(
-                    f"losses were non-finite for {bad_in_row} steps in a row at {images_seen / 1000:.1f} kimg "
-                    f"(train.max_bad_steps={tc.max_bad_steps}){where}. Lower optim.lr or check the data.")
 
         at_tick = images_seen >= next_tick or images_seen >= total_images
         # Rank 0 decides at ticks and shares the decision, so all ranks stop (and evaluate) together.
-        out_of_time = at_tick and tc.max_minutes > 0 and _agree(time.perf_counter() - t_start > tc.max_minutes * 60)
+        out_of_time = at_tick and tc.max_minutes > 0 and agree(time.perf_counter() - t_start > tc.max_minutes * 60)
         finishing = images_seen >= total_images or out_of_time
         at_ckpt = images_seen >= next_ckpt or finishing
         if not (at_tick or at_ckpt):
@@ -479,7 +460,7 @@ def train_classifier(cfg: ClassifierRunConfig, *, hooks: Hooks | None = None) ->
         dt = time.perf_counter() - t_tick
         metrics = stats.reduce()
         metrics.update(kimg=images_seen / 1000, step=step, images_seen=images_seen,
-                       img_per_sec=(images_seen - img_tick) / max(dt, 1e-9), bad_steps=bad_total,
+                       img_per_sec=(images_seen - img_tick) / max(dt, 1e-9), bad_steps=bad.total,
                        skipped_samples=skipped_samples)
         ckpt_dir = None
         if at_ckpt:
@@ -487,7 +468,7 @@ def train_classifier(cfg: ClassifierRunConfig, *, hooks: Hooks | None = None) ->
             if ckpt_dir is not None:
                 last_ckpt = ckpt_dir
             next_ckpt = (images_seen // ckpt_images + 1) * ckpt_images
-            if _distributed():
+            if distributed():
                 dist.barrier()  # the checkpoint exists on disk before anyone reports it
         if finishing:
             final = evaluate(ec.splits)

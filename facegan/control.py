@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from facegan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from facegan.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 from facegan.config import ConfigError, ModelConfig, from_dict
 from facegan.data.imageio import ImageError, load_and_prepare
 from facegan.data.records import DataError
@@ -199,17 +199,6 @@ class ControlGenerator:
 
     def noise(self, n: int, *, seed: int) -> Tensor:
         return torch.randn(n, self.z_dim, generator=torch.Generator().manual_seed(seed))
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or the newest checkpoint of a run folder (<run>/checkpoints/ckpt-*)."""
-    path = Path(path)
-    if (path / "meta.json").is_file():
-        return path
-    found = list_checkpoints(path / "checkpoints") or list_checkpoints(path)
-    if not found:
-        raise CheckpointError(f"{path}: neither a checkpoint nor a run folder with checkpoints/ckpt-*")
-    return found[-1]
 
 
 def _shard_info(config: dict[str, Any]) -> dict[str, Any] | None:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from facegan.checkpoint import find_checkpoint
 from facegan.config import ConfigError, to_dict
 
 log = logging.getLogger(__name__)
@@ -101,20 +102,6 @@ class EvalRequest:
 
 # --- the generated set
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder; a run folder or its checkpoints/ folder resolves to the latest checkpoint."""
-    from facegan.checkpoint import META, CheckpointError, list_checkpoints
-
-    path = Path(path)
-    if (path / META).is_file():
-        return path
-    for root in (path, path / "checkpoints"):
-        found = list_checkpoints(root)
-        if found:
-            return found[-1]
-    raise CheckpointError(f"{path}: no facegan checkpoint here (no meta.json, no ckpt-* folders)")
-
-
 @dataclass
 class LoadedGenerator:
     """A GAN checkpoint ready to draw images: chunk i of a set is the same on any process."""
@@ -157,7 +144,7 @@ def load_generator(checkpoint: str | Path, *, use_ema: bool = True, shards: str 
     from facegan.loop import build_nets, fixed_attrs
     from facegan.models import FAMILIES
 
-    path = resolve_checkpoint(checkpoint)
+    path = find_checkpoint(checkpoint)
     state, meta = load_checkpoint(path)
     if "config" not in meta or "G" not in state:
         raise ConfigError(f"{path}: not a GAN checkpoint (a classifier's? expected G/D state and a run config)")
@@ -222,7 +209,7 @@ def resolve_classifier(path: str) -> str:
     if not path:
         raise ConfigError("eval.features=attr needs --classifier PATH: a checkpoint of the attribute classifier "
                           "(train one with `facegan classifier train configs/classifier_celeba64.yaml`)")
-    return str(resolve_checkpoint(path))
+    return str(find_checkpoint(path))
 
 
 def compute_share(req: EvalRequest, *, rank: int = 0, world_size: int = 1) -> Share:
@@ -330,7 +317,7 @@ def evaluate(req: EvalRequest, *, workers: int = 0,
     if req.source == "checkpoint":
         from facegan.checkpoint import read_meta
 
-        path = resolve_checkpoint(req.checkpoint)
+        path = find_checkpoint(req.checkpoint)
         result["checkpoint"] = str(path)
         result["kimg"] = read_meta(path).get("kimg")
     return result
@@ -338,7 +325,7 @@ def evaluate(req: EvalRequest, *, workers: int = 0,
 
 def describe_source(req: EvalRequest) -> str:
     if req.source == "checkpoint":
-        return f"checkpoint {resolve_checkpoint(req.checkpoint)} ({'EMA ' if req.use_ema else ''}G)"
+        return f"checkpoint {find_checkpoint(req.checkpoint)} ({'EMA ' if req.use_ema else ''}G)"
     if req.source == "images":
         return f"images in {req.images}"
     if req.source == "real":
@@ -495,7 +482,7 @@ def cmd_eval(args: Any) -> int:
     if args.json:
         out = Path(args.json)
     elif req.checkpoint:
-        out = resolve_checkpoint(req.checkpoint) / f"eval_{req.features}.json"
+        out = find_checkpoint(req.checkpoint) / f"eval_{req.features}.json"
     else:
         out = Path("eval.json")
     print(f"wrote {write_result(result, out)}")

@@ -23,23 +23,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from facegan.checkpoint import (CheckpointError, check_compatible, list_checkpoints, load_checkpoint,
-                                prune_checkpoints, save_checkpoint)
+from facegan.checkpoint import CheckpointError, check_compatible, load_checkpoint, prune_checkpoints, save_checkpoint
 from facegan.config import ConfigError, RunConfig, to_dict
 from facegan.data.stream import ShardSet, train_loader
 from facegan.hooks import Hooks
 from facegan.models import FAMILIES
+from facegan.runtime import (BadSteps, agree, all_ranks_finite, bare, distributed, gather_rng,
+                             resume_dir)
 from facegan.stats import JsonlSink, Stats, plot_loss_curves, save_loss_arrays
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (e.g. losses stayed non-finite); the message says what to do."""
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def pick_device(cfg: RunConfig, hooks: Hooks) -> torch.device:
@@ -91,44 +84,6 @@ def update_ema(ema: nn.Module, net: nn.Module, *, beta: float) -> None:
         b_ema.copy_(b)
 
 
-def _bare(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
-
-
-def _all_ranks_finite(loss: torch.Tensor) -> bool:
-    # Ranks must agree on skipping: a rank that skips backward while others run it would hang DDP.
-    flag = torch.isfinite(loss.detach()).all().to(torch.float32).reshape(1)
-    if _distributed():
-        if dist.get_backend() == "nccl" and flag.device.type != "cuda":
-            flag = flag.cuda()
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item() > 0)
-
-
-def _agree(flag: bool) -> bool:
-    """Rank 0's decision, broadcast so that every rank takes the same branch."""
-    if not _distributed():
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0])
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.broadcast(t, src=0)
-    return bool(t.item() > 0)
-
-
-def _gather_rng(gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
-    """Every rank's RNG states, gathered on all ranks (rank 0 writes them)."""
-    mine = {"torch": torch.get_rng_state(), "gen": gen.get_state()}
-    if device.type == "cuda":
-        mine["cuda"] = torch.cuda.get_rng_state(device)
-    if _distributed():
-        everyone: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, {k: v.cpu() for k, v in mine.items()})
-    else:
-        everyone = [mine]
-    return {f"{k}_rank{r}": v for r, states in enumerate(everyone) for k, v in states.items()}
-
-
 def save_grid_png(img_BCHW: torch.Tensor, path: Path) -> None:
     from facegan.data.writer import save_grid
 
@@ -150,18 +105,6 @@ def fixed_attrs(shards: ShardSet, n: int, *, split: str = "val") -> torch.Tensor
             break
     attrs = torch.cat(rows).float()
     return attrs.repeat((n + len(attrs) - 1) // len(attrs), 1)[:n]
-
-
-def _resume_dir(cfg: RunConfig, hooks: Hooks, ckpt_root: Path) -> Path | None:
-    from_runner = hooks.resume_from()
-    if from_runner is not None:
-        return Path(from_runner)
-    if cfg.train.resume == "latest":
-        found = list_checkpoints(ckpt_root)
-        return found[-1] if found else None
-    if cfg.train.resume:
-        return Path(cfg.train.resume)
-    return None
 
 
 def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
@@ -203,7 +146,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
 
     step, images_seen, bad_total = 0, 0, 0
     trained_seconds = 0.0  # training time before this attempt (from the checkpoint): max_minutes spans restarts
-    resume = _resume_dir(cfg, hooks, ckpt_root)
+    resume = resume_dir(cfg.train.resume, hooks, ckpt_root)
     if resume is not None:
         state, meta = load_checkpoint(resume)
         check_compatible(meta, to_dict(cfg.model), where=resume)
@@ -281,7 +224,9 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     epoch_rows: list[dict[str, float]] = []
-    bad_in_row, skipped_samples = 0, 0
+    skipped_samples = 0
+    bad = BadSteps(max_in_row=tc.max_bad_steps, rank=rank, total=bad_total,
+                   advice="Lower the learning rates or check the data.")
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
     t_tick, img_tick = time.perf_counter(), images_seen
     t_start = time.perf_counter() - trained_seconds
@@ -291,16 +236,16 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
     D_t.train()
 
     def write_checkpoint() -> Path | None:
-        rng = _gather_rng(gen, device)
+        rng = gather_rng(gen, device)
         if rank != 0:
             return None
         meta = {"family": cfg.model.family, "model": to_dict(cfg.model), "step": step,
                 "images_seen": images_seen, "kimg": images_seen / 1000, "world_size": world,
                 "loader": {"seed": tc.seed, "start_batch": step, "num_workers": cfg.data.num_workers,
                            "batch_size": cfg.data.batch_size},
-                "bad_steps": bad_total, "train_seconds": time.perf_counter() - t_start, "config": to_dict(cfg),
+                "bad_steps": bad.total, "train_seconds": time.perf_counter() - t_start, "config": to_dict(cfg),
                 **attr_meta}
-        state = {"G": _bare(G_t).state_dict(), "D": _bare(D_t).state_dict(), "G_ema": G_ema.state_dict(),
+        state = {"G": bare(G_t).state_dict(), "D": bare(D_t).state_dict(), "G_ema": G_ema.state_dict(),
                  "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "scaler": scaler.state_dict(),
                  "rng": rng}
         path = save_checkpoint(ckpt_root / f"ckpt-{images_seen:09d}", state=state, meta=meta)
@@ -323,7 +268,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
             """Run one named phase; update `opt` only if the loss is finite on every rank."""
             with autocast:
                 loss, sc = fn(G=G_t, D=D_t, z_BZ=z, kimg=kimg, generator=gen, carry=carry, **kw)
-            if not _all_ranks_finite(loss):
+            if not all_ranks_finite(loss):
                 return False
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -338,29 +283,20 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
 
         step += 1
         images_seen += batch_total
+        bad.record(step_ok, step=step, images_seen=images_seen, last_ckpt=last_ckpt)
         if step_ok:
-            bad_in_row = 0
             if tc.ema_kimg > 0:
                 ema_nimg = tc.ema_kimg * 1000
                 if tc.ema_rampup > 0:
                     ema_nimg = min(ema_nimg, images_seen * tc.ema_rampup)
-                update_ema(G_ema, _bare(G_t), beta=0.5 ** (batch_total / max(ema_nimg, 1e-8)))
+                update_ema(G_ema, bare(G_t), beta=0.5 ** (batch_total / max(ema_nimg, 1e-8)))
             else:
-                update_ema(G_ema, _bare(G_t), beta=0.0)
+                update_ema(G_ema, bare(G_t), beta=0.0)
             stats.add(scalars)
-        else:
-            bad_in_row += 1
-            bad_total += 1
-            log.warning("rank %d step %d: non-finite loss, step skipped (%d in a row)", rank, step, bad_in_row)
-            if bad_in_row >= tc.max_bad_steps:
-                where = f"; last good checkpoint: {last_ckpt}" if last_ckpt else "; no checkpoint was written"
-                raise TrainingError(
-                    f"losses were non-finite for {bad_in_row} steps in a row at {images_seen / 1000:.1f} kimg "
-                    f"(train.max_bad_steps={tc.max_bad_steps}){where}. Lower the learning rates or check the data.")
 
         at_tick = images_seen >= next_tick or images_seen >= total_images
         # The time budget is checked on rank 0 only at ticks and shared, so all ranks stop together.
-        out_of_time = at_tick and tc.max_minutes > 0 and _agree(time.perf_counter() - t_start > tc.max_minutes * 60)
+        out_of_time = at_tick and tc.max_minutes > 0 and agree(time.perf_counter() - t_start > tc.max_minutes * 60)
         at_ckpt = images_seen >= next_ckpt or images_seen >= total_images or out_of_time
         at_epoch = loader.batches_seen % loader.batches_per_epoch == 0
         if rank == 0 and (at_tick or at_epoch):
@@ -381,14 +317,14 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
             dt = time.perf_counter() - t_tick
             metrics = stats.reduce()
             metrics.update(kimg=images_seen / 1000, step=step, images_seen=images_seen,
-                           img_per_sec=(images_seen - img_tick) / max(dt, 1e-9), bad_steps=bad_total,
+                           img_per_sec=(images_seen - img_tick) / max(dt, 1e-9), bad_steps=bad.total,
                            skipped_samples=skipped_samples, d_noise_std=steps.d_noise_std(images_seen / 1000))
             if device.type == "cuda":
                 metrics["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
             if periodic_eval is not None and (images_seen >= next_eval or images_seen >= total_images or out_of_time):
                 # Every rank draws its share of the samples; rank 0 gets the scores.
                 t_eval = time.perf_counter()
-                metrics.update(periodic_eval(G=G_ema, D=_bare(D_t), device=device, rank=rank, world_size=world,
+                metrics.update(periodic_eval(G=G_ema, D=bare(D_t), device=device, rank=rank, world_size=world,
                                              steps=steps if uses_attrs else None, attrs=grid_attrs))
                 metrics["eval_seconds"] = time.perf_counter() - t_eval
                 next_eval = (images_seen // eval_images + 1) * eval_images
@@ -411,7 +347,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
                 if ckpt_dir is not None:
                     last_ckpt = ckpt_dir
                 next_ckpt = (images_seen // ckpt_images + 1) * ckpt_images
-                if _distributed():
+                if distributed():
                     dist.barrier()  # the checkpoint exists on disk before anyone reports it
             next_tick = (images_seen // tick_images + 1) * tick_images
             hooks.report(metrics, ckpt_dir)

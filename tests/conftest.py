@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest_ray import driver_wedged, ray_cluster, stop_cluster  # noqa: F401  (ray_cluster: the fixture)
 from facegan.data.records import CELEBA_ATTRS
 
 # Nothing the tests start may talk to the outside world.
@@ -17,6 +18,40 @@ os.environ.setdefault("RAY_USAGE_STATS_REPORT_URL", "http://127.0.0.1:9/")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 REPO = Path(__file__).resolve().parents[1]
+_EXIT: dict[str, int] = {}
+
+
+def _uses_cluster(item: pytest.Item | None) -> bool:
+    return item is not None and "ray_cluster" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the shared Ray cluster run first, back to back (in their own order): the driver's
+    connection then never sits idle for long, and the cluster is gone before the rest run."""
+    items[:] = [i for i in items if _uses_cluster(i)] + [i for i in items if not _uses_cluster(i)]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    yield
+    if _uses_cluster(item) and not _uses_cluster(nextitem):
+        stop_cluster()  # the last test on the cluster: free its processes (and CPU) for the rest
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _EXIT["status"] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # A driver whose ray.shutdown() never returned would block interpreter exit in Ray's C++ core
+    # worker; its cluster is already killed (conftest_ray.stop_cluster), so end the process here.
+    if driver_wedged():
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT.get("status", 1))
 
 
 def write_jpeg(path: Path, *, seed: int, size: tuple[int, int] = (44, 54)) -> None:

@@ -1,8 +1,6 @@
-"""One simulated two-node Ray cluster for the whole test session, kept on this machine.
+"""One simulated two-node Ray cluster per test session, kept on this machine.
 
-    from conftest_ray import ray_cluster  # noqa: F401   (then take `ray_cluster` as a fixture)
-
-Starting Ray Train workers costs ~15 s, so every test that needs Ray shares this cluster: a head
+A test takes the `ray_cluster` fixture (conftest.py provides it). Starting Ray Train workers costs ~15 s, so every test that needs Ray shares this cluster: a head
 and one worker node of 1 CPU each (`ray.cluster_utils.Cluster`, both on this machine), so
 STRICT_SPREAD puts one training worker on each node and a test can remove a whole node. The
 session runs with `facegan.launch.cluster.offline_env` in a temporary HOME (bootstrap file, no
@@ -12,7 +10,10 @@ and a checkpoint is registered soon after it is reported.
 
 from __future__ import annotations
 
+import atexit
 import socket
+import threading
+import warnings
 from typing import Any, Iterator
 
 import pytest
@@ -20,6 +21,7 @@ import pytest
 from facegan.launch.cluster import LOCAL_VARS, LOCALHOST, OFFLINE_VARS, offline_env
 
 HEALTH_CHECK_INTERVAL_S = "0.2"
+SHUTDOWN_TIMEOUT_S = 60
 _SESSION: dict[str, Any] = {}
 
 
@@ -35,12 +37,10 @@ def node_args() -> dict[str, Any]:
     return {"num_cpus": 1}
 
 
-@pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The session's `ray.cluster_utils.Cluster` (head + one worker node), this process connected."""
-    if "cluster" in _SESSION:  # the fixture imported into several test modules: still one cluster
-        yield _SESSION["cluster"]
-        return
+def start_cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Start the session cluster (once) and connect this process to it."""
+    if "cluster" in _SESSION:
+        return _SESSION["cluster"]
     env = offline_env({"HOME": str(tmp_path_factory.mktemp("ray_home"))})
     patch = pytest.MonkeyPatch()
     # Ray's processes inherit these (GCS, raylets, dashboard, workers).
@@ -49,7 +49,6 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     patch.setenv("RAY_AUTH_MODE", "disabled")
     patch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
 
-    import ray
     from ray.cluster_utils import Cluster
 
     from facegan.launch.cluster import connect
@@ -59,17 +58,48 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     cluster.add_node(**node_args())
     cluster.wait_for_nodes()
     connect(cluster.address)
-    _SESSION["cluster"] = cluster
-    try:
-        yield cluster
-    finally:
-        _SESSION.pop("cluster", None)
-        # After a long session ray.shutdown() was seen to block for good in the driver's disconnect
-        # (like ray.cluster_resources mid-session): give it a bounded time, then kill the cluster.
-        import threading
+    _SESSION.update(cluster=cluster, patch=patch)
+    return cluster
 
-        closer = threading.Thread(target=ray.shutdown, daemon=True)
-        closer.start()
-        closer.join(60)
+
+def stop_cluster() -> None:
+    """Disconnect and stop the session cluster (no-op when none is up). Never blocks for long.
+
+    In long sessions whose driver sat idle for many minutes, `ray.shutdown()` was seen to block
+    for good in the driver's disconnect: it gets SHUTDOWN_TIMEOUT_S, then the cluster's processes
+    are killed and `driver_wedged` is set, so the session ends with os._exit (see conftest.py)
+    instead of hanging in Ray's atexit handler.
+    """
+    cluster = _SESSION.pop("cluster", None)
+    if cluster is None:
+        return
+    import ray
+
+    closer = threading.Thread(target=ray.shutdown, daemon=True, name="ray-shutdown")
+    closer.start()
+    closer.join(SHUTDOWN_TIMEOUT_S)
+    if closer.is_alive():
+        _SESSION["driver_wedged"] = True
+        atexit.unregister(ray.shutdown)
+        warnings.warn(f"ray.shutdown() did not return within {SHUTDOWN_TIMEOUT_S} s; "
+                      "killing the session cluster's processes")
+        for node in cluster.list_all_nodes():
+            node.kill_all_processes(check_alive=False, allow_graceful=False)
+    else:
         cluster.shutdown()
-        patch.undo()
+    _SESSION.pop("patch").undo()
+
+
+def driver_wedged() -> bool:
+    return bool(_SESSION.get("driver_wedged"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The session's `ray.cluster_utils.Cluster` (head + one worker node), this process connected.
+
+    conftest.py runs the tests that take this fixture first and stops the cluster right after the
+    last of them (an idle driver connection is what went bad in long sessions); this teardown is
+    the fallback for runs that end early."""
+    yield start_cluster(tmp_path_factory)
+    stop_cluster()

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from conftest import REPO
-from conftest_ray import ray_cluster  # noqa: F401
 from facegan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from facegan.classify import (EVAL_JSON, evaluate_classifier, load_classifier, majority_accuracy, majority_values,
                               train_classifier)
@@ -193,7 +192,7 @@ def test_bad_configs_and_inputs_fail_naming_the_field(synthetic_shards: Path, tm
     assert cli(["classifier", "train", str(tmp_path / "missing.yaml")]) == 2
     assert "config file does not exist" in capsys.readouterr().err
     assert cli(["classifier", "eval", "--checkpoint", str(tmp_path), "--shards", str(synthetic_shards)]) == 2
-    assert "neither a checkpoint nor a run folder" in capsys.readouterr().err
+    assert "no facegan checkpoint here" in capsys.readouterr().err
 
 
 @pytest.mark.slow

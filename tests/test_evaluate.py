@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest_ray import ray_cluster  # noqa: F401
 from facegan.config import ConfigError, RunConfig, from_dict
 from facegan.evaluate import CHUNK, EvalRequest, evaluate, load_generator
 from facegan.loop import train
@@ -134,7 +133,7 @@ def test_training_reports_the_metrics_every_k_images(trained: dict[str, Path], t
 
 
 @pytest.mark.slow
-def test_ray_workers_gather_the_same_sets(trained: dict[str, Path], ray_cluster) -> None:  # noqa: F811
+def test_ray_workers_gather_the_same_sets(trained: dict[str, Path], ray_cluster) -> None:
     req = request(trained, checkpoint=str(trained["gan"]))
     alone = evaluate(req)["scores"]
     shared = evaluate(req, workers=2)["scores"]

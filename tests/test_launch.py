@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from conftest_ray import HEALTH_CHECK_INTERVAL_S, free_port, node_args, ray_cluster  # noqa: F401
+from conftest_ray import HEALTH_CHECK_INTERVAL_S, free_port, node_args
 from facegan.config import RunConfig, from_dict, to_dict
 from facegan.launch.cluster import BOOTSTRAP_FILE, ensure_bootstrap_file, offline_env, state_dir
 from facegan.launch.trainer import localize

@@ -16,7 +16,8 @@ from facegan.checkpoint import CheckpointError, list_checkpoints, load_checkpoin
 from facegan.cli import main as cli
 from facegan.config import ConfigError, RunConfig, from_dict
 from facegan.hooks import Hooks
-from facegan.loop import TrainingError, train
+from facegan.loop import train
+from facegan.runtime import TrainingError
 from facegan.models import FAMILIES, FamilySpec
 
 

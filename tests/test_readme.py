@@ -15,7 +15,6 @@ from facegan.data.recipe import ShardRecipe
 from facegan.data.writer import build_shards, verify_shards
 
 from conftest import REPO, make_celeba, make_utkface, write_jpeg
-from conftest_ray import ray_cluster  # noqa: F401
 
 README = (REPO / "README.md").read_text()
 
@@ -161,7 +160,7 @@ def test_every_sweep_validates(sweep_name: str) -> None:
 @pytest.mark.tune
 @pytest.mark.parametrize("sweep_name", _sweep_files())
 def test_every_sweep_runs_at_toy_size(sweep_name: str, tmp_path: Path, synthetic_shards: Path,
-                                      ray_cluster: object) -> None:  # noqa: F811
+                                      ray_cluster: object) -> None:
     from facegan.launch.tune import run_sweep
     from facegan.sweep import FamilyNotAvailable, load_sweep
 

@@ -23,7 +23,6 @@ import torch
 import yaml
 from ray.tune import Callback
 
-from conftest_ray import ray_cluster  # noqa: F401
 from facegan.config import ConfigError, RunConfig, from_dict
 from facegan.sweep import FamilyNotAvailable, load_sweep
 
@@ -179,7 +178,7 @@ class InterruptAfter(Callback):
 
 @pytest.mark.slow
 def test_toy_sweep_interrupted_resumed_and_reported(tmp_path: Path, synthetic_shards: Path,
-                                                    ray_cluster: Any) -> None:  # noqa: F811
+                                                    ray_cluster: Any) -> None:
     from facegan.launch.tune import run_sweep
     from facegan.sweep_cli import add_sweep_parsers
 
@@ -233,7 +232,7 @@ def test_toy_sweep_interrupted_resumed_and_reported(tmp_path: Path, synthetic_sh
 
 @pytest.mark.slow
 def test_pbt_exploit_continues_from_the_donors_checkpoint_with_its_own_rates(
-        tmp_path: Path, synthetic_shards: Path, ray_cluster: Any) -> None:  # noqa: F811
+        tmp_path: Path, synthetic_shards: Path, ray_cluster: Any) -> None:
     """Two trials under synchronous PBT: at the one perturbation the weaker trial exploits the other.
 
     The objective is d_noise_std (max), a tick metric fixed by gan.d_noise_power: the batch-8 trial

@@ -29,6 +29,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from facegan.models.dcgan import d_downsampling_layers
+
 MIN_SIDE = 16
 
 
@@ -124,20 +126,8 @@ class ProjectionDiscriminator(nn.Module):
         self.num_attrs, self.channels = num_attrs, channels
         octaves, _, _ = grid_plan(self.height, self.width)
 
-        layers: list[nn.Module] = []
-        in_ch = channels
-        h, w = self.height, self.width
-        for i in range(octaves):
-            out_ch = base_channels * 2 ** i
-            use_bn = batchnorm and i > 0
-            layers.append(nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=not use_bn))
-            if use_bn:
-                layers.append(nn.BatchNorm2d(out_ch))
-            layers.append(nn.LeakyReLU(0.2, inplace=True))
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            in_ch = out_ch
-            h, w = h // 2, w // 2
+        layers, in_ch = d_downsampling_layers(channels, base_channels, octaves, batchnorm=batchnorm, dropout=dropout)
+        h, w = self.height >> octaves, self.width >> octaves
         self.trunk = nn.Sequential(*layers)
         # The last conv covers the whole final grid: 4x4 at square powers of two (DCGAN), 6x5 at 218x178.
         self.logit = nn.Conv2d(in_ch, 1, (h, w), 1, 0)

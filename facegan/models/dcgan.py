@@ -35,6 +35,25 @@ def _check_positive(name: str, value: int) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def d_downsampling_layers(channels: int, base_channels: int, octaves: int, *, batchnorm: bool,
+                          dropout: float) -> tuple[list[nn.Module], int]:
+    """DCGAN's discriminator trunk: per octave a stride-2 4x4 conv (base_channels * 2**i out),
+    batch norm after the first, LeakyReLU(0.2) and optional dropout. Returns (layers, out channels)."""
+    layers: list[nn.Module] = []
+    in_ch = channels
+    for i in range(octaves):
+        out_ch = base_channels * 2 ** i
+        use_bn = batchnorm and i > 0
+        layers.append(nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=not use_bn))
+        if use_bn:
+            layers.append(nn.BatchNorm2d(out_ch))
+        layers.append(nn.LeakyReLU(0.2, inplace=True))
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        in_ch = out_ch
+    return layers, in_ch
+
+
 class DCGANGenerator(nn.Module):
     """z_BZ -> img_BCHW in [-1, 1]: transposed convs doubling the size, halving the channels.
 
@@ -91,20 +110,8 @@ class DCGANDiscriminator(nn.Module):
         self.resolution = resolution
         self.channels = channels
 
-        layers: list[nn.Module] = []
-        in_ch = channels
-        for i in range(octaves):
-            out_ch = base_channels * 2 ** i
-            use_bn = batchnorm and i > 0
-            layers.append(nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=not use_bn))
-            if use_bn:
-                layers.append(nn.BatchNorm2d(out_ch))
-            layers.append(nn.LeakyReLU(0.2, inplace=True))
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            in_ch = out_ch
-        layers.append(nn.Conv2d(in_ch, 1, 4, 1, 0))
-        self.net = nn.Sequential(*layers)
+        layers, in_ch = d_downsampling_layers(channels, base_channels, octaves, batchnorm=batchnorm, dropout=dropout)
+        self.net = nn.Sequential(*layers, nn.Conv2d(in_ch, 1, 4, 1, 0))
 
     def forward(self, img_BCHW: Tensor) -> Tensor:
         # A wrong size would not fail in the convs, it would silently give several logits per image.

@@ -1,0 +1,107 @@
+"""What every facegan training loop needs from its process group, shared by `facegan.loop` (GANs)
+and `facegan.classify` (the attribute classifier). Imports neither Ray nor W&B.
+
+- collective decisions: `all_ranks_finite` (skip a step on every rank or none), `agree` (rank 0's
+  decision broadcast), so DDP never hangs on a rank that took another branch;
+- `BadSteps`: counts skipped (non-finite) steps and stops the run after `max_bad_steps` in a row;
+- `gather_rng`, `resume_dir`, `bare`: checkpoint/resume helpers.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from facegan.checkpoint import list_checkpoints
+from facegan.hooks import Hooks
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. losses stayed non-finite); the message says what to do."""
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def bare(module: nn.Module) -> nn.Module:
+    """The module inside DDP (or the module itself)."""
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def all_ranks_finite(loss: torch.Tensor) -> bool:
+    """True when the loss is finite on every rank."""
+    # Ranks must agree on skipping: a rank that skips backward while others run it would hang DDP.
+    flag = torch.isfinite(loss.detach()).all().to(torch.float32).reshape(1)
+    if distributed():
+        if dist.get_backend() == "nccl" and flag.device.type != "cuda":
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item() > 0)
+
+
+def agree(flag: bool) -> bool:
+    """Rank 0's decision, broadcast so that every rank takes the same branch."""
+    if not distributed():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.broadcast(t, src=0)
+    return bool(t.item() > 0)
+
+
+def gather_rng(gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    """Every rank's RNG states, gathered on all ranks (rank 0 writes them)."""
+    mine = {"torch": torch.get_rng_state(), "gen": gen.get_state()}
+    if device.type == "cuda":
+        mine["cuda"] = torch.cuda.get_rng_state(device)
+    if distributed():
+        everyone: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, {k: v.cpu() for k, v in mine.items()})
+    else:
+        everyone = [mine]
+    return {f"{k}_rank{r}": v for r, states in enumerate(everyone) for k, v in states.items()}
+
+
+def resume_dir(resume: str, hooks: Hooks, ckpt_root: Path) -> Path | None:
+    """The checkpoint to resume from: the runner's (Ray Train after a restart) first, then
+    `train.resume` ("latest" = newest under ckpt_root, a path, or "" for a fresh start)."""
+    from_runner = hooks.resume_from()
+    if from_runner is not None:
+        return Path(from_runner)
+    if resume == "latest":
+        found = list_checkpoints(ckpt_root)
+        return found[-1] if found else None
+    if resume:
+        return Path(resume)
+    return None
+
+
+class BadSteps:
+    """Skipped-step bookkeeping: a step whose loss is non-finite on any rank is skipped on all;
+    `max_in_row` such steps in a row end the run with a TrainingError naming the last good checkpoint."""
+
+    def __init__(self, *, max_in_row: int, rank: int, advice: str, total: int = 0) -> None:
+        self.max_in_row, self.rank, self.advice = max_in_row, rank, advice
+        self.total, self.in_row = total, 0
+
+    def record(self, ok: bool, *, step: int, images_seen: int, last_ckpt: Path | None) -> None:
+        if ok:
+            self.in_row = 0
+            return
+        self.in_row += 1
+        self.total += 1
+        log.warning("rank %d step %d: non-finite loss, step skipped (%d in a row)", self.rank, step, self.in_row)
+        if self.in_row >= self.max_in_row:
+            where = f"; last good checkpoint: {last_ckpt}" if last_ckpt else "; no checkpoint was written"
+            raise TrainingError(
+                f"losses were non-finite for {self.in_row} steps in a row at {images_seen / 1000:.1f} kimg "
+                f"(train.max_bad_steps={self.max_in_row}){where}. {self.advice}")
