@@ -46,9 +46,9 @@ from facegan.data.store import open_store
 from facegan.data.stream import ShardSet, eval_loader, train_loader
 from facegan.data.tario import TarFormatError, iter_samples
 from facegan.hooks import Hooks
-from facegan.loop import pick_device, pick_precision
 from facegan.models.classifier import CLASSIFIERS
-from facegan.runtime import BadSteps, agree, all_ranks_finite, bare, distributed, gather_rng, resume_dir
+from facegan.runtime import (BadSteps, agree, all_ranks_finite, bare, distributed, gather_rng, resume_dir,
+                             setup_torch)
 from facegan.stats import JsonlSink, Stats
 
 log = logging.getLogger(__name__)
@@ -277,16 +277,7 @@ def train_classifier(cfg: ClassifierRunConfig, *, hooks: Hooks | None = None) ->
     tc, ec = cfg.train, cfg.eval
     out = Path(tc.out_dir)
     ckpt_root = out / "checkpoints"
-    device = pick_device(cfg, hooks)  # type: ignore[arg-type]  (reads only cfg.train)
-    amp_dtype = pick_precision(cfg, device)  # type: ignore[arg-type]
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    if tc.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    device, amp_dtype = setup_torch(tc, hooks)
 
     shards = ShardSet.open(cfg.data.shards)
     res = cfg.model.resolution

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,34 +27,11 @@ from facegan.config import ConfigError, RunConfig, to_dict
 from facegan.data.stream import ShardSet, train_loader
 from facegan.hooks import Hooks
 from facegan.models import FAMILIES
-from facegan.runtime import (BadSteps, agree, all_ranks_finite, bare, distributed, gather_rng,
-                             resume_dir)
+from facegan.runtime import (BadSteps, agree, all_ranks_finite, bare, distributed, gather_rng, resume_dir,
+                             setup_torch)
 from facegan.stats import JsonlSink, Stats, plot_loss_curves, save_loss_arrays
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(cfg: RunConfig, hooks: Hooks) -> torch.device:
-    if hooks.device is not None:
-        return hooks.device
-    want = cfg.train.device
-    if want == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda requested but no CUDA device is available")
-    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", hooks.local_rank % max(1, torch.cuda.device_count()))
-    return torch.device("cpu")
-
-
-def pick_precision(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for fp32. Half precisions only on CUDA; CPU falls back to fp32."""
-    p = cfg.train.precision
-    if device.type != "cuda":
-        if p in ("bf16", "fp16"):
-            log.warning("train.precision=%s needs CUDA; running fp32 on %s", p, device)
-        return None
-    if p == "auto" or p == "bf16":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float16 if p == "fp16" else None
 
 
 def build_nets(cfg: RunConfig, *, num_attrs: int | None = None) -> tuple[nn.Module, nn.Module]:
@@ -114,16 +90,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
     tc = cfg.train
     out = Path(tc.out_dir)
     ckpt_root = out / "checkpoints"
-    device = pick_device(cfg, hooks)
-    amp_dtype = pick_precision(cfg, device)
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    if tc.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    device, amp_dtype = setup_torch(tc, hooks)
 
     shards = ShardSet.open(cfg.data.shards)
     if tuple(shards.resolution) != cfg.model.size:

@@ -4,12 +4,15 @@ and `facegan.classify` (the attribute classifier). Imports neither Ray nor W&B.
 - collective decisions: `all_ranks_finite` (skip a step on every rank or none), `agree` (rank 0's
   decision broadcast), so DDP never hangs on a rank that took another branch;
 - `BadSteps`: counts skipped (non-finite) steps and stops the run after `max_bad_steps` in a row;
-- `gather_rng`, `resume_dir`, `bare`: checkpoint/resume helpers.
+- `gather_rng`, `resume_dir`, `bare`: checkpoint/resume helpers;
+- `setup_torch`: device (CUDA when asked or available, else CPU), autocast dtype (bf16/fp16 on
+  CUDA only; CPU runs fp32), threads and determinism.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +21,50 @@ import torch.distributed as dist
 from torch import nn
 
 from facegan.checkpoint import list_checkpoints
+from facegan.config import CommonTrainConfig, ConfigError
 from facegan.hooks import Hooks
 
 log = logging.getLogger(__name__)
+
+
+def pick_device(tc: CommonTrainConfig, hooks: Hooks) -> torch.device:
+    """The runner's device (Ray Train's), else `train.device`: auto = CUDA when available."""
+    if hooks.device is not None:
+        return hooks.device
+    want = tc.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda requested but no CUDA device is available")
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", hooks.local_rank % max(1, torch.cuda.device_count()))
+    return torch.device("cpu")
+
+
+def pick_precision(tc: CommonTrainConfig, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for fp32. Half precisions only on CUDA; CPU falls back to fp32."""
+    p = tc.precision
+    if device.type != "cuda":
+        if p in ("bf16", "fp16"):
+            log.warning("train.precision=%s needs CUDA; running fp32 on %s", p, device)
+        return None
+    if p == "auto" or p == "bf16":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float16 if p == "fp16" else None
+
+
+def setup_torch(tc: CommonTrainConfig, hooks: Hooks) -> tuple[torch.device, torch.dtype | None]:
+    """Device, autocast dtype, thread count and determinism from a train config section
+    (`facegan.config.CommonTrainConfig` fields); returns (device, autocast dtype or None)."""
+    device = pick_device(tc, hooks)
+    amp_dtype = pick_precision(tc, device)
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    if tc.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device, amp_dtype
 
 
 class TrainingError(RuntimeError):
