@@ -266,6 +266,21 @@ def _check_resumable(meta: dict[str, Any], cfg: ClassifierRunConfig, attr_names:
         raise CheckpointError(f"{where} does not fit this run: " + "; ".join(diffs))
 
 
+def check_shards(cfg: ClassifierRunConfig, shards: ShardSet) -> list[str]:
+    """The shard set's attribute names, after checking it fits cfg (resolution, labels, eval splits);
+    run before Ray starts (facegan.launch.trainer.preflight) and again in every worker."""
+    res = cfg.model.resolution
+    if shards.resolution != (res, res):
+        raise ConfigError(f"model.resolution {res} does not match the shards in {cfg.data.shards} "
+                          f"({shards.resolution[0]}x{shards.resolution[1]})")
+    if not shards.attr_names:
+        raise ConfigError(f"data.shards: {cfg.data.shards} carries no attribute labels")
+    missing = [s for s in cfg.eval.splits if not shards.count(s)]
+    if missing:
+        raise ConfigError(f"eval.splits: {cfg.data.shards} has no {', '.join(missing)} split")
+    return list(shards.attr_names)
+
+
 def train_classifier(cfg: ClassifierRunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
     """Train cfg.model.arch on the attribute labels of cfg.data.shards; returns the final metrics.
 
@@ -280,16 +295,7 @@ def train_classifier(cfg: ClassifierRunConfig, *, hooks: Hooks | None = None) ->
     device, amp_dtype = setup_torch(tc, hooks)
 
     shards = ShardSet.open(cfg.data.shards)
-    res = cfg.model.resolution
-    if shards.resolution != (res, res):
-        raise ConfigError(f"model.resolution {res} does not match the shards in {cfg.data.shards} "
-                          f"({shards.resolution[0]}x{shards.resolution[1]})")
-    attr_names = shards.attr_names
-    if not attr_names:
-        raise ConfigError(f"data.shards: {cfg.data.shards} carries no attribute labels")
-    missing = [s for s in ec.splits if not shards.count(s)]
-    if missing:
-        raise ConfigError(f"eval.splits: {cfg.data.shards} has no {', '.join(missing)} split")
+    attr_names = check_shards(cfg, shards)
     # Every rank reads the same labels, so every rank derives the same attributes and baseline.
     train_pos, train_n = label_counts(shards, "train")
     scored = scored_attrs(attr_names, cfg.model.attrs, train_pos, train_n)

@@ -9,31 +9,14 @@ before any Ray worker starts; a bad config exits with status 2 and a message nam
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
-from facegan.checkpoint import CheckpointError
-from facegan.config import ConfigError, RunConfig, load_yaml, to_dict
-from facegan.data.records import DataError
+from facegan.config import RunConfig
+from facegan.launch.trainer import job_entry
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="run config YAML (facegan.config.RunConfig)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set train.total_kimg=50 (repeatable)")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_yaml(RunConfig, args.config, overrides=args.set)
-        from facegan.launch.trainer import run_training  # checks the shard set before Ray starts
-
-        result = run_training(cfg, config_dict=to_dict(cfg))
-    except (ConfigError, DataError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=1, sort_keys=True))
-    return 0
+    return job_entry(RunConfig, argv, description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

@@ -297,6 +297,27 @@ def test_ray_job_entry_rejects_bad_configs_before_ray_starts(tmp_path: Path, syn
                                 timeout=120)
     assert overridden.returncode == 2 and "model.resolution 64 does not match" in overridden.stderr
 
+    # The classifier's entry checks its own config kind the same way, and the shard set's labels.
+    clf = {"data": {"shards": str(synthetic_shards), "batch_size": 8, "num_workers": 0},
+           "model": {"arch": "report_cnn", "resolution": 32}, "train": {"total_kimg": 0.1, "out_dir": str(tmp_path)},
+           "wandb": {"enabled": False}}
+    unlabelled = tmp_path / "unlabelled"
+    shutil.copytree(synthetic_shards, unlabelled)
+    manifest = json.loads((unlabelled / "manifest.json").read_text())
+    (unlabelled / "manifest.json").write_text(json.dumps({**manifest, "attr_names": []}))
+    cases = {
+        "clf_unknown": ({**clf, "model": {**clf["model"], "arch": "resnet50"}}, "model.arch"),
+        "clf_gan_key": ({**clf, "gan": {"alpha": 0.5}}, "unknown key gan"),
+        "clf_resolution": ({**clf, "model": {**clf["model"], "resolution": 64}}, "model.resolution 64 does not match"),
+        "clf_labels": ({**clf, "data": {**clf["data"], "shards": str(unlabelled)}}, "carries no attribute labels"),
+    }
+    for name, (data, message) in cases.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        proc = subprocess.run([sys.executable, "ray_jobs/classifier.py", "--config", str(path)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr, (name, proc.stdout, proc.stderr)
+
 
 # ============================================================================ on the Ray cluster
 
@@ -427,8 +448,8 @@ def test_node_removed_mid_run_restarts_from_latest_checkpoint(
 @pytest.mark.slow
 def test_make_ray_up_job_submit_ray_down(synthetic_shards: Path, tmp_path: Path) -> None:
     """The README's remote path on a head of its own: `make ray-up` (token auth), a real
-    `ray job submit` of ray_jobs/train.py with a --set override, W&B offline, a toy sweep submitted
-    through ray_jobs/tune.py, `make ray-down`."""
+    `ray job submit` of ray_jobs/train.py with a --set override, W&B offline, a classifier run through
+    ray_jobs/classifier.py, a toy sweep submitted through ray_jobs/tune.py, `make ray-down`."""
     home = tmp_path / "home"
     port, dash = free_port(), free_port()
     # Free ports, not 6379/8265: a head someone started on this machine must not be touched.
@@ -464,6 +485,25 @@ def test_make_ray_up_job_submit_ray_down(synthetic_shards: Path, tmp_path: Path)
         meta = json.loads((ray_checkpoints(out / "ray" / out.name)[-1] / "meta.json").read_text())
         assert meta["step"] == 6 and meta["world_size"] == 2  # 12 steps in the file, 6 after --set
         assert list((out / "wandb").glob("offline-run-*"))
+
+        # An attribute classifier goes the same way: ray_jobs/classifier.py.
+        clf_out = tmp_path / "clf_out"
+        clf_path = tmp_path / "clf.yaml"
+        clf_path.write_text(yaml.safe_dump({
+            "data": {"shards": str(synthetic_shards), "batch_size": 16, "num_workers": 0, "shuffle_buffer": 16},
+            "model": {"arch": "report_cnn", "resolution": 32, "dense_units": 32},
+            "train": {"total_kimg": 0.128, "tick_kimg": 0.064, "checkpoint_kimg": 0.128, "num_threads": 1,
+                      "out_dir": str(clf_out)},
+            "eval": {"splits": ["val"]}, "ray": {"num_workers": 2}, "wandb": {"enabled": False}}))
+        submit = subprocess.run(
+            [str(Path(sys.executable).parent / "ray"), "job", "submit", f"--address=http://127.0.0.1:{dash}",
+             "--working-dir", ".", "--", "python", "ray_jobs/classifier.py", "--config", str(clf_path)],
+            cwd=REPO, env=job_env, capture_output=True, text=True, timeout=300)
+        assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-4000:]
+        evaluation = json.loads((clf_out / "classifier_eval.json").read_text())
+        assert "val" in json.dumps(evaluation)
+        meta = json.loads((ray_checkpoints(clf_out / "ray" / clf_out.name)[-1] / "meta.json").read_text())
+        assert meta["images_seen"] == 128 and meta["world_size"] == 2
 
         # A sweep goes the same way: ray_jobs/tune.py, a shipped sweep file shrunk with --set.
         from test_readme import toy_sweep_overrides

@@ -86,7 +86,11 @@ def preflight(cfg: AnyRunConfig) -> None:
     if cfg.train.device == "cuda" and not cfg.ray.use_gpu:
         raise ConfigError("train.device: cuda needs ray.use_gpu: true (Ray gives workers no GPU otherwise)")
     shards = ShardSet.open(cfg.data.shards)
-    if tuple(shards.resolution) != cfg.model.size:
+    if isinstance(cfg, ClassifierRunConfig):
+        from facegan.classify import check_shards
+
+        check_shards(cfg, shards)
+    elif tuple(shards.resolution) != cfg.model.size:
         raise ConfigError(f"model.resolution {cfg.model.resolution} does not match the shards in {cfg.data.shards} "
                           f"({shards.resolution[0]}x{shards.resolution[1]})")
     if shards.count("train") < cfg.data.batch_size * cfg.ray.num_workers:
@@ -255,3 +259,31 @@ def train_loop_per_worker(config_dict: dict[str, Any], *, train_fn: TrainFn | No
         train_fn(cfg, hooks=hooks)
     finally:
         resume.cleanup()
+
+
+def job_entry(config_cls: type[AnyRunConfig], argv: list[str] | None, *, description: str) -> int:
+    """What a `ray job submit` entry script (ray_jobs/) runs: load `--config` as `config_cls` with
+    its `--set` overrides, validate it and its shard set, then train with Ray Train. A bad config
+    exits with status 2 and a message naming the field, before any Ray worker starts."""
+    import argparse
+    import json
+    import sys
+
+    from facegan.checkpoint import CheckpointError
+    from facegan.config import ConfigError, load_yaml, to_dict
+    from facegan.data.records import DataError
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help=f"run config YAML ({config_cls.__module__}.{config_cls.__name__})")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set train.total_kimg=50 (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_yaml(config_cls, args.config, overrides=args.set)
+        result = run_training(cfg, config_dict=to_dict(cfg))  # checks the shard set before Ray starts
+    except (ConfigError, DataError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=1, sort_keys=True, default=str))
+    return 0
+
