@@ -34,6 +34,17 @@ from facegan.stats import JsonlSink, Stats, plot_loss_curves, save_loss_arrays
 log = logging.getLogger(__name__)
 
 
+def check_shards(cfg: RunConfig, shards: ShardSet) -> None:
+    """The shard set fits cfg: its resolution, and attribute labels for families that use them. Run
+    before Ray starts (facegan.launch.trainer.preflight) and again in every worker."""
+    if tuple(shards.resolution) != cfg.model.size:
+        raise ConfigError(f"model.resolution {cfg.model.resolution} does not match the shards in {cfg.data.shards} "
+                          f"({shards.resolution[0]}x{shards.resolution[1]})")
+    if FAMILIES[cfg.model.family].uses_attrs and not shards.attr_names:
+        raise ConfigError(f"model.family {cfg.model.family!r} needs attribute labels, but the shards in "
+                          f"{cfg.data.shards} carry none (manifest attr_names is empty)")
+
+
 def build_nets(cfg: RunConfig, *, num_attrs: int | None = None) -> tuple[nn.Module, nn.Module]:
     """G and D of cfg's family, initialised. Attribute families need `num_attrs` (the shards'
     attribute count; a checkpoint's meta has it as attr_names)."""
@@ -93,13 +104,8 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
     device, amp_dtype = setup_torch(tc, hooks)
 
     shards = ShardSet.open(cfg.data.shards)
-    if tuple(shards.resolution) != cfg.model.size:
-        raise ConfigError(f"model.resolution {cfg.model.resolution} does not match the shards in {cfg.data.shards} "
-                          f"({shards.resolution[0]}x{shards.resolution[1]})")
+    check_shards(cfg, shards)
     family = FAMILIES[cfg.model.family]
-    if family.uses_attrs and not shards.attr_names:
-        raise ConfigError(f"model.family {cfg.model.family!r} needs attribute labels, but the shards in "
-                          f"{cfg.data.shards} carry none (manifest attr_names is empty)")
 
     # Same initial weights on every rank (DDP also broadcasts rank 0's, but EMA copies must agree).
     torch.manual_seed(tc.seed)

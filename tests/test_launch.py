@@ -297,7 +297,7 @@ def test_ray_job_entry_rejects_bad_configs_before_ray_starts(tmp_path: Path, syn
                                 timeout=120)
     assert overridden.returncode == 2 and "model.resolution 64 does not match" in overridden.stderr
 
-    # The classifier's entry checks its own config kind the same way, and the shard set's labels.
+    # The classifier's entry checks its own config kind the same way, and both check the shard set's labels.
     clf = {"data": {"shards": str(synthetic_shards), "batch_size": 8, "num_workers": 0},
            "model": {"arch": "report_cnn", "resolution": 32}, "train": {"total_kimg": 0.1, "out_dir": str(tmp_path)},
            "wandb": {"enabled": False}}
@@ -306,15 +306,20 @@ def test_ray_job_entry_rejects_bad_configs_before_ray_starts(tmp_path: Path, syn
     manifest = json.loads((unlabelled / "manifest.json").read_text())
     (unlabelled / "manifest.json").write_text(json.dumps({**manifest, "attr_names": []}))
     cases = {
-        "clf_unknown": ({**clf, "model": {**clf["model"], "arch": "resnet50"}}, "model.arch"),
-        "clf_gan_key": ({**clf, "gan": {"alpha": 0.5}}, "unknown key gan"),
-        "clf_resolution": ({**clf, "model": {**clf["model"], "resolution": 64}}, "model.resolution 64 does not match"),
-        "clf_labels": ({**clf, "data": {**clf["data"], "shards": str(unlabelled)}}, "carries no attribute labels"),
+        "clf_unknown": ("classifier", {**clf, "model": {**clf["model"], "arch": "resnet50"}}, "model.arch"),
+        "clf_gan_key": ("classifier", {**clf, "gan": {"alpha": 0.5}}, "unknown key gan"),
+        "clf_resolution": ("classifier", {**clf, "model": {**clf["model"], "resolution": 64}},
+                           "model.resolution 64 does not match"),
+        "clf_labels": ("classifier", {**clf, "data": {**clf["data"], "shards": str(unlabelled)}},
+                       "carries no attribute labels"),
+        # A GAN family that takes attributes needs labelled shards too; refused before Ray as well.
+        "gan_labels": ("train", {**good, "model": {**good["model"], "family": "conditional"}, "gan": {},
+                                 "data": {**good["data"], "shards": str(unlabelled)}}, "needs attribute labels"),
     }
-    for name, (data, message) in cases.items():
+    for name, (entry, data, message) in cases.items():
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(data))
-        proc = subprocess.run([sys.executable, "ray_jobs/classifier.py", "--config", str(path)], cwd=REPO, env=env,
+        proc = subprocess.run([sys.executable, f"ray_jobs/{entry}.py", "--config", str(path)], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr, (name, proc.stdout, proc.stderr)
 

@@ -88,11 +88,9 @@ def preflight(cfg: AnyRunConfig) -> None:
     shards = ShardSet.open(cfg.data.shards)
     if isinstance(cfg, ClassifierRunConfig):
         from facegan.classify import check_shards
-
-        check_shards(cfg, shards)
-    elif tuple(shards.resolution) != cfg.model.size:
-        raise ConfigError(f"model.resolution {cfg.model.resolution} does not match the shards in {cfg.data.shards} "
-                          f"({shards.resolution[0]}x{shards.resolution[1]})")
+    else:
+        from facegan.loop import check_shards
+    check_shards(cfg, shards)  # the same checks the worker's loop makes, before any worker starts
     if shards.count("train") < cfg.data.batch_size * cfg.ray.num_workers:
         raise ConfigError(f"data.batch_size {cfg.data.batch_size} x ray.num_workers {cfg.ray.num_workers} is more "
                           f"than the {shards.count('train')} training samples in {cfg.data.shards}")
