@@ -9,7 +9,7 @@ o, and each face gets the overlay noise of o and a fresh standard-normal r. `gen
 named attributes to 0/1 and leaves the rest at their training rate. Both take overlay and
 conditional checkpoints (a conditional G gets o as its attribute input).
 
-cli.py registers both with one line: `add_control_parsers(sub)`.
+facegan.cli registers both through `register(sub)`.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-ema", action="store_true", help="use the raw generator instead of its EMA")
 
 
-def add_control_parsers(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Register `blend` and `generate` on the `facegan` subcommand parsers."""
     b = subparsers.add_parser("blend", help="faces that blend the attributes of photos (the report's overlay)")
     b.add_argument("photos", nargs="+", metavar="PHOTO", help="image files of any size")

@@ -2,7 +2,6 @@
 
     facegan sweep sweeps/dcgan_lr_labels.yaml [--set budget.max_trials=4 ...] [--resume] [--check]
     facegan sweep-report runs/sweeps/dcgan_lr_labels [--out report.html] [--top 4]
-    python -m facegan.sweep_cli sweep ...                  # the same without the facegan entry point
 
 `--set` overrides keys of the sweep file (`budget.max_minutes=30`, `resources.num_workers=2`,
 `config.train.total_kimg=50` for the base run config, `space.optim.g_lr.grid=[1e-4]`). The sweep
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 
@@ -28,7 +26,7 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
                                                       "else a local cluster)")
 
 
-def add_sweep_parsers(subparsers: Any) -> None:
+def register(subparsers: Any) -> None:
     """Register `sweep` and `sweep-report` on the facegan CLI's subparsers."""
     s = subparsers.add_parser("sweep", help="run a hyperparameter sweep (sweeps/*.yaml) on Ray Tune")
     add_sweep_args(s)
@@ -79,23 +77,3 @@ def cmd_sweep_report(args: argparse.Namespace) -> int:
     print(text_table(args.dir))
     print(f"wrote {path} and {path.with_name('trials.csv')}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    import logging
-
-    from facegan.config import ConfigError
-
-    parser = argparse.ArgumentParser(prog="python -m facegan.sweep_cli", description=__doc__.split("\n\n")[0])
-    add_sweep_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

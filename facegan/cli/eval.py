@@ -1,0 +1,66 @@
+"""`facegan eval`: score a checkpoint, an image folder or a baseline against real shards.
+
+    facegan eval --checkpoint runs/dcgan --shards data/celeba64 --classifier runs/classifier_celeba64
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from facegan.config import ConfigError
+
+
+def register(sub: Any) -> None:
+    e = sub.add_parser("eval", help="FID/KID/precision-recall/diversity/memorisation of a checkpoint, "
+                                    "an image folder or a baseline against real shards")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", default="", help="GAN checkpoint folder (or a run folder: its latest)")
+    src.add_argument("--images", default="", help="folder of .png/.jpg images made by any program")
+    src.add_argument("--baseline", default="", choices=["random", "real"],
+                     help="random: faceless random images; real: held-out real images (--real-split)")
+    e.add_argument("--shards", required=True, help="real shard set (facegan shards build)")
+    e.add_argument("--num-samples", type=int, default=5000, help="generated images to score")
+    e.add_argument("--features", default="attr", choices=["attr", "inception"],
+                   help="attr: the attribute classifier's features (reported as fid_attr, ...); "
+                        "inception: Inception-v3 from --inception-weights (reported as fid, ...)")
+    e.add_argument("--classifier", default="", help="attribute classifier checkpoint (or its run folder)")
+    e.add_argument("--inception-weights", default="", help="local Inception-v3 weights file")
+    e.add_argument("--num-real", type=int, default=10_000, help="at most this many real images per split")
+    e.add_argument("--eval-split", default="val")
+    e.add_argument("--train-split", default="train")
+    e.add_argument("--real-split", default="test", help="split used by --baseline real")
+    e.add_argument("--metrics", default="", help="comma-separated subset of metrics (default: all)")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--no-ema", action="store_true", help="score the raw G instead of its EMA")
+    e.add_argument("--workers", type=int, default=0, help="Ray tasks sharing the work (0: in-process)")
+    e.add_argument("--json", default="", help="where to write the result (default: next to the checkpoint, "
+                                              "or eval.json in the current folder)")
+    e.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: Any) -> int:
+    from facegan.checkpoint import find_checkpoint
+    from facegan.evaluate import EvalRequest, evaluate, format_table, write_result
+
+    req = EvalRequest(shards=args.shards, checkpoint=args.checkpoint, images=args.images, baseline=args.baseline,
+                      num_samples=args.num_samples, features=args.features, classifier=args.classifier,
+                      inception_weights=args.inception_weights, num_real=args.num_real, eval_split=args.eval_split,
+                      train_split=args.train_split, real_split=args.real_split, batch_size=args.batch_size,
+                      seed=args.seed, use_ema=not args.no_ema,
+                      metrics=[m.strip() for m in args.metrics.split(",") if m.strip()])
+    if args.workers < 0:
+        raise ConfigError(f"--workers: expected 0 or more, got {args.workers}")
+    result = evaluate(req, workers=args.workers)
+    print(format_table([result]))
+    if result["scores"].get("ms_ssim_alarm", 0) > 0:
+        print("WARNING: generated images are nearly identical to each other (MS-SSIM alarm): mode collapse?")
+    if args.json:
+        out = Path(args.json)
+    elif req.checkpoint:
+        out = find_checkpoint(req.checkpoint) / f"eval_{req.features}.json"
+    else:
+        out = Path("eval.json")
+    print(f"wrote {write_result(result, out)}")
+    return 0
