@@ -1,8 +1,10 @@
 """Checkpoints: a folder with `state.pt` (state_dicts and tensors only) and `meta.json`.
 
     ckpt-000040/state.pt    {"G": ..., "D": ..., "G_ema": ..., "opt_G": ..., "opt_D": ..., "scaler": ...,
+                             "family": {the family's training state, e.g. BEGAN's k_t},
                              "rng": {"torch_rank0": ByteTensor, "gen_rank0": ..., "cuda_rank0": ...}}
-    ckpt-000040/meta.json   family, shapes, step, images seen, stream position, config, world size
+    ckpt-000040/meta.json   family, model, step, images seen, stream position, config, world size,
+                            what the family knows of its data (attribute names and rates, shard recipe)
 
 Written under a temporary name and renamed, so a crash never leaves a half checkpoint behind a
 valid name; loaded with `torch.load(weights_only=True)`, so a checkpoint can hold no code.
@@ -19,16 +21,16 @@ from typing import Any
 
 import torch
 
+from facegan.errors import CheckpointError  # noqa: F401  (re-exported)
+
 META = "meta.json"
 STATE = "state.pt"
-FORMAT_VERSION = 1
+# 2: nets, EMA copies ("<net>_ema"), optimizers ("opt_<name>") and the family's state ("family") by
+# name, for any family; 1: GAN checkpoints before families were packages (G/D only) and classifier
+# checkpoints ("model"/"opt"). facegan.families.loading upgrades format 1 on load.
+FORMAT_VERSION = 2
 
-# Model settings that change parameter shapes: a checkpoint with other values cannot be loaded.
-SHAPE_KEYS = ("family", "resolution", "z_dim", "base_channels", "g_batchnorm", "d_batchnorm")
 
-
-class CheckpointError(ValueError):
-    """The checkpoint is missing, unreadable or does not fit the model being trained."""
 
 
 def save_checkpoint(directory: Path, *, state: dict[str, Any], meta: dict[str, Any]) -> Path:
@@ -37,11 +39,20 @@ def save_checkpoint(directory: Path, *, state: dict[str, Any], meta: dict[str, A
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    torch.save(state, tmp / STATE)
     meta = dict(meta, format_version=FORMAT_VERSION, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+    try:
+        tmp.mkdir(parents=True)
+        torch.save(state, tmp / STATE)
+        (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+    except OSError as exc:  # disk full, read-only, quota: earlier checkpoints stay as they were
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"cannot write checkpoint {directory}: {exc.strerror or exc}; earlier checkpoints "
+                              f"in {directory.parent} are intact") from None
     if directory.exists():
+        if any(directory.iterdir()) and not (directory / META).is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(f"{directory} exists and holds files that are not a facegan checkpoint; "
+                                  "refusing to overwrite it (move it away or choose another train.out_dir)")
         shutil.rmtree(directory)
     os.replace(tmp, directory)
     return directory
@@ -70,11 +81,12 @@ def load_checkpoint(directory: Path, *, map_location: str | torch.device = "cpu"
     return state, meta
 
 
-def check_compatible(meta: dict[str, Any], model: dict[str, Any], *, where: Path) -> None:
-    """Raise CheckpointError listing every shape-relevant setting that differs."""
+def check_compatible(meta: dict[str, Any], model: dict[str, Any], *, keys: tuple[str, ...], where: Path) -> None:
+    """Raise CheckpointError listing every shape-relevant `model` setting (`keys`, the family's
+    shape_keys) that differs between the checkpoint and the config."""
     saved = meta.get("model", {})
     diffs = [f"{k}: checkpoint has {saved.get(k)!r}, config has {model.get(k)!r}"
-             for k in SHAPE_KEYS if k in model and saved.get(k) != model.get(k)]
+             for k in keys if k in model and saved.get(k) != model.get(k)]
     if diffs:
         raise CheckpointError(f"{where} does not fit this model: " + "; ".join(diffs))
 

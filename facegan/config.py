@@ -19,11 +19,11 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
+from facegan.errors import ConfigError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A config value is unknown, mistyped or out of range; the message names the field."""
 
 
 def _type_name(tp: Any) -> str:
@@ -121,6 +121,10 @@ def _parse_number(text: str) -> float:
     return float(text)
 
 
+def _admits_none(tp: Any) -> bool:
+    return tp is Any or (get_origin(tp) in (typing.Union, types.UnionType) and type(None) in get_args(tp))
+
+
 def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "") -> T:
     """Build dataclass `cls` from `data`; unknown keys raise ConfigError listing the valid ones."""
     if not isinstance(data, dict):
@@ -136,7 +140,14 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "") -> T:
         )
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
+        key = f"{where}.{name}" if where else name
+        if value is None and not _admits_none(hints[name]):
+            # A blank YAML value (`out_dir:`) means "the default", never the string "None".
+            f = fields[name]
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{key}: expected a value, got nothing (null)")
+            continue
+        kwargs[name] = _coerce(value, hints[name], key)
     try:
         return cls(**kwargs)
     except ConfigError as exc:
@@ -204,9 +215,14 @@ def require(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-# ============================================================================ run configs
-# A training run is one `RunConfig`: `configs/*.yaml` (or a sweep trial) load into it, and every
-# section validates itself so a bad value fails before any Ray job starts.
+# ============================================================================ run-config sections
+# A training run is one `facegan.families.RunConfig`: its data, ray and wandb sections are the
+# ones below; its model, optim, gan, train and eval sections are the dataclasses its family
+# declares (facegan.families), most of them the generic ones below. Every section validates itself,
+# so a bad value fails before any Ray job starts, and none of this imports torch.
+
+# The metrics facegan.metrics registers (a test checks the two agree): eval.metrics names them.
+METRIC_NAMES = ("fid", "kid", "precision_recall", "ms_ssim", "memorisation", "d_accuracy")
 
 @dataclass(kw_only=True)
 class DataConfig:
@@ -223,59 +239,8 @@ class DataConfig:
 
 
 @dataclass(kw_only=True)
-class ModelConfig:
-    family: str = "dcgan"
-    resolution: int | list[int] = 64      # must match the shards: N (square) or [h, w] (e.g. [218, 178])
-    z_dim: int = 100
-    base_channels: int = 64
-    g_batchnorm: bool = True
-    d_batchnorm: bool = True
-    d_dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        from facegan.models import FAMILIES
-
-        require(self.family in FAMILIES, f"model.family: expected one of {sorted(FAMILIES)}, got {self.family!r}")
-        if isinstance(self.resolution, list):
-            require(len(self.resolution) == 2 and all(v >= 16 for v in self.resolution),
-                    f"model.resolution: expected [height, width], both >= 16, got {self.resolution}")
-            require(FAMILIES[self.family].non_square,
-                    f"model.resolution: the {self.family} family makes square images only (a power of two); "
-                    f"families with [height, width] sizes: {sorted(k for k, f in FAMILIES.items() if f.non_square)}")
-        else:
-            require(self.resolution >= 16 and self.resolution & (self.resolution - 1) == 0,
-                    f"model.resolution: expected a power of two >= 16 (32, 64, 128) or [height, width], "
-                    f"got {self.resolution}")
-        require(self.z_dim >= 1, f"model.z_dim: expected >= 1, got {self.z_dim}")
-        require(self.base_channels >= 1, f"model.base_channels: expected >= 1, got {self.base_channels}")
-        require(0 <= self.d_dropout < 1, f"model.d_dropout: expected 0 <= p < 1, got {self.d_dropout}")
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(height, width) of the images."""
-        r = self.resolution
-        return (r, r) if isinstance(r, int) else (int(r[0]), int(r[1]))
-
-
-@dataclass(kw_only=True)
-class OptimConfig:
-    g_lr: float = 2e-4
-    d_lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-
-    def __post_init__(self) -> None:
-        for name in ("g_lr", "d_lr"):
-            v = getattr(self, name)
-            require(0 < v < 1, f"optim.{name}: expected 0 < lr < 1, got {v}")
-        for name in ("beta1", "beta2"):
-            v = getattr(self, name)
-            require(0 <= v < 1, f"optim.{name}: expected 0 <= beta < 1, got {v}")
-
-
-@dataclass(kw_only=True)
 class GanEvalConfig:
-    """Metrics computed during a GAN run (facegan.evaluate.PeriodicEval), reported like any scalar."""
+    """Metrics computed during a GAN run (facegan.evaluation.periodic.PeriodicEval), reported like any scalar."""
 
     every_kimg: float = 0.0                # >0: evaluate every this many kimg (at ticks); 0: off (fastest)
     num_samples: int = 1000                # generated images per evaluation (over all ranks)
@@ -298,10 +263,8 @@ class GanEvalConfig:
             else:
                 require(bool(self.inception_weights), "eval.inception_weights: features: inception needs a local "
                         "Inception-v3 weights file")
-        from facegan.metrics import METRICS
-
-        unknown = [m for m in self.metrics if m not in METRICS]
-        require(not unknown, f"eval.metrics: unknown {unknown}; known: {sorted(METRICS)}")
+        unknown = [m for m in self.metrics if m not in METRIC_NAMES]
+        require(not unknown, f"eval.metrics: unknown {unknown}; known: {sorted(METRIC_NAMES)}")
 
 
 @dataclass(kw_only=True)
@@ -374,110 +337,3 @@ class WandbConfig:
     group: str = ""
     name: str = ""
     mode: Literal["auto", "offline", "online", "disabled"] = "auto"   # auto: online only with a key
-
-
-@dataclass(kw_only=True)
-class RunConfig:
-    data: DataConfig
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    # The family's own options (label smoothing, alpha/beta, ...): a mapping in YAML, validated
-    # against FAMILIES[model.family].options into that dataclass, so a key another family has is
-    # an error here rather than silently ignored.
-    gan: Any = field(default_factory=dict)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: GanEvalConfig = field(default_factory=GanEvalConfig)
-    ray: RayConfig = field(default_factory=RayConfig)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-
-    def __post_init__(self) -> None:
-        from facegan.models import FAMILIES
-
-        options = FAMILIES[self.model.family].options
-        if isinstance(self.gan, options):
-            return
-        require(isinstance(self.gan, dict),
-                f"gan: expected a mapping of {self.model.family} options, got {self.gan!r}")
-        try:
-            self.gan = from_dict(options, self.gan, where="gan")
-        except TypeError as exc:  # an options class without defaults for a missing key
-            raise ConfigError(f"gan: {exc}") from None
-
-
-# ===================================================================== classifier run configs
-# An attribute-classifier run (facegan.classify.train_classifier) is one `ClassifierRunConfig`:
-# the same data, train, ray and wandb sections as a GAN run, its own model, optim and eval.
-
-@dataclass(kw_only=True)
-class ClassifierModelConfig:
-    arch: str = "report_cnn"               # facegan.models.CLASSIFIERS: report_cnn | resnet18
-    resolution: int = 64                   # must match the shards
-    dense_units: int | None = None         # report_cnn only (default 1024)
-    dropout: float | None = None           # report_cnn only (default 0.3)
-    attrs: list[str] = field(default_factory=list)   # attributes trained and scored; []: every
-                                           # attribute whose train-split labels take both values
-
-    def __post_init__(self) -> None:
-        from facegan.models.classifier import CLASSIFIERS
-
-        require(self.arch in CLASSIFIERS, f"model.arch: expected one of {sorted(CLASSIFIERS)}, got {self.arch!r}")
-        require(self.resolution >= 16 and self.resolution & (self.resolution - 1) == 0,
-                f"model.resolution: expected a power of two >= 16 (32, 64, 128), got {self.resolution}")
-        if self.arch != "report_cnn":
-            for name in ("dense_units", "dropout"):
-                require(getattr(self, name) is None, f"model.{name}: only report_cnn has it, not {self.arch}")
-        require(self.dense_units is None or self.dense_units >= 1,
-                f"model.dense_units: expected >= 1, got {self.dense_units}")
-        require(self.dropout is None or 0 <= self.dropout < 1, f"model.dropout: expected 0 <= p < 1, got {self.dropout}")
-        dupes = sorted({a for a in self.attrs if self.attrs.count(a) > 1})
-        require(not dupes, f"model.attrs: listed more than once: {', '.join(dupes)}")
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return (self.resolution, self.resolution)
-
-    def build_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for CLASSIFIERS[arch] besides num_attrs."""
-        kw: dict[str, Any] = {"resolution": self.resolution}
-        if self.arch == "report_cnn":
-            kw.update(dense_units=self.dense_units or 1024, dropout=0.3 if self.dropout is None else self.dropout)
-        return kw
-
-
-@dataclass(kw_only=True)
-class ClassifierOptimConfig:
-    lr: float = 1e-3                       # Adam
-    beta1: float = 0.9
-    beta2: float = 0.999
-    weight_decay: float = 0.0
-
-    def __post_init__(self) -> None:
-        require(0 < self.lr < 1, f"optim.lr: expected 0 < lr < 1, got {self.lr}")
-        for name in ("beta1", "beta2"):
-            v = getattr(self, name)
-            require(0 <= v < 1, f"optim.{name}: expected 0 <= beta < 1, got {v}")
-        require(self.weight_decay >= 0, f"optim.weight_decay: expected >= 0, got {self.weight_decay}")
-
-
-@dataclass(kw_only=True)
-class ClassifierEvalConfig:
-    splits: list[str] = field(default_factory=lambda: ["val", "test"])   # scored at the end of the run
-    every_kimg: float = 0.0                # >0: also score eval.splits every this many kimg (at ticks)
-    batch_size: int = 256                  # per rank
-
-    def __post_init__(self) -> None:
-        bad = [s for s in self.splits if s not in ("train", "val", "test")]
-        require(not bad, f"eval.splits: expected names among train, val, test, got {bad}")
-        require(self.every_kimg >= 0, f"eval.every_kimg: expected >= 0 (0: only at the end), got {self.every_kimg}")
-        require(self.batch_size >= 1, f"eval.batch_size: expected >= 1, got {self.batch_size}")
-
-
-@dataclass(kw_only=True)
-class ClassifierRunConfig:
-    data: DataConfig
-    model: ClassifierModelConfig = field(default_factory=ClassifierModelConfig)
-    optim: ClassifierOptimConfig = field(default_factory=ClassifierOptimConfig)
-    train: CommonTrainConfig = field(default_factory=CommonTrainConfig)
-    eval: ClassifierEvalConfig = field(default_factory=ClassifierEvalConfig)
-    ray: RayConfig = field(default_factory=RayConfig)
-    wandb: WandbConfig = field(default_factory=WandbConfig)

@@ -1,10 +1,10 @@
 """Attribute-controlled faces: control accuracy, the report's photo blend, and faces with set attributes.
 
-    bundle = load_generator("runs/overlay_celeba64")           # overlay or conditional checkpoint
+    bundle = load_control_generator("runs/overlay_celeba64")   # overlay or conditional checkpoint
     faces = generate_faces(bundle, parse_attrs("Eyeglasses=1,Smiling=1,Male=0", bundle.attr_names), n=16)
     faces = blend_faces(bundle, load_classifier("runs/classifier"),
                         load_photos(["a.jpg", "b.png"], crop=bundle.crop, height=64, width=64), n=16)
-    result = control_accuracy(lambda a: bundle.generate(z_for(a), a), classifier, requested_NA)
+    result = control_accuracy(lambda a: bundle.generate(bundle.latent(len(a), seed=0), a), classifier, requested_NA)
 
 Control accuracy: for faces generated with requested attribute rows, the fraction whose
 classifier-predicted attributes (probability > 0.5) equal the requested values, per attribute
@@ -16,7 +16,7 @@ generator with the same face distribution that does not listen. `lift` is the di
 Attributes a request leaves unspecified take their train-split rate (a probability, the expected
 value of the label), from the checkpoint meta (`attr_prevalence`) or counted from the shards.
 
-CLI: `facegan blend` and `facegan generate` (facegan.blend_cli). Benchmark: benchmarks/bench_control.py.
+CLI: `facegan blend` and `facegan generate` (facegan.cli.control). Benchmark: benchmarks/bench_control.py.
 """
 
 from __future__ import annotations
@@ -32,14 +32,13 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from facegan.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
-from facegan.config import ConfigError, ModelConfig, from_dict
+from facegan.config import ConfigError
 from facegan.data.imageio import ImageError, load_and_prepare
-from facegan.data.records import DataError
-from facegan.overlay import check_weight
-from facegan.steps.overlay import attribute_probs
-
-CONTROL_FAMILIES = ("overlay", "conditional")
+from facegan.errors import CheckpointError, DataError
+from facegan.families import FAMILIES
+from facegan.families.classifier.scoring import attribute_probs
+from facegan.families.loading import Generator, load_generator
+from facegan.families.overlay import check_weight
 
 
 # ============================================================================ requests
@@ -178,121 +177,37 @@ def format_control(result: dict[str, Any], *, title: str = "") -> str:
 
 # ============================================================================ loading a generator
 
-@dataclass
-class ControlGenerator:
-    """A trained overlay or conditional generator with what `blend`/`generate` need around it."""
-
-    family: str
-    G: nn.Module
-    steps: Any                               # OverlaySteps | ConditionalSteps: .generate(G, z, attrs)
-    z_dim: int
-    attr_names: list[str]
-    prevalence_A: Tensor | None              # train-split rate of each attribute (None: not loaded)
-    resolution: tuple[int, int]              # (height, width) of the faces and of prepared photos
-    crop: str | tuple[int, int]              # how the shards were cropped from their sources
-    checkpoint: str
-    kimg: float
-
-    @torch.no_grad()
-    def generate(self, z_BZ: Tensor, attrs_BA: Tensor) -> Tensor:
-        return self.steps.generate(self.G, z_BZ, attrs_BA.to(z_BZ.dtype))
-
-    def noise(self, n: int, *, seed: int) -> Tensor:
-        return torch.randn(n, self.z_dim, generator=torch.Generator().manual_seed(seed))
-
-
-def _shard_info(config: dict[str, Any]) -> dict[str, Any] | None:
-    """The manifest of the run's shard set, or None when it cannot be read here."""
-    from facegan.data.stream import ShardSet
-
-    location = config.get("data", {}).get("shards")
-    if not location:
-        return None
-    try:
-        return ShardSet.open(location).manifest
-    except (DataError, OSError):
-        return None
-
-
-def _prevalence(meta: dict[str, Any], config: dict[str, Any], attr_names: list[str]) -> Tensor:
-    if "attr_prevalence" in meta:
-        return torch.tensor(meta["attr_prevalence"], dtype=torch.float32)
-    from facegan.classify import label_counts
-    from facegan.data.stream import ShardSet
-
-    location = config.get("data", {}).get("shards", "")
-    try:
-        pos, n = label_counts(ShardSet.open(location), "train")
-    except (DataError, OSError) as exc:
-        raise CheckpointError(f"the checkpoint has no attr_prevalence and its shards ({location!r}) cannot be "
-                              f"read to count them: {exc}") from None
-    if n == 0 or len(pos) != len(attr_names):
-        raise CheckpointError(f"{location}: no train-split attribute labels to take rates from")
-    return torch.tensor(pos / n, dtype=torch.float32)
-
-
-def load_generator(checkpoint: str | Path, *, ema: bool = True, alpha: float | None = None,
-                   beta: float | None = None, with_prevalence: bool = True) -> ControlGenerator:
-    """The generator of an overlay or conditional checkpoint (or run folder), CPU, eval mode.
-
-    `alpha`/`beta` replace the overlay's training values (ConfigError outside [0, 1], or for a
-    conditional checkpoint). Attribute names, their train rates and the crop come from the
-    checkpoint meta when it has them (`attr_names`, `attr_prevalence`, `shard_recipe`), else from
-    the run's shard set. `with_prevalence=False` skips the rates (blending does not need them).
-    """
-    from facegan.models import FAMILIES
-
+def load_control_generator(checkpoint: str | Path, *, ema: bool = True, alpha: float | None = None,
+                           beta: float | None = None) -> Generator:
+    """The generator of a checkpoint (or run folder) of a family whose G takes attributes (overlay,
+    conditional): CPU, eval mode. `alpha`/`beta` replace the overlay's training values (ConfigError
+    outside [0, 1], or for a family without them). Attribute names, their train rates and the crop
+    come from the checkpoint meta, so no shard set is needed."""
     for name, value in (("alpha", alpha), ("beta", beta)):
         if value is not None:
             check_weight(name, value)
-    ckpt = find_checkpoint(checkpoint)
-    state, meta = load_checkpoint(ckpt)
-    config = meta.get("config") or {}
-    family = meta.get("family") or config.get("model", {}).get("family")
-    if family not in CONTROL_FAMILIES:
-        raise CheckpointError(f"{ckpt}: a {family!r} checkpoint; attribute control needs one of "
-                              f"{', '.join(CONTROL_FAMILIES)}")
-    try:
-        model = from_dict(ModelConfig, config["model"], where="model")
-    except (KeyError, ConfigError) as exc:
-        raise CheckpointError(f"{ckpt}: cannot read the model config: {exc}") from None
-    gan = dict(config.get("gan") or {})
-    if family == "conditional" and (alpha is not None or beta is not None):
-        raise ConfigError("--alpha/--beta: only the overlay family has them; this is a conditional checkpoint")
-    if alpha is not None:
-        gan["alpha"] = alpha
-    if beta is not None:
-        gan["beta"] = beta
-    try:
-        steps = FAMILIES[family].make_steps(**gan)
-    except TypeError as exc:
-        raise CheckpointError(f"{ckpt}: gan options do not fit the {family} family: {exc}") from None
+    gen = load_generator(checkpoint, ema=ema)
+    if not gen.family.takes_attrs:
+        takes = sorted(name for name, f in FAMILIES.items() if f.takes_attrs)
+        raise CheckpointError(f"{gen.checkpoint}: a {gen.family.name!r} checkpoint; attribute control needs a "
+                              f"family whose generator takes attributes ({', '.join(takes)})")
+    if not gen.attr_names:
+        raise CheckpointError(f"{gen.checkpoint}: no attr_names in its meta")
+    if alpha is None and beta is None:
+        return gen
+    if not hasattr(gen.cfg.gan, "alpha"):
+        raise ConfigError(f"--alpha/--beta: only the overlay family has them; this is a {gen.family.name} checkpoint")
+    return with_weights(gen, alpha=gen.cfg.gan.alpha if alpha is None else alpha,
+                        beta=gen.cfg.gan.beta if beta is None else beta)
 
-    manifest = _shard_info(config)
-    attr_names = meta.get("attr_names") or (manifest or {}).get("attr_names")
-    if not attr_names:
-        raise CheckpointError(f"{ckpt}: no attr_names in the meta and the run's shards "
-                              f"({config.get('data', {}).get('shards')!r}) cannot be read")
-    recipe = meta.get("shard_recipe") or (manifest or {}).get("recipe") or {}
-    crop = recipe.get("crop", "square")
-    crop = crop if isinstance(crop, str) else (int(crop[0]), int(crop[1]))    # recipes store [h, w]
-    res = model.resolution
-    hw = (res, res) if isinstance(res, int) else (int(res[0]), int(res[1]))
-    nets = FAMILIES[family].build(resolution=res if isinstance(res, int) else hw, z_dim=model.z_dim,
-                                  base_channels=model.base_channels, g_batchnorm=model.g_batchnorm,
-                                  d_batchnorm=model.d_batchnorm, d_dropout=model.d_dropout,
-                                  num_attrs=len(attr_names))
-    G = nets["G"]
-    key = "G_ema" if ema and "G_ema" in state else "G"
-    try:
-        G.load_state_dict(state[key])
-    except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{ckpt}: generator weights do not fit the config: {exc}") from None
-    G.eval().requires_grad_(False)
-    return ControlGenerator(family=family, G=G, steps=steps, z_dim=model.z_dim, attr_names=list(attr_names),
-                            prevalence_A=_prevalence(meta, config, list(attr_names)) if with_prevalence else None,
-                            resolution=hw, crop=crop,
-                            checkpoint=str(ckpt), kimg=float(meta.get("kimg", 0.0)))
+
+def with_weights(gen: Generator, *, alpha: float, beta: float) -> Generator:
+    """The same overlay generator with other alpha/beta (for sweeps); validated like the config."""
+    if not hasattr(gen.cfg.gan, "alpha"):
+        raise ConfigError("alpha/beta: only the overlay family has them")
+    cfg = dataclasses.replace(gen.cfg, gan=dataclasses.replace(gen.cfg.gan, alpha=alpha, beta=beta))
+    run = dataclasses.replace(gen.run, cfg=cfg, steps=gen.family.build_steps(cfg, gen.run.data))
+    return dataclasses.replace(gen, run=run)
 
 
 # ============================================================================ photos and blends
@@ -350,26 +265,18 @@ def blend_attrs(classifier: nn.Module, photos_NCHW: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def blend_faces(bundle: ControlGenerator, classifier: nn.Module, photos_NCHW: Tensor, *, n: int,
+def blend_faces(bundle: Generator, classifier: nn.Module, photos_NCHW: Tensor, *, n: int,
                 seed: int = 0) -> tuple[Tensor, Tensor]:
     """(n faces, o_A): faces for the photos' averaged attributes, one fresh r per face."""
     check_classifier_fits(classifier, bundle.attr_names, where=getattr(classifier, "checkpoint", "classifier"))
     o_A = blend_attrs(classifier, photos_NCHW)
-    return bundle.generate(bundle.noise(n, seed=seed), o_A.expand(n, -1)), o_A
+    return bundle.generate(bundle.latent(n, seed=seed), o_A.expand(n, -1)), o_A
 
 
 @torch.no_grad()
-def generate_faces(bundle: ControlGenerator, requested: dict[str, int], *, n: int, seed: int = 0) -> Tensor:
+def generate_faces(bundle: Generator, requested: dict[str, int], *, n: int, seed: int = 0) -> Tensor:
     """n faces with the requested attributes (others at their train-split rate)."""
     if bundle.prevalence_A is None:
-        raise ValueError("generate_faces: load the generator with_prevalence=True")
+        raise CheckpointError(f"{bundle.checkpoint}: no train-split attribute rates in its meta")
     rows = request_rows(requested, attr_names=bundle.attr_names, prevalence_A=bundle.prevalence_A, n=n)
-    return bundle.generate(bundle.noise(n, seed=seed), rows)
-
-
-def with_weights(bundle: ControlGenerator, *, alpha: float, beta: float) -> ControlGenerator:
-    """The same overlay generator with other alpha/beta (for sweeps); validated like the config."""
-    if bundle.family != "overlay":
-        raise ConfigError("alpha/beta: only the overlay family has them")
-    options = dataclasses.replace(bundle.steps.options, alpha=alpha, beta=beta)
-    return dataclasses.replace(bundle, steps=type(bundle.steps)(options))
+    return bundle.generate(bundle.latent(n, seed=seed), rows)

@@ -1,12 +1,17 @@
-"""The training loop: one function, run in-process or inside a Ray Train worker.
+"""The training loop: one function for every family, run in-process or inside a Ray Train worker.
 
     facegan train configs/dcgan_demo.yaml --no-ray        # in-process, this loop directly
-    facegan train configs/dcgan_demo.yaml                 # Ray Train workers, each running this loop
+    facegan train configs/wgangp_celeba64.yaml            # Ray Train workers, each running this loop
+    facegan classifier train configs/classifier_demo.yaml # the classifier is a family too
 
-Progress is counted in images seen over all ranks (kimg), not epochs: the shard stream is
-endless and every rank runs the same number of steps. Periodic work happens at ticks
-(`train.tick_kimg`: reduced metrics, sample grid) and checkpoints (`train.checkpoint_kimg`).
-This module imports neither Ray nor W&B; it talks to its runner through `facegan.hooks.Hooks`.
+The loop knows no family by name. It builds the family's nets, one Adam per declared optimizer,
+the family's `Steps`, and per step runs the declared phases in order (StyleGAN2-ADA's phase list):
+a phase runs `repeat` times, draws a fresh real batch when it uses data, and steps its optimizer
+with the loss its method returns. Progress is counted in images seen over all ranks (kimg), not
+epochs: the shard stream is endless and every rank runs the same number of steps. Periodic work
+happens at ticks (`train.tick_kimg`: reduced metrics, grids) and checkpoints
+(`train.checkpoint_kimg`). This module imports neither Ray nor W&B; it talks to its runner through
+`facegan.hooks.Hooks`.
 """
 
 from __future__ import annotations
@@ -16,17 +21,22 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from facegan.checkpoint import CheckpointError, check_compatible, load_checkpoint, prune_checkpoints, save_checkpoint
-from facegan.config import ConfigError, RunConfig, to_dict
-from facegan.data.stream import ShardSet, train_loader
+from facegan.checkpoint import check_compatible, prune_checkpoints, save_checkpoint
+from facegan.config import ConfigError, to_dict
+from facegan.data.labels import fixed_attrs
+from facegan.data.stream import ShardSet, eval_loader, train_loader
+from facegan.errors import CheckpointError
+from facegan.families import FAMILIES, RunConfig
+from facegan.families.base import DataInfo
+from facegan.families.loading import read_checkpoint
+from facegan.families.steps import StepContext
 from facegan.hooks import Hooks
-from facegan.models import FAMILIES
+from facegan.images import save_grid_png
 from facegan.runtime import (BadSteps, agree, all_ranks_finite, bare, distributed, gather_rng, resume_dir,
                              setup_torch)
 from facegan.stats import JsonlSink, Stats, plot_loss_curves, save_loss_arrays
@@ -35,104 +45,112 @@ log = logging.getLogger(__name__)
 
 
 def check_shards(cfg: RunConfig, shards: ShardSet) -> None:
-    """The shard set fits cfg: its resolution, and attribute labels for families that use them. Run
-    before Ray starts (facegan.launch.trainer.preflight) and again in every worker."""
-    if tuple(shards.resolution) != cfg.model.size:
+    """The shard set fits cfg: its resolution, labels for families that need them, eval splits.
+    Run before Ray starts (facegan.launch.trainer.preflight) and again in every worker."""
+    family = FAMILIES[cfg.model.family]
+    if tuple(shards.resolution) != tuple(cfg.model.size):
         raise ConfigError(f"model.resolution {cfg.model.resolution} does not match the shards in {cfg.data.shards} "
                           f"({shards.resolution[0]}x{shards.resolution[1]})")
-    if FAMILIES[cfg.model.family].uses_attrs and not shards.attr_names:
-        raise ConfigError(f"model.family {cfg.model.family!r} needs attribute labels, but the shards in "
+    if family.needs_labels and not shards.attr_names:
+        raise ConfigError(f"model.family {family.name!r} needs attribute labels, but the shards in "
                           f"{cfg.data.shards} carry none (manifest attr_names is empty)")
+    missing = [s for s in getattr(cfg.eval, "splits", []) if not shards.count(s)]
+    if missing:
+        raise ConfigError(f"eval.splits: {cfg.data.shards} has no {', '.join(missing)} split")
 
 
-def build_nets(cfg: RunConfig, *, num_attrs: int | None = None) -> tuple[nn.Module, nn.Module]:
-    """G and D of cfg's family, initialised. Attribute families need `num_attrs` (the shards'
-    attribute count; a checkpoint's meta has it as attr_names)."""
-    family = FAMILIES[cfg.model.family]
-    m = cfg.model
-    kw: dict[str, Any] = {}
-    if family.uses_attrs:
-        if num_attrs is None:
-            raise ValueError(f"build_nets: the {m.family} family needs num_attrs")
-        kw["num_attrs"] = num_attrs
-    resolution = m.resolution if isinstance(m.resolution, int) else m.size
-    nets = family.build(resolution=resolution, z_dim=m.z_dim, base_channels=m.base_channels,
-                        g_batchnorm=m.g_batchnorm, d_batchnorm=m.d_batchnorm, d_dropout=m.d_dropout, **kw)
-    for net in nets.values():
-        family.init_weights(net)
-    return nets["G"], nets["D"]
+def data_info(cfg: RunConfig, shards: ShardSet) -> DataInfo:
+    """What the family learns about its data (label counts only for families that need labels)."""
+    pos: tuple[int, ...] | None = None
+    count = 0
+    if FAMILIES[cfg.model.family].needs_labels:
+        from facegan.data.labels import label_counts
+
+        pos_A, count = label_counts(shards, "train")
+        pos = tuple(int(p) for p in pos_A)
+    return DataInfo(attr_names=tuple(shards.attr_names), train_positives=pos, train_count=count,
+                    shard_recipe=dict(shards.manifest.get("recipe", {})), resolution=tuple(shards.resolution))
 
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, net: nn.Module, *, beta: float) -> None:
-    for p_ema, p in zip(ema.parameters(), net.parameters()):
-        p_ema.copy_(p.detach().lerp(p_ema, beta))
-    for b_ema, b in zip(ema.buffers(), net.buffers()):
-        b_ema.copy_(b)
+    """ema = beta * ema + (1 - beta) * net for parameters (one fused foreach op); buffers copied."""
+    ema_params = [p for p in ema.parameters()]
+    if ema_params:
+        torch._foreach_lerp_(ema_params, [p.detach() for p in net.parameters()], 1.0 - beta)
+    ema_bufs = [b for b in ema.buffers()]
+    if ema_bufs:
+        torch._foreach_copy_(ema_bufs, [b for b in net.buffers()])
 
 
-def save_grid_png(img_BCHW: torch.Tensor, path: Path) -> None:
-    from facegan.data.writer import save_grid
-
-    u8 = ((img_BCHW.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
-    save_grid(u8, path)
-
-
-def fixed_attrs(shards: ShardSet, n: int, *, split: str = "val") -> torch.Tensor:
-    """Attribute rows of the first `n` samples of `split` (cycled if fewer): the same for every
-    run on these shards, so conditional sample grids are comparable across ticks and resumes."""
-    from facegan.data.stream import eval_loader
-
+def fixed_reals(shards: ShardSet, n: int, *, split: str = "val") -> torch.Tensor:
+    """The first `n` images of `split` (a fixed real batch for reconstruction grids)."""
     if shards.count(split) == 0:
         split = "train"
-    rows: list[torch.Tensor] = []
-    for batch in eval_loader(shards, split=split, batch_size=min(n, 256)):
-        rows.append(batch["attrs"])
-        if sum(len(r) for r in rows) >= n:
-            break
-    attrs = torch.cat(rows).float()
-    return attrs.repeat((n + len(attrs) - 1) // len(attrs), 1)[:n]
+    with torch.random.fork_rng(devices=[]):
+        batch = next(iter(eval_loader(shards, split=split, batch_size=n)))
+    return batch["image"][:n]
+
+
+def _optimizer_to(opt: torch.optim.Optimizer, device: torch.device) -> None:
+    for s in opt.state.values():  # optimizer state follows its parameters' device
+        for k, v in s.items():
+            if isinstance(v, torch.Tensor) and k != "step":
+                s[k] = v.to(device)
 
 
 def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
-    """Train cfg.model.family on cfg.data.shards until cfg.train.total_kimg; returns final metrics."""
+    """Train cfg.model.family on cfg.data.shards until cfg.train.total_kimg; returns the last tick's metrics."""
     hooks = hooks or Hooks()
     rank, world = hooks.rank, hooks.world_size
     tc = cfg.train
     out = Path(tc.out_dir)
     ckpt_root = out / "checkpoints"
     device, amp_dtype = setup_torch(tc, hooks)
+    family = FAMILIES[cfg.model.family]
 
     shards = ShardSet.open(cfg.data.shards)
     check_shards(cfg, shards)
-    family = FAMILIES[cfg.model.family]
+    data = data_info(cfg, shards)
 
     # Same initial weights on every rank (DDP also broadcasts rank 0's, but EMA copies must agree).
     torch.manual_seed(tc.seed)
-    G, D = build_nets(cfg, num_attrs=len(shards.attr_names) if family.uses_attrs else None)
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.optim.g_lr, betas=(cfg.optim.beta1, cfg.optim.beta2))
-    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.optim.d_lr, betas=(cfg.optim.beta1, cfg.optim.beta2))
+    nets = family.build_nets(cfg, data)
+    ema_name = family.ema
+    emas = {f"{ema_name}_ema": copy.deepcopy(nets[ema_name]).eval().requires_grad_(False)} if ema_name else {}
+    opt_specs = family.optimizers(cfg)
+    fused = device.type == "cuda"
+    opts = {name: torch.optim.Adam([p for n in spec.nets for p in nets[n].parameters()], lr=spec.lr,
+                                   betas=spec.betas, weight_decay=spec.weight_decay, fused=fused or None)
+            for name, spec in opt_specs.items()}
+    steps = family.build_steps(cfg, data)
+    phases = family.phases(cfg)
+    unknown = sorted({p.opt for p in phases} - set(opts))
+    if unknown:
+        raise ConfigError(f"model.family {family.name}: phases step optimizers {unknown} it does not declare")
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     torch.manual_seed(tc.seed * 1000 + rank)
     gen = torch.Generator(device=device).manual_seed(tc.seed * 1000 + rank)
 
-    step, images_seen, bad_total = 0, 0, 0
+    step, images_seen, batches, bad_total = 0, 0, 0, 0
     trained_seconds = 0.0  # training time before this attempt (from the checkpoint): max_minutes spans restarts
     resume = resume_dir(cfg.train.resume, hooks, ckpt_root)
     if resume is not None:
-        state, meta = load_checkpoint(resume)
-        check_compatible(meta, to_dict(cfg.model), where=resume)
+        state, meta, saved_family, _ = read_checkpoint(resume)
+        if saved_family.name != family.name:
+            raise CheckpointError(f"{resume}: a {saved_family.name} checkpoint; this run trains {family.name}")
+        check_compatible(meta, to_dict(cfg.model), keys=family.shape_keys, where=resume)
         try:
-            G.load_state_dict(state["G"])
-            D.load_state_dict(state["D"])
-            G_ema.load_state_dict(state["G_ema"])
-            opt_G.load_state_dict(state["opt_G"])
-            opt_D.load_state_dict(state["opt_D"])
+            for name, net in {**nets, **emas}.items():
+                net.load_state_dict(state[name])
+            for name, opt in opts.items():
+                opt.load_state_dict(state[f"opt_{name}"])
             scaler.load_state_dict(state["scaler"])
-        except (KeyError, RuntimeError) as exc:
+            steps.load_state_dict(state.get("family", {}))
+        except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{resume}: does not fit this model: {exc}") from None
         step, images_seen, bad_total = meta["step"], meta["images_seen"], meta.get("bad_steps", 0)
+        batches = int(meta.get("loader", {}).get("start_batch", step))
         trained_seconds = float(meta.get("train_seconds", 0.0))
         rng = state.get("rng", {})
         if meta.get("world_size") == world and f"torch_rank{rank}" in rng:
@@ -146,51 +164,37 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
         if rank == 0:
             log.info("resumed from %s at step %d (%.1f kimg)", resume, step, images_seen / 1000)
 
-    G.to(device)
-    D.to(device)
-    G_ema.to(device)
-    for opt in (opt_G, opt_D):  # optimizer state follows its parameters' device
-        for s in opt.state.values():
-            for k, v in s.items():
-                if isinstance(v, torch.Tensor) and k != "step":
-                    s[k] = v.to(device)
-    G_t = hooks.wrap_model(G, device)
-    D_t = hooks.wrap_model(D, device)
-    steps = FAMILIES[cfg.model.family].make_steps(**to_dict(cfg.gan))
-    # Families whose G/D take the batch's attributes (conditional, alpha/beta overlay) say so with
-    # `uses_attrs`; they may also hold modules of their own (a frozen classifier) to move.
-    uses_attrs = family.uses_attrs
-    if hasattr(steps, "to"):
-        steps.to(device)
-    attr_meta: dict[str, Any] = {}
-    if uses_attrs and rank == 0:
-        # generate/blend read names, train rates and the crop from the checkpoint, not the shards.
-        from facegan.classify import label_counts
-
-        pos_A, n = label_counts(shards, "train")
-        attr_meta = {"attr_names": list(shards.attr_names),
-                     "attr_prevalence": [float(p) / max(n, 1) for p in pos_A],
-                     "shard_recipe": shards.manifest.get("recipe", {})}
+    for net in (*nets.values(), *emas.values()):
+        net.to(device)
+    for opt in opts.values():
+        _optimizer_to(opt, device)
+    steps.to(device)
+    trainable = {name: net for name, net in nets.items() if any(p.requires_grad for p in net.parameters())}
+    wrapped = {name: hooks.wrap_model(net, device) if name in trainable else net for name, net in nets.items()}
 
     loader = train_loader(shards, batch_size=cfg.data.batch_size, rank=rank, world_size=world,
                           num_workers=cfg.data.num_workers, seed=tc.seed, shuffle_buffer=cfg.data.shuffle_buffer,
-                          start_batch=step, pin_memory=device.type == "cuda")
-    grid_z = torch.randn(tc.grid_size, cfg.model.z_dim, generator=torch.Generator().manual_seed(tc.seed + 7)).to(device)
-    grid_attrs = fixed_attrs(shards, tc.grid_size).to(device) if uses_attrs else None
+                          start_batch=batches, pin_memory=device.type == "cuda")
+    grid_size = getattr(tc, "grid_size", 0)
+    grid_latent = grid_attrs = grid_real = None
+    if family.generator is not None and grid_size:
+        grid_latent = steps.latent(grid_size, generator=torch.Generator().manual_seed(tc.seed + 7)).to(device)
+        grid_attrs = fixed_attrs(shards, grid_size).to(device) if family.takes_attrs else None
+        grid_real = fixed_reals(shards, min(grid_size, 64)).to(device)
 
     periodic_eval = None
-    if cfg.eval.every_kimg > 0:
-        from facegan.evaluate import PeriodicEval
+    if family.generator is not None and cfg.eval.every_kimg > 0:
+        from facegan.evaluation.periodic import PeriodicEval
 
-        periodic_eval = PeriodicEval(cfg.eval, shards=cfg.data.shards, z_dim=cfg.model.z_dim, seed=tc.seed)
+        periodic_eval = PeriodicEval(cfg.eval, shards=cfg.data.shards, seed=tc.seed)
     batch_total = cfg.data.batch_size * world
     total_images = int(round(tc.total_kimg * 1000))
     tick_images = max(batch_total, int(tc.tick_kimg * 1000))
     ckpt_images = max(batch_total, int(tc.checkpoint_kimg * 1000))
     next_tick = (images_seen // tick_images + 1) * tick_images
     next_ckpt = (images_seen // ckpt_images + 1) * ckpt_images
-    eval_images = max(batch_total, int(cfg.eval.every_kimg * 1000))
-    next_eval = (images_seen // eval_images + 1) * eval_images
+    eval_images = max(batch_total, int(cfg.eval.every_kimg * 1000)) if cfg.eval.every_kimg > 0 else 0
+    next_eval = (images_seen // eval_images + 1) * eval_images if eval_images else None
     stats = Stats()
     sinks = (JsonlSink(out / "losses.jsonl"),) + tuple(hooks.sinks) if rank == 0 else ()
     if rank == 0:
@@ -205,134 +209,161 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
     t_start = time.perf_counter() - trained_seconds
     last_ckpt: Path | None = resume
     metrics: dict[str, float] = {}
-    G_t.train()
-    D_t.train()
+    final_eval_done = False
+    for net in wrapped.values():
+        net.train()
+
+    def eval_nets() -> dict[str, nn.Module]:
+        """The nets to sample and score with: EMA copies where the family keeps one."""
+        return {name: emas.get(f"{name}_ema", bare(net)) for name, net in wrapped.items()}
 
     def write_checkpoint() -> Path | None:
         rng = gather_rng(gen, device)
         if rank != 0:
             return None
-        meta = {"family": cfg.model.family, "model": to_dict(cfg.model), "step": step,
-                "images_seen": images_seen, "kimg": images_seen / 1000, "world_size": world,
-                "loader": {"seed": tc.seed, "start_batch": step, "num_workers": cfg.data.num_workers,
+        meta = {"family": family.name, "model": to_dict(cfg.model), "step": step, "images_seen": images_seen,
+                "kimg": images_seen / 1000, "world_size": world,
+                "loader": {"seed": tc.seed, "start_batch": batches, "num_workers": cfg.data.num_workers,
                            "batch_size": cfg.data.batch_size},
                 "bad_steps": bad.total, "train_seconds": time.perf_counter() - t_start, "config": to_dict(cfg),
-                **attr_meta}
-        state = {"G": bare(G_t).state_dict(), "D": bare(D_t).state_dict(), "G_ema": G_ema.state_dict(),
-                 "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "scaler": scaler.state_dict(),
-                 "rng": rng}
+                **data.to_meta(), **steps.meta()}
+        state = {**{name: bare(net).state_dict() for name, net in wrapped.items()},
+                 **{name: ema.state_dict() for name, ema in emas.items()},
+                 **{f"opt_{name}": opt.state_dict() for name, opt in opts.items()},
+                 "scaler": scaler.state_dict(), "family": steps.state_dict(), "rng": rng}
         path = save_checkpoint(ckpt_root / f"ckpt-{images_seen:09d}", state=state, meta=meta)
         prune_checkpoints(ckpt_root, keep=tc.keep_checkpoints)
         return path
 
+    def family_eval(final: bool) -> dict[str, float]:
+        with torch.no_grad():
+            return steps.evaluate(eval_nets(), final=final, rank=rank, world_size=world, out_dir=out,
+                                  kimg=images_seen / 1000, step=step, images_seen=images_seen,
+                                  checkpoint=last_ckpt, autocast=autocast)
+
     while images_seen < total_images:
-        batch = next(loader)
-        skipped_samples += batch["num_skipped"]
-        real = batch["image"].to(device, non_blocking=True)
-        cond = {"attrs_BA": batch["attrs"].to(device, torch.float32)} if uses_attrs else {}
-        kimg = images_seen / 1000
+        ctx = StepContext(nets=wrapped, batch={}, kimg=images_seen / 1000, generator=gen)
         scalars: dict[str, torch.Tensor] = {}
-
-        # One z per step, shared by the phases; `carry` lets d_step hand its fakes to g_step.
-        z = torch.randn(real.shape[0], cfg.model.z_dim, generator=gen, device=device)
-        carry: dict[str, torch.Tensor] = {}
-
-        def phase(fn, opt: torch.optim.Optimizer, **kw: Any) -> bool:
-            """Run one named phase; update `opt` only if the loss is finite on every rank."""
-            with autocast:
-                loss, sc = fn(G=G_t, D=D_t, z_BZ=z, kimg=kimg, generator=gen, carry=carry, **kw)
-            if not all_ranks_finite(loss):
-                return False
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scalars.update(sc)
-            return True
-
-        step_ok = phase(steps.d_step, opt_D, real_BCHW=real, **cond) and phase(steps.g_step, opt_G, **cond)
-        carry.clear()  # a skipped g_step must not keep G's graph alive into the next step
+        step_ok, at_epoch = True, False
+        for phase in phases:
+            opt = opts[phase.opt]
+            for _ in range(phase.repeat):
+                if phase.uses_data or not ctx.batch:
+                    batch = next(loader)
+                    batches += 1
+                    images_seen += batch_total
+                    skipped_samples += batch["num_skipped"]
+                    at_epoch = at_epoch or loader.batches_seen % loader.batches_per_epoch == 0
+                    ctx.batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()
+                                 if isinstance(v, torch.Tensor) and k in ("image", "attrs")}
+                with autocast:
+                    loss, sc = steps.run(phase.name, ctx)
+                # Every rank takes the same branch: a rank skipping backward while others run it hangs DDP.
+                if not all_ranks_finite(loss):
+                    step_ok = False
+                    break
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scalars.update(sc)
+            if not step_ok:
+                break
+        ctx.carry.clear()  # a skipped phase must not keep a graph alive into the next step
         if scaler.is_enabled() and step_ok:
             scaler.update()
-
         step += 1
-        images_seen += batch_total
         bad.record(step_ok, step=step, images_seen=images_seen, last_ckpt=last_ckpt)
         if step_ok:
-            if tc.ema_kimg > 0:
+            steps.after_step(ctx)
+            if emas:
                 ema_nimg = tc.ema_kimg * 1000
-                if tc.ema_rampup > 0:
+                if tc.ema_kimg > 0 and tc.ema_rampup > 0:
                     ema_nimg = min(ema_nimg, images_seen * tc.ema_rampup)
-                update_ema(G_ema, bare(G_t), beta=0.5 ** (batch_total / max(ema_nimg, 1e-8)))
-            else:
-                update_ema(G_ema, bare(G_t), beta=0.0)
+                beta = 0.5 ** (batch_total / max(ema_nimg, 1e-8)) if tc.ema_kimg > 0 else 0.0
+                update_ema(emas[f"{ema_name}_ema"], bare(wrapped[ema_name]), beta=beta)
             stats.add(scalars)
 
         at_tick = images_seen >= next_tick or images_seen >= total_images
         # The time budget is checked on rank 0 only at ticks and shared, so all ranks stop together.
         out_of_time = at_tick and tc.max_minutes > 0 and agree(time.perf_counter() - t_start > tc.max_minutes * 60)
-        at_ckpt = images_seen >= next_ckpt or images_seen >= total_images or out_of_time
-        at_epoch = loader.batches_seen % loader.batches_per_epoch == 0
-        if rank == 0 and (at_tick or at_epoch):
+        finishing = images_seen >= total_images or out_of_time
+        at_ckpt = images_seen >= next_ckpt or finishing
+        if at_tick or at_epoch:
             rows = stats.pop_steps()
-            first = step - len(rows) + 1
-            rows = [dict(r, kind="step", step=first + i, kimg=(first + i) * batch_total / 1000)
-                    for i, r in enumerate(rows)]
-            for sink in sinks:
-                sink.log_rows(rows)
-            epoch_rows += rows
-            if at_epoch:
-                save_loss_arrays(epoch_rows, out / "losses", epoch=loader.batches_seen // loader.batches_per_epoch - 1)
-                epoch_rows = []
-                plot_loss_curves(out / "losses.jsonl", out / "loss_curve.png")
-        elif rank != 0 and (at_tick or at_epoch):
-            stats.pop_steps()
-        if at_tick or at_ckpt:
-            dt = time.perf_counter() - t_tick
-            metrics = stats.reduce()
-            metrics.update(kimg=images_seen / 1000, step=step, images_seen=images_seen,
-                           img_per_sec=(images_seen - img_tick) / max(dt, 1e-9), bad_steps=bad.total,
-                           skipped_samples=skipped_samples, d_noise_std=steps.d_noise_std(images_seen / 1000))
-            if device.type == "cuda":
-                metrics["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-            if periodic_eval is not None and (images_seen >= next_eval or images_seen >= total_images or out_of_time):
-                # Every rank draws its share of the samples; rank 0 gets the scores.
-                t_eval = time.perf_counter()
-                metrics.update(periodic_eval(G=G_ema, D=bare(D_t), device=device, rank=rank, world_size=world,
-                                             steps=steps if uses_attrs else None, attrs=grid_attrs))
-                metrics["eval_seconds"] = time.perf_counter() - t_eval
-                next_eval = (images_seen // eval_images + 1) * eval_images
-            t_tick, img_tick = time.perf_counter(), images_seen
-            images = {}
             if rank == 0:
-                with torch.no_grad(), autocast:
-                    grid = steps.generate(G_ema, grid_z, grid_attrs) if uses_attrs else G_ema(grid_z)
-                grid_path = out / "samples" / f"grid-{images_seen:09d}.png"
-                save_grid_png(grid, grid_path)
-                save_grid_png(grid, out / "samples" / "latest.png")
-                images["samples"] = grid_path
+                first = step - len(rows) + 1
+                rows = [dict(r, kind="step", step=first + i, kimg=(first + i) * images_seen / step / 1000)
+                        for i, r in enumerate(rows)]
                 for sink in sinks:
-                    sink.log(metrics, step=step, images=images)
-                log.info("kimg %.1f step %d: %s", metrics["kimg"], step,
-                         " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if "/" in k))
-            ckpt_dir = None
-            if at_ckpt:
-                ckpt_dir = write_checkpoint()
-                if ckpt_dir is not None:
-                    last_ckpt = ckpt_dir
-                next_ckpt = (images_seen // ckpt_images + 1) * ckpt_images
-                if distributed():
-                    dist.barrier()  # the checkpoint exists on disk before anyone reports it
-            next_tick = (images_seen // tick_images + 1) * tick_images
-            hooks.report(metrics, ckpt_dir)
-            if out_of_time:
-                log.info("train.max_minutes=%g reached at %.1f kimg: stopping", tc.max_minutes, images_seen / 1000)
-                break
-            if hooks.should_stop():
-                break
+                    sink.log_rows(rows)
+                epoch_rows += rows
+                if at_epoch:
+                    save_loss_arrays(epoch_rows, out / "losses",
+                                     epoch=loader.batches_seen // loader.batches_per_epoch - 1)
+                    epoch_rows = []
+                    plot_loss_curves(out / "losses.jsonl", out / "loss_curve.png", panels=family.curves)
+        if not (at_tick or at_ckpt):
+            continue
+        dt = time.perf_counter() - t_tick
+        metrics = stats.reduce()
+        metrics.update(kimg=images_seen / 1000, step=step, images_seen=images_seen,
+                       img_per_sec=(images_seen - img_tick) / max(dt, 1e-9), bad_steps=bad.total,
+                       skipped_samples=skipped_samples, **steps.tick_metrics(images_seen / 1000))
+        if device.type == "cuda":
+            metrics["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        ckpt_dir = None
+        if at_ckpt:
+            ckpt_dir = write_checkpoint()
+            if ckpt_dir is not None:
+                last_ckpt = ckpt_dir
+            next_ckpt = (images_seen // ckpt_images + 1) * ckpt_images
+            if distributed():
+                dist.barrier()  # the checkpoint exists on disk before anyone reports it
+        eval_due = next_eval is not None and images_seen >= next_eval
+        if eval_due or finishing:
+            t_eval = time.perf_counter()
+            if periodic_eval is not None:
+                # Every rank draws its share of the samples; rank 0 gets the scores.
+                G = eval_nets()[family.generator]
+                D = bare(wrapped[family.discriminator]) if family.discriminator else None
+                metrics.update(periodic_eval(G=G, D=D, steps=steps, device=device, rank=rank, world_size=world,
+                                             attrs=grid_attrs))
+            scores = family_eval(final=finishing)
+            final_eval_done = final_eval_done or finishing
+            if periodic_eval is not None or scores:
+                metrics.update(scores, eval_seconds=time.perf_counter() - t_eval)
+            if next_eval is not None:
+                next_eval = (images_seen // eval_images + 1) * eval_images
+        t_tick, img_tick = time.perf_counter(), images_seen
+        if rank == 0:
+            images = {}
+            if grid_latent is not None:
+                with torch.no_grad(), autocast:
+                    grids = steps.tick_images(eval_nets(), latent=grid_latent, attrs=grid_attrs, real=grid_real)
+                for key, img in grids.items():
+                    name = "grid" if key == "samples" else key
+                    path = out / "samples" / f"{name}-{images_seen:09d}.png"
+                    save_grid_png(img, path)
+                    save_grid_png(img, out / "samples" / ("latest.png" if key == "samples" else f"{name}-latest.png"))
+                    images[key] = path
+            for sink in sinks:
+                sink.log(metrics, step=step, images=images)
+            log.info("kimg %.1f step %d: %s", metrics["kimg"], step,
+                     " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if "/" in k and "/acc/" not in k))
+        next_tick = (images_seen // tick_images + 1) * tick_images
+        hooks.report(metrics, ckpt_dir)
+        if out_of_time:
+            log.info("train.max_minutes=%g reached at %.1f kimg: stopping", tc.max_minutes, images_seen / 1000)
+            break
+        if hooks.should_stop():
+            break
 
+    if not final_eval_done:
+        # Stopped by the runner, or resumed from a checkpoint at the end: the family's last word.
+        extra = family_eval(final=True)
+        metrics = dict(metrics, **extra)
     if rank == 0:
-        if epoch_rows:
-            plot_loss_curves(out / "losses.jsonl", out / "loss_curve.png")
+        plot_loss_curves(out / "losses.jsonl", out / "loss_curve.png", panels=family.curves)
         for sink in hooks.sinks:
             sink.close()
     return metrics

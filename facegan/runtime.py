@@ -1,5 +1,4 @@
-"""What every facegan training loop needs from its process group, shared by `facegan.loop` (GANs)
-and `facegan.classify` (the attribute classifier). Imports neither Ray nor W&B.
+"""What the training loop (`facegan.loop`) needs from its process group. Imports neither Ray nor W&B.
 
 - collective decisions: `all_ranks_finite` (skip a step on every rank or none), `agree` (rank 0's
   decision broadcast), so DDP never hangs on a rank that took another branch;
@@ -117,15 +116,26 @@ def gather_rng(gen: torch.Generator, device: torch.device) -> dict[str, torch.Te
 
 def resume_dir(resume: str, hooks: Hooks, ckpt_root: Path) -> Path | None:
     """The checkpoint to resume from: the runner's (Ray Train after a restart) first, then
-    `train.resume` ("latest" = newest under ckpt_root, a path, or "" for a fresh start)."""
+    `train.resume`: "latest" (the newest under ckpt_root; none there is an error, since the user
+    asked to resume), "latest_or_fresh" (the newest, or a fresh start), a checkpoint folder, or ""
+    for a fresh start."""
     from_runner = hooks.resume_from()
     if from_runner is not None:
         return Path(from_runner)
-    if resume == "latest":
+    if resume in ("latest", "latest_or_fresh"):
         found = list_checkpoints(ckpt_root)
-        return found[-1] if found else None
+        if found:
+            return found[-1]
+        if resume == "latest":
+            raise ConfigError(f"train.resume: latest, but {ckpt_root} holds no checkpoint to resume from "
+                              "(set train.resume: latest_or_fresh to start fresh when there is none)")
+        return None
     if resume:
-        return Path(resume)
+        path = Path(resume)
+        if not (path / "meta.json").is_file():
+            raise ConfigError(f"train.resume: {resume} is not a facegan checkpoint (no meta.json); give a "
+                              "checkpoints/ckpt-* folder, latest or latest_or_fresh")
+        return path
     return None
 
 

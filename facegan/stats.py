@@ -5,13 +5,12 @@
     means = stats.reduce()                           # at a tick: one all-reduce over ranks
     for sink in sinks: sink.log(means, step=...)     # sinks exist on rank 0 only
 
-Sinks: `JsonlSink` (always on rank 0), `WandbSink` (the only place W&B is imported).
+Sinks: `JsonlSink` (always on rank 0); the W&B sink lives in facegan.launch.sinks (W&B only under launch/).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -82,57 +81,6 @@ class JsonlSink:
         pass
 
 
-class WandbSink:
-    """One W&B run per job, from rank 0. Offline unless the user configured a key and mode."""
-
-    def __init__(self, *, project: str, config: dict[str, Any], out_dir: Path, mode: str = "auto",
-                 entity: str = "", group: str = "", name: str = "", run_id: str | None = None) -> None:
-        if mode == "auto":
-            # Online only when the user configured it (a key, or WANDB_MODE=online); anything
-            # else stays on this machine.
-            has_key = bool(os.environ.get("WANDB_API_KEY"))
-            mode = os.environ.get("WANDB_MODE") or ("online" if has_key else "offline")
-        if mode in ("offline", "disabled"):
-            # wandb's process-wide analytics (OpenTelemetry probe) and Sentry error reporting
-            # read the environment, not init(mode=...): without these an offline run still
-            # dials wandb's servers when it finishes.
-            os.environ["WANDB_MODE"] = mode
-            os.environ["WANDB_ERROR_REPORTING"] = "false"
-        elif os.environ.get("WANDB_MODE") == "":
-            del os.environ["WANDB_MODE"]  # wandb rejects an empty mode
-        import wandb
-
-        if mode in ("offline", "disabled"):
-            try:
-                from wandb.analytics.opentelemetry import opentelemetry_proxy
-
-                opentelemetry_proxy.disable()
-            except (ImportError, AttributeError):
-                pass
-        self.wandb = wandb
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(project=project, entity=entity or None, group=group or None, name=name or None,
-                              config=config, dir=str(out_dir), mode=mode, id=run_id, resume="allow",
-                              settings=wandb.Settings(silent=True, x_disable_stats=True))
-        self.mode = mode
-
-    @property
-    def run_dir(self) -> str:
-        return str(self.run.dir) if self.run is not None else ""
-
-    def log(self, metrics: dict[str, float], *, step: int, images: dict[str, Path] | None = None) -> None:
-        data: dict[str, Any] = dict(metrics)
-        for key, path in (images or {}).items():
-            data[key] = self.wandb.Image(str(path))
-        self.run.log(data, step=step)
-
-    def log_rows(self, rows: list[dict[str, Any]]) -> None:
-        pass  # per-step rows stay in the JSON-lines file; W&B gets tick means
-
-    def close(self) -> None:
-        self.run.finish()
-
-
 def save_loss_arrays(rows: list[dict[str, float]], directory: Path, *, epoch: int) -> Path:
     """Per-epoch loss arrays as .npy (one file per epoch, columns named in a sidecar)."""
     directory = Path(directory)
@@ -145,29 +93,31 @@ def save_loss_arrays(rows: list[dict[str, float]], directory: Path, *, epoch: in
     return path
 
 
-def plot_loss_curves(jsonl: Path, out_png: Path) -> None:
-    """Loss-curve PNG from the per-step JSON-lines file (D and G losses, D(x), D(G(z)))."""
+def plot_loss_curves(jsonl: Path, out_png: Path, *,
+                     panels: tuple[tuple[str, ...], ...] = (("loss/d", "loss/g"), ("D(x)", "D(G(z))"))) -> None:
+    """Loss-curve PNG from the per-step JSON-lines file: one panel per tuple of scalar names (a
+    family's `curves`; BEGAN adds k_t and its convergence measure, the classifier its accuracy)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()] \
+        if Path(jsonl).is_file() else []
     rows = [r for r in rows if r.get("kind") == "step"]
-    if not rows:
+    panels = tuple(p for p in panels if any(k in r for r in rows for k in p))
+    if not rows or not panels:
         return
     x = [r["kimg"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for key in ("loss/d", "loss/g"):
-        axes[0].plot(x, [r.get(key, np.nan) for r in rows], label=key, linewidth=0.8)
-    axes[0].set_xlabel("kimg")
-    axes[0].set_ylabel("loss")
-    axes[0].legend()
-    for key in ("D(x)", "D(G(z))"):
-        axes[1].plot(x, [r.get(key, np.nan) for r in rows], label=key, linewidth=0.8)
-    axes[1].set_xlabel("kimg")
-    axes[1].set_ylim(0, 1)
-    axes[1].legend()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+    for ax, keys in zip(axes[0], panels):
+        for key in keys:
+            ax.plot(x, [r.get(key, np.nan) for r in rows], label=key, linewidth=0.8)
+        ax.set_xlabel("kimg")
+        values = [r[k] for r in rows for k in keys if isinstance(r.get(k), (int, float))]
+        if values and min(values) >= 0 and max(values) <= 1:
+            ax.set_ylim(0, 1)
+        ax.legend()
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import sys
 
-from facegan.config import ClassifierRunConfig
 from facegan.launch.trainer import job_entry
 
 
 def main(argv: list[str] | None = None) -> int:
-    return job_entry(ClassifierRunConfig, argv, description=__doc__.split("\n\n")[0])
+    return job_entry(argv, description=__doc__.split("\n\n")[0], default_family="classifier")
 
 
 if __name__ == "__main__":

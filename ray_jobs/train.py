@@ -1,4 +1,4 @@
-"""Entry point for `ray job submit`: validate a run config, then train it with Ray Train.
+"""Entry point for `ray job submit`: validate a run config (any family), then train it with Ray Train.
 
     RAY_AUTH_MODE=token RAY_ADDRESS=http://127.0.0.1:8265 \\
         ray job submit --working-dir . -- python ray_jobs/train.py --config CONFIG.yaml --set train.total_kimg=50
@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import sys
 
-from facegan.config import RunConfig
 from facegan.launch.trainer import job_entry
 
 
 def main(argv: list[str] | None = None) -> int:
-    return job_entry(RunConfig, argv, description=__doc__.split("\n\n")[0])
+    return job_entry(argv, description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from facegan.checkpoint import CheckpointError
-from facegan.config import ConfigError
-from facegan.data.records import DataError
-from facegan.sweep_cli import add_sweep_args, cmd_sweep
+from facegan.cli.sweep import add_sweep_args, cmd_sweep
+from facegan.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return cmd_sweep(args)
-    except (ConfigError, DataError, CheckpointError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

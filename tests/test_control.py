@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from facegan.blend_cli import add_control_parsers
+from facegan.cli.control import register as add_control_parsers
 from facegan.checkpoint import save_checkpoint
 from facegan.config import ClassifierModelConfig, ConfigError, to_dict
 from facegan.control import (control_accuracy, flip_requests, load_generator, load_photos, parse_attrs, photo_crop,

@@ -198,7 +198,7 @@ def test_two_rank_gloo_ddp_without_ray(synthetic_shards: Path, tmp_path: Path) -
 
 
 def test_wandb_offline_run_per_job_and_max_minutes(synthetic_shards: Path, tmp_path: Path) -> None:
-    from facegan.cli import make_sinks
+    from facegan.cli.train import make_sinks
 
     cfg = tiny_cfg(synthetic_shards, tmp_path / "r", wandb={"enabled": True, "project": "facegan-test"},
                    train={"total_kimg": 50, "max_minutes": 0.001})

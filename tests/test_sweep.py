@@ -181,7 +181,7 @@ class InterruptAfter(Callback):
 def test_toy_sweep_interrupted_resumed_and_reported(tmp_path: Path, synthetic_shards: Path,
                                                     ray_cluster: Any) -> None:
     from facegan.launch.tune import run_sweep
-    from facegan.sweep_cli import add_sweep_parsers
+    from facegan.cli.sweep import register as add_sweep_parsers
 
     plan = load_sweep(toy_sweep(tmp_path, synthetic_shards))
     out = Path(plan.out_dir)

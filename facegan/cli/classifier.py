@@ -12,29 +12,14 @@ from pathlib import Path
 from typing import Any
 
 
-from facegan.cli.train import make_sinks
-
 def cmd_classifier_train(args: argparse.Namespace) -> int:
-    from facegan.classify import EVAL_JSON, format_table
-    from facegan.config import ClassifierRunConfig, load_yaml, to_dict
-
-    cfg = load_yaml(ClassifierRunConfig, args.config, overrides=args.set)
-    if args.no_ray:
-        from facegan.classify import train_classifier
-        from facegan.hooks import Hooks
-
-        sinks = make_sinks(cfg)
-        metrics = train_classifier(cfg, hooks=Hooks(sinks=sinks))
-        wandb_dir = sinks[0].run_dir if sinks else ""
-    else:
-        from facegan.classify import train_classifier
-        from facegan.launch.trainer import run_training
-
-        result = run_training(cfg, config_dict=to_dict(cfg), train_fn=train_classifier)
-        metrics = result.get("metrics", {})
-        wandb_dir = result.get("wandb_dir", "")
     from facegan.checkpoint import list_checkpoints
+    from facegan.cli.train import run
+    from facegan.families import load_run_config
+    from facegan.families.classifier.scoring import EVAL_JSON, format_table
 
+    cfg = load_run_config(args.config, args.set, default_family="classifier")
+    metrics, wandb_dir = run(cfg, no_ray=args.no_ray)
     out = Path(cfg.train.out_dir)
     ckpts = list_checkpoints(out / "checkpoints")
     print(f"trained classifier {cfg.model.arch} to {metrics.get('kimg', 0):.1f} kimg "
@@ -52,7 +37,7 @@ def cmd_classifier_train(args: argparse.Namespace) -> int:
 
 
 def cmd_classifier_eval(args: argparse.Namespace) -> int:
-    from facegan.classify import evaluate_classifier, format_table, load_classifier
+    from facegan.families.classifier.scoring import evaluate_classifier, format_table, load_classifier
 
     model = load_classifier(args.checkpoint)
     result = evaluate_classifier(model, args.shards, args.split, batch_size=args.batch_size)

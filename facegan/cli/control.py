@@ -33,39 +33,38 @@ def _summary(names: list[str], values, *, top: int = 6) -> str:
 
 
 def cmd_blend(args: argparse.Namespace) -> int:
-    from facegan.classify import load_classifier
-    from facegan.control import blend_faces, load_generator, load_photos
-    from facegan.loop import save_grid_png
+    from facegan.families.classifier.scoring import load_classifier
+    from facegan.control import blend_faces, load_control_generator, load_photos
+    from facegan.images import save_grid_png
 
-    bundle = load_generator(args.checkpoint, ema=not args.no_ema, alpha=args.alpha, beta=args.beta,
-                            with_prevalence=False)
+    bundle = load_control_generator(args.checkpoint, ema=not args.no_ema, alpha=args.alpha, beta=args.beta)
     h, w = bundle.resolution
     photos = load_photos(args.photos, crop=bundle.crop, height=h, width=w)   # fail on bad photos first
-    path = args.classifier or getattr(bundle.steps.options, "classifier", "")
+    path = args.classifier or getattr(bundle.cfg.gan, "classifier", "")
     if not path:
         raise ConfigError("--classifier: this checkpoint names no attribute classifier; pass one "
                           "(a checkpoint or run folder of `facegan classifier train`)")
     classifier = load_classifier(path)
     faces, o_A = blend_faces(bundle, classifier, photos, n=args.n, seed=args.seed)
     save_grid_png(faces, Path(args.out))
-    weights = (f", alpha {bundle.steps.options.alpha:g}, beta {bundle.steps.options.beta:g}"
-               if bundle.family == "overlay" else "")
-    print(f"wrote {args.n} faces to {args.out} ({bundle.family}{weights}, {bundle.kimg:.1f} kimg) blending "
+    weights = (f", alpha {bundle.cfg.gan.alpha:g}, beta {bundle.cfg.gan.beta:g}"
+               if hasattr(bundle.cfg.gan, "alpha") else "")
+    print(f"wrote {args.n} faces to {args.out} ({bundle.family.name}{weights}, {bundle.kimg:.1f} kimg) blending "
           f"{len(args.photos)} photo{'s' if len(args.photos) > 1 else ''}")
     print(f"  averaged attributes (most decided): {_summary(bundle.attr_names, o_A)}")
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from facegan.control import generate_faces, load_generator, parse_attrs
-    from facegan.loop import save_grid_png
+    from facegan.control import generate_faces, load_control_generator, parse_attrs
+    from facegan.images import save_grid_png
 
-    bundle = load_generator(args.checkpoint, ema=not args.no_ema, alpha=args.alpha, beta=args.beta)
+    bundle = load_control_generator(args.checkpoint, ema=not args.no_ema, alpha=args.alpha, beta=args.beta)
     requested = parse_attrs(args.attrs, bundle.attr_names)
     faces = generate_faces(bundle, requested, n=args.n, seed=args.seed)
     save_grid_png(faces, Path(args.out))
     asked = ", ".join(f"{k}={v}" for k, v in requested.items()) or "nothing (training rates)"
-    print(f"wrote {args.n} faces to {args.out} ({bundle.family}, {bundle.kimg:.1f} kimg) with {asked}")
+    print(f"wrote {args.n} faces to {args.out} ({bundle.family.name}, {bundle.kimg:.1f} kimg) with {asked}")
     return 0
 
 

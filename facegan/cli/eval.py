@@ -42,7 +42,7 @@ def register(sub: Any) -> None:
 
 def cmd_eval(args: Any) -> int:
     from facegan.checkpoint import find_checkpoint
-    from facegan.evaluate import EvalRequest, evaluate, format_table, write_result
+    from facegan.evaluation.offline import EvalRequest, evaluate, format_table, write_result
 
     req = EvalRequest(shards=args.shards, checkpoint=args.checkpoint, images=args.images, baseline=args.baseline,
                       num_samples=args.num_samples, features=args.features, classifier=args.classifier,
@@ -52,7 +52,12 @@ def cmd_eval(args: Any) -> int:
                       metrics=[m.strip() for m in args.metrics.split(",") if m.strip()])
     if args.workers < 0:
         raise ConfigError(f"--workers: expected 0 or more, got {args.workers}")
-    result = evaluate(req, workers=args.workers)
+    shares = None
+    if args.workers > 0:
+        from facegan.launch.evaluate import ray_shares
+
+        shares = ray_shares(req, workers=args.workers)
+    result = evaluate(req, shares=shares)
     print(format_table([result]))
     if result["scores"].get("ms_ssim_alarm", 0) > 0:
         print("WARNING: generated images are nearly identical to each other (MS-SSIM alarm): mode collapse?")

@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from facegan.sweep import load_sweep
+    from facegan.sweeps.spec import load_sweep
 
     plan = load_sweep(args.sweep, overrides=args.set)
     spec = plan.spec
@@ -54,7 +54,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print("ok: the sweep is valid")
         return 0
     from facegan.launch.tune import run_sweep
-    from facegan.sweep_report import text_table
+    from facegan.sweeps.report import text_table
 
     summary = run_sweep(plan, resume=args.resume, address=args.address)
     print(text_table(plan.out_dir))
@@ -71,7 +71,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep_report(args: argparse.Namespace) -> int:
-    from facegan.sweep_report import text_table, write_report
+    from facegan.sweeps.report import text_table, write_report
 
     path = write_report(args.dir, out=args.out or None, top=args.top)
     print(text_table(args.dir))

@@ -3,7 +3,7 @@ extracts features, and hands them back; the statistics run once, on the gathered
 
     facegan eval --checkpoint C --shards DIR --classifier K --workers 2
 
-Generation is split by chunk (facegan.evaluate.CHUNK images, chunk i seeded by (seed, i)) and
+Generation is split by chunk (facegan.evaluation.CHUNK images, chunk i seeded by (seed, i)) and
 the real splits by facegan.data.stream's rank sharding, so the gathered sets are exactly the
 ones a single process would use: the scores do not depend on the number of workers.
 """
@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from facegan.evaluate import EvalRequest, Share, compute_share
+from facegan.evaluation.offline import EvalRequest, Share, compute_share
 from facegan.launch.cluster import ensure_ray
 
 

@@ -1,14 +1,11 @@
-"""Ray Train for facegan's loops: one TorchTrainer run of a train function over DDP workers.
+"""Ray Train for facegan's loop: one TorchTrainer run of the training loop over DDP workers.
 
-    cfg = load_yaml(RunConfig, "configs/dcgan_celeba64.yaml")
+    cfg = load_yaml(RunConfig, "configs/dcgan_celeba64.yaml")     # any family, the classifier too
     metrics = run_training(cfg, config_dict=to_dict(cfg))     # or: ray job submit ... ray_jobs/train.py
-    cfg = load_yaml(ClassifierRunConfig, "configs/classifier_celeba64.yaml")
-    metrics = run_training(cfg, config_dict=to_dict(cfg), train_fn=train_classifier)
 
-The train function is `facegan.loop.train` for a GAN `RunConfig` and
-`facegan.classify.train_classifier` for a `ClassifierRunConfig` (or any `(cfg, *, hooks)`).
-Every worker rebuilds the config (same class) from the plain dict and runs the same loop as in-process
-training, with `Hooks` that take rank and device from Ray, resume from the checkpoint Ray hands
+The train function is `facegan.loop.train` (tests pass any `(cfg, *, hooks)`). `make_trainer` is the
+one place a TorchTrainer is built (facegan.launch.tune's trials use it too). Every worker rebuilds
+the config from the plain dict and runs the same loop as in-process training, with `Hooks` that take rank and device from Ray, resume from the checkpoint Ray hands
 out, wrap models with `ray.train.torch.prepare_model` and turn the loop's ticks into
 `ray.train.report` calls (all ranks report; only rank 0 attaches the checkpoint it wrote). When a
 worker or a node dies, Ray restarts the whole group from the latest reported checkpoint, up to
@@ -21,7 +18,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,22 +26,18 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from facegan.config import ClassifierRunConfig, ConfigError, RunConfig, from_dict
+from facegan.config import ConfigError, from_dict
+from facegan.families import RunConfig
 from facegan.hooks import Hooks
 from facegan.launch.cluster import ensure_ray
+from facegan.launch.sinks import make_sinks
 
 log = logging.getLogger(__name__)
 
 TrainFn = Callable[..., dict[str, float]]
-AnyRunConfig = RunConfig | ClassifierRunConfig   # the run configs Ray can train: both have train/data/ray/wandb
 
 
-def default_train_fn(cfg: AnyRunConfig) -> TrainFn:
-    """The loop that trains this kind of config."""
-    if isinstance(cfg, ClassifierRunConfig):
-        from facegan.classify import train_classifier
-
-        return train_classifier
+def default_train_fn() -> TrainFn:
     from facegan.loop import train
 
     return train
@@ -73,36 +65,34 @@ def localize(config_dict: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_location(cfg: AnyRunConfig) -> tuple[str, str]:
+def run_location(cfg: RunConfig) -> tuple[str, str]:
     """(storage_path, run name) of the Ray run: <out_dir>/ray unless ray.storage_path is set."""
     out_dir = Path(cfg.train.out_dir)
     return cfg.ray.storage_path or str(out_dir / "ray"), out_dir.name
 
 
-def preflight(cfg: AnyRunConfig) -> None:
+def preflight(cfg: RunConfig) -> None:
     """Catch what would otherwise fail inside every worker, once per retry, after a ~15 s start."""
     from facegan.data.stream import ShardSet
 
     if cfg.train.device == "cuda" and not cfg.ray.use_gpu:
         raise ConfigError("train.device: cuda needs ray.use_gpu: true (Ray gives workers no GPU otherwise)")
+    from facegan.loop import check_shards
+
     shards = ShardSet.open(cfg.data.shards)
-    if isinstance(cfg, ClassifierRunConfig):
-        from facegan.classify import check_shards
-    else:
-        from facegan.loop import check_shards
     check_shards(cfg, shards)  # the same checks the worker's loop makes, before any worker starts
     if shards.count("train") < cfg.data.batch_size * cfg.ray.num_workers:
         raise ConfigError(f"data.batch_size {cfg.data.batch_size} x ray.num_workers {cfg.ray.num_workers} is more "
                           f"than the {shards.count('train')} training samples in {cfg.data.shards}")
-    evaluation = getattr(cfg, "eval", None)
-    if isinstance(cfg, RunConfig) and evaluation.every_kimg > 0:
+    evaluation = cfg.eval
+    if evaluation.every_kimg > 0:
         for name in ("classifier", "inception_weights"):
-            value = getattr(evaluation, name)
+            value = getattr(evaluation, name, "")
             if value and not _is_url(value) and not Path(value).exists():
                 raise ConfigError(f"eval.{name}: {value} does not exist")
 
 
-def _check_local_capacity(cfg: AnyRunConfig, resources: dict[str, float]) -> None:
+def _check_local_capacity(cfg: RunConfig, resources: dict[str, float]) -> None:
     # A local cluster never grows: asking for more than it has would wait forever.
     import ray
 
@@ -113,46 +103,63 @@ def _check_local_capacity(cfg: AnyRunConfig, resources: dict[str, float]) -> Non
                               f"this machine's {have.get(key, 0):g} {key}")
 
 
-def run_training(cfg: AnyRunConfig, *, config_dict: dict[str, Any], train_fn: TrainFn | None = None) -> dict[str, Any]:
+def make_trainer(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: TrainFn | None = None,
+                 callbacks: list[Any] | None = None) -> Any:
+    """The TorchTrainer of a run: `ray.num_workers` DDP workers (NCCL with GPUs, gloo on CPU), each
+    running `train_fn` (default facegan.loop.train) on the config rebuilt from `config_dict`; Ray
+    keeps `train.keep_checkpoints` and restarts the group up to `ray.max_failures` times."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    storage, name = run_location(cfg)
+    rc = cfg.ray
+    backend = rc.backend if rc.backend != "auto" else ("nccl" if rc.use_gpu else "gloo")
+    return TorchTrainer(
+        functools.partial(train_loop_per_worker, train_fn=train_fn or default_train_fn()),
+        train_loop_config=config_dict,
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=ScalingConfig(num_workers=rc.num_workers, use_gpu=rc.use_gpu,
+                                     resources_per_worker=worker_resources(cfg),
+                                     placement_strategy=rc.placement_strategy),
+        run_config=RayRunConfig(name=name, storage_path=storage, callbacks=callbacks,
+                                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+                                failure_config=FailureConfig(max_failures=rc.max_failures)))
+
+
+def worker_resources(cfg: RunConfig) -> dict[str, float]:
+    resources = {"CPU": cfg.ray.cpus_per_worker}
+    if cfg.ray.use_gpu:
+        resources["GPU"] = cfg.ray.gpus_per_worker
+    return resources
+
+
+def prepare(cfg: RunConfig, config_dict: dict[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
+    """(cfg, its plain form) with local paths absolute, after preflight: what workers get."""
+    if from_dict(RunConfig, config_dict) != cfg:
+        raise ValueError("run_training: config_dict does not describe cfg (pass config.to_dict(cfg))")
+    config_dict = localize(config_dict)
+    cfg = from_dict(RunConfig, config_dict)
+    preflight(cfg)
+    return cfg, config_dict
+
+
+def run_training(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: TrainFn | None = None) -> dict[str, Any]:
     """Train `cfg` on Ray Train workers.
 
     Returns {"metrics": the last reported checkpoint's metrics, "checkpoint": its directory in
     storage, "run_dir": <storage>/<name>, "wandb_dir": rank 0's W&B run directory or ""}.
 
-    `config_dict` is the plain form of `cfg` (config.to_dict) shipped to the workers, which
-    rebuild it as `type(cfg)`. `train_fn` (signature `(cfg, *, hooks)`) runs in the workers;
-    default: `default_train_fn(cfg)`. Tests pass wrappers to observe ranks. Joins ray.address / $RAY_ADDRESS, or starts a local cluster, unless this
-    process is already connected.
+    `config_dict` is the plain form of `cfg` (config.to_dict) shipped to the workers. `train_fn`
+    (signature `(cfg, *, hooks)`) runs in the workers; default: facegan.loop.train. Tests pass
+    wrappers to observe ranks. Joins ray.address / $RAY_ADDRESS, or starts a local cluster, unless
+    this process is already connected.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    config_cls = type(cfg)
-    if from_dict(config_cls, config_dict) != cfg:
-        raise ValueError("run_training: config_dict does not describe cfg (pass config.to_dict(cfg))")
-    config_dict = localize(config_dict)
-    cfg = from_dict(config_cls, config_dict)
-    preflight(cfg)
+    cfg, config_dict = prepare(cfg, config_dict)
     storage, name = run_location(cfg)
-    rc = cfg.ray
-    resources = {"CPU": rc.cpus_per_worker}
-    if rc.use_gpu:
-        resources["GPU"] = rc.gpus_per_worker
-    backend = rc.backend if rc.backend != "auto" else ("nccl" if rc.use_gpu else "gloo")
-
-    if ensure_ray(rc.address):
-        _check_local_capacity(cfg, resources)
-    trainer = TorchTrainer(
-        functools.partial(train_loop_per_worker, train_fn=train_fn or default_train_fn(cfg), config_cls=config_cls),
-        train_loop_config=config_dict,
-        torch_config=TorchConfig(backend=backend),
-        scaling_config=ScalingConfig(num_workers=rc.num_workers, use_gpu=rc.use_gpu, resources_per_worker=resources,
-                                     placement_strategy=rc.placement_strategy),
-        run_config=RayRunConfig(name=name, storage_path=storage,
-                                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-                                failure_config=FailureConfig(max_failures=rc.max_failures)),
-    )
-    log.info("Ray Train run %r: %d workers (%s), checkpoints in %s/%s", name, rc.num_workers, backend, storage, name)
+    if ensure_ray(cfg.ray.address):
+        _check_local_capacity(cfg, worker_resources(cfg))
+    trainer = make_trainer(cfg, config_dict=config_dict, train_fn=train_fn)
+    log.info("Ray Train run %r: %d workers, checkpoints in %s/%s", name, cfg.ray.num_workers, storage, name)
     result = trainer.fit()
     return {"metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
             "checkpoint": result.checkpoint.path if result.checkpoint else "",
@@ -160,14 +167,14 @@ def run_training(cfg: AnyRunConfig, *, config_dict: dict[str, Any], train_fn: Tr
             "wandb_dir": _wandb_dir(cfg)}
 
 
-def wandb_run_id(cfg: AnyRunConfig) -> str:
+def wandb_run_id(cfg: RunConfig) -> str:
     """One W&B run per Ray run, kept across restarts (the sink resumes it)."""
     storage, name = run_location(cfg)
     digest = hashlib.sha1(f"{storage}/{name}".encode()).hexdigest()[:10]
     return f"{''.join(c if c.isalnum() or c in '-_' else '_' for c in name[:40])}-{digest}"
 
 
-def _wandb_dir(cfg: AnyRunConfig) -> str:
+def _wandb_dir(cfg: RunConfig) -> str:
     if not cfg.wandb.enabled or cfg.wandb.mode == "disabled":
         return ""
     # Rank 0 wrote it; the path is on rank 0's node (here when this driver shares its disk).
@@ -215,29 +222,14 @@ def _report(metrics: dict[str, float], checkpoint_dir: Path | None, *, rank: int
     ray.train.report(dict(metrics), checkpoint=checkpoint)
 
 
-def _wandb_sinks(cfg: AnyRunConfig, config_dict: dict[str, Any], rank: int) -> tuple[Any, ...]:
-    if rank != 0 or not cfg.wandb.enabled or cfg.wandb.mode == "disabled":
-        return ()
-    from facegan.stats import WandbSink
-
-    mode = cfg.wandb.mode
-    if mode == "online" and not os.environ.get("WANDB_API_KEY"):
-        log.warning("wandb.mode=online but WANDB_API_KEY is not set: logging offline")
-        mode = "offline"
-    return (WandbSink(project=cfg.wandb.project, config=config_dict, out_dir=Path(cfg.train.out_dir), mode=mode,
-                      entity=cfg.wandb.entity, group=cfg.wandb.group, name=cfg.wandb.name or run_location(cfg)[1],
-                      run_id=wandb_run_id(cfg)),)
-
-
-def train_loop_per_worker(config_dict: dict[str, Any], *, train_fn: TrainFn | None = None,
-                          config_cls: type[AnyRunConfig] = RunConfig) -> None:
-    """One DDP rank: rebuild the config as `config_cls`, build Ray-backed hooks, run the loop."""
+def train_loop_per_worker(config_dict: dict[str, Any], *, train_fn: TrainFn | None = None) -> None:
+    """One DDP rank: rebuild the config, build Ray-backed hooks, run the loop."""
     import ray.train
     import ray.train.torch
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cfg = from_dict(config_cls, config_dict)
+    cfg = from_dict(RunConfig, config_dict)
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     resume = _Resume()
@@ -249,37 +241,38 @@ def train_loop_per_worker(config_dict: dict[str, Any], *, train_fn: TrainFn | No
         resume_from=resume,
         wrap_model=_wrap_model,
         report=functools.partial(_report, rank=rank),
-        sinks=_wandb_sinks(cfg, config_dict, rank),
+        sinks=make_sinks(cfg, rank=rank, run_id=wandb_run_id(cfg), name=run_location(cfg)[1], config_dict=config_dict),
     )
     if train_fn is None:
-        train_fn = default_train_fn(cfg)
+        train_fn = default_train_fn()
     try:
         train_fn(cfg, hooks=hooks)
     finally:
         resume.cleanup()
 
 
-def job_entry(config_cls: type[AnyRunConfig], argv: list[str] | None, *, description: str) -> int:
-    """What a `ray job submit` entry script (ray_jobs/) runs: load `--config` as `config_cls` with
-    its `--set` overrides, validate it and its shard set, then train with Ray Train. A bad config
-    exits with status 2 and a message naming the field, before any Ray worker starts."""
+def job_entry(argv: list[str] | None, *, description: str, default_family: str = "") -> int:
+    """What a `ray job submit` entry script (ray_jobs/) runs: load `--config` with its `--set`
+    overrides (a config without model.family is `default_family`'s), validate it and its shard set,
+    then train with Ray Train. A bad config exits with status 2 and a message naming the field,
+    before any Ray worker starts."""
     import argparse
     import json
     import sys
 
-    from facegan.checkpoint import CheckpointError
-    from facegan.config import ConfigError, load_yaml, to_dict
-    from facegan.data.records import DataError
+    from facegan.families import load_run_config
+    from facegan.config import to_dict
+    from facegan.errors import UserError
 
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", required=True, help=f"run config YAML ({config_cls.__module__}.{config_cls.__name__})")
+    parser.add_argument("--config", required=True, help="run config YAML (configs/*.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.total_kimg=50 (repeatable)")
     args = parser.parse_args(argv)
     try:
-        cfg = load_yaml(config_cls, args.config, overrides=args.set)
+        cfg = load_run_config(args.config, args.set, default_family=default_family)
         result = run_training(cfg, config_dict=to_dict(cfg))  # checks the shard set before Ray starts
-    except (ConfigError, DataError, CheckpointError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=1, sort_keys=True, default=str))

@@ -6,7 +6,8 @@
 
 Ray 2.60 runs Train V2, where `Tuner(TorchTrainer)` no longer works: the Tune trainable is a
 driver function (`_trial`) that builds the trial's run config, starts a TorchTrainer with
-`resources.num_workers` workers running `facegan.loop.train`, and passes every report on to Tune.
+`resources.num_workers` workers running `facegan.loop.train` (facegan.launch.trainer.make_trainer),
+and passes every report on to Tune.
 The driver itself asks for no CPU (DRIVER_RESOURCES); `resources.max_concurrent` (default: what the cluster fits)
 limits how many Train runs compete for workers.
 
@@ -18,7 +19,7 @@ A trial therefore always starts a fresh Train run, resuming (if at all) from its
 with the optimizer settings of its own (possibly mutated) config.
 
 Files per sweep folder (`out`, default runs/sweeps/<name>): Tune's experiment state, and
-`sweep_spec.json`, `sweep.json` (summary), `report.html`/`trials.csv` (facegan.sweep_report),
+`sweep_spec.json`, `sweep.json` (summary), `report.html`/`trials.csv` (facegan.sweeps.report),
 `trials/<trial_id>/` (the run's out_dir: samples, losses, checkpoints; plus `trial.json`,
 `starts.jsonl` (one line per start, with its resume point: whose checkpoint, step, rates),
 `results.jsonl` (every report), `done.json` when it finished).
@@ -27,7 +28,6 @@ Files per sweep folder (`out`, default runs/sweeps/<name>): Tune's experiment st
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import logging
 import math
@@ -37,8 +37,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from facegan.config import ConfigError, RunConfig, from_dict, to_dict
-from facegan.sweep import SweepPlan, corner_points, spec_dict
+from facegan.config import ConfigError, from_dict, to_dict
+from facegan.families import RunConfig
+from facegan.sweeps.spec import SweepPlan, corner_points, spec_dict
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,6 @@ _DONE = "__facegan_trial_done__"
 # A trial's driver only waits on its Train run: no CPU (Tune's default 1 CPU per trial would idle a
 # core per trial), and Tune rejects an all-zero request, so it asks for memory only.
 DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 2**20}
-# Optimizer state inside a facegan checkpoint -> the run-config fields that set it.
-_OPTIMIZERS = {"opt_G": {"lr": "g_lr"}, "opt_D": {"lr": "d_lr"}}
-_ADAM_BETAS = ("beta1", "beta2")
 
 
 # ============================================================================ the driver side
@@ -69,8 +67,6 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, address: str = "",
 
     from facegan.launch.cluster import ensure_ray
 
-    if not plan.family_ready:
-        raise ConfigError(f"{plan.path}: family {plan.spec.family!r} is not available yet")
     out = Path(plan.out_dir)
     _preflight(plan)
     started_local = ensure_ray(address or plan.base.get("ray", {}).get("address", ""))
@@ -96,7 +92,7 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, address: str = "",
     grid = tuner.fit()
     summary = _summarize(plan, grid, seconds=time.time() - t0)
     (out / SUMMARY_JSON).write_text(json.dumps(summary, indent=1, default=str))
-    from facegan.sweep_report import write_report
+    from facegan.sweeps.report import write_report
 
     summary["report"] = str(write_report(out))
     return summary
@@ -323,29 +319,11 @@ def _write_done(out: Path, metrics: dict[str, Any]) -> None:
 
 
 def _fit(cfg: RunConfig, *, callbacks: list[Any]) -> Any:
-    """facegan.launch.trainer.run_training's TorchTrainer, with Train callbacks (it takes none)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    """The trial's Train run: facegan.launch.trainer's TorchTrainer, with the reports forwarded."""
+    from facegan.launch.trainer import make_trainer, prepare
 
-    from facegan.launch.trainer import default_train_fn, localize, preflight, run_location, train_loop_per_worker
-
-    config_dict = localize(to_dict(cfg))
-    cfg = from_dict(RunConfig, config_dict)
-    preflight(cfg)
-    storage, name = run_location(cfg)
-    rc = cfg.ray
-    resources = {"CPU": rc.cpus_per_worker, **({"GPU": rc.gpus_per_worker} if rc.use_gpu else {})}
-    backend = rc.backend if rc.backend != "auto" else ("nccl" if rc.use_gpu else "gloo")
-    trainer = TorchTrainer(
-        functools.partial(train_loop_per_worker, train_fn=default_train_fn(cfg)),
-        train_loop_config=config_dict,
-        torch_config=TorchConfig(backend=backend),
-        scaling_config=ScalingConfig(num_workers=rc.num_workers, use_gpu=rc.use_gpu, resources_per_worker=resources,
-                                     placement_strategy=rc.placement_strategy),
-        run_config=RayRunConfig(name=name, storage_path=storage, callbacks=callbacks,
-                                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-                                failure_config=FailureConfig(max_failures=rc.max_failures)))
-    return trainer.fit()
+    cfg, config_dict = prepare(cfg, to_dict(cfg))
+    return make_trainer(cfg, config_dict=config_dict, callbacks=callbacks).fit()
 
 
 def _clear_train_run(cfg: RunConfig) -> None:
@@ -379,22 +357,23 @@ def _resume_point(checkpoint: Any, data: dict[str, Any], where: Path) -> dict[st
     state, meta = load_checkpoint(staging)
     # The loop writes its run config into every checkpoint; a trial's out_dir is trials/<trial_id>.
     writer = Path(meta.get("config", {}).get("train", {}).get("out_dir", "")).name
-    optim = data.get("optim", {})
+    # Each optimizer's rate (and betas) come from the config keys its family names (OptimizerSpec).
+    cfg = from_dict(RunConfig, data)
+    specs = cfg.family.optimizers(cfg)
     changed = False
-    for opt_key, fields in _OPTIMIZERS.items():
-        for group in state.get(opt_key, {}).get("param_groups", []):
-            for group_key, cfg_key in fields.items():
-                if cfg_key in optim and group.get(group_key) != float(optim[cfg_key]):
-                    group[group_key], changed = float(optim[cfg_key]), True
-            betas = tuple(float(optim[b]) for b in _ADAM_BETAS if b in optim)
-            if len(betas) == 2 and tuple(group.get("betas", ())) != betas:
-                group["betas"], changed = betas, True
+    for name, spec in specs.items():
+        for group in state.get(f"opt_{name}", {}).get("param_groups", []):
+            if group.get("lr") != spec.lr:
+                group["lr"], changed = spec.lr, True
+            if spec.betas_keys[0] and tuple(group.get("betas", ())) != tuple(spec.betas):
+                group["betas"], changed = tuple(spec.betas), True
     if changed:
         save_checkpoint(where, state=state, meta=dict(meta, config=copy.deepcopy(data)))
         shutil.rmtree(staging)
     else:
         staging.rename(where)
-    rates = {key: [g["lr"] for g in state[key]["param_groups"]] for key in _OPTIMIZERS if key in state}
+    rates = {f"opt_{name}": [g["lr"] for g in state[f"opt_{name}"]["param_groups"]] for name in specs
+             if f"opt_{name}" in state}
     return {"dir": where, "trial": writer, "step": meta.get("step"), "images_seen": meta.get("images_seen"),
             "kimg": meta.get("kimg"), "checkpoint": str(checkpoint.path), "rates": rates}
 

@@ -27,6 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from facegan.errors import InceptionWeightsError  # noqa: F401  (re-exported)
+from facegan.images import as_float_images, as_uint8_images  # noqa: F401  (re-exported)
+
 log = logging.getLogger(__name__)
 
 INCEPTION_NAME = "inception"
@@ -41,31 +44,6 @@ _WEIGHTS_HELP = ("pass --inception-weights with a local Inception-v3 state_dict:
                  "torchvision inception_v3 state_dict; nothing is downloaded")
 
 
-class InceptionWeightsError(ValueError):
-    """An Inception weights file is missing or is not one of the two accepted formats."""
-
-
-def as_float_images(img_BCHW: Tensor) -> Tensor:
-    """uint8 [0, 255] or float [-1, 1] images -> float32 [-1, 1]; ValueError for anything else."""
-    if img_BCHW.ndim != 4 or img_BCHW.shape[1] != 3:
-        raise ValueError(f"expected RGB images of shape (B, 3, H, W), got {tuple(img_BCHW.shape)}")
-    if img_BCHW.dtype == torch.uint8:
-        return img_BCHW.to(torch.float32).div_(127.5).sub_(1.0)
-    if not img_BCHW.is_floating_point():
-        raise ValueError(f"expected uint8 or float images, got {img_BCHW.dtype}")
-    if img_BCHW.numel():
-        lo, hi = float(img_BCHW.min()), float(img_BCHW.max())
-        # A float image in [0, 255] or [0, 1] would give plausible-looking but wrong features.
-        if lo < -1.001 or hi > 1.001:
-            raise ValueError(f"float images must lie in [-1, 1] (pass uint8 for [0, 255]), got [{lo:.3g}, {hi:.3g}]")
-    return img_BCHW.to(torch.float32).clamp(-1.0, 1.0)
-
-
-def as_uint8_images(img_BCHW: Tensor) -> Tensor:
-    """uint8 or float [-1, 1] images -> uint8 [0, 255], rounding as saving to PNG would."""
-    if img_BCHW.dtype == torch.uint8:
-        return img_BCHW
-    return as_float_images(img_BCHW).add(1.0).mul(127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
 class FeatureExtractor(nn.Module):
@@ -107,7 +85,7 @@ def attr_extractor(*, checkpoint: str | Path | None = None, classifier: nn.Modul
         raise ValueError("attr_extractor: pass exactly one of checkpoint= or classifier=")
     if checkpoint is not None:
         # Imported here so the metrics import without the classifier package being present.
-        from facegan.classify import load_classifier
+        from facegan.families.classifier.scoring import load_classifier
 
         classifier = load_classifier(checkpoint)
     assert classifier is not None

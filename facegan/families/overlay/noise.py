@@ -20,24 +20,10 @@ A pure tensor function: differentiable in r and o, no modules, no global state.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from facegan.config import ConfigError
-
-DEFAULT_ALPHA = 0.6
-DEFAULT_BETA = 0.8
-NUM_BLOCKS = 4
-
-
-def check_weight(name: str, value: object) -> float:
-    """`value` as a float in [0, 1], or ConfigError naming `name` and the range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
-    return float(value)
+from facegan.families.overlay import DEFAULT_ALPHA, DEFAULT_BETA, NUM_BLOCKS, check_weight
 
 
 def overlay_noise(r_BZ: Tensor, o_BA: Tensor, *, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA) -> Tensor:

@@ -6,7 +6,7 @@
 
 Both nets take any power-of-two resolution from 16 up (64 and 128 are the ones used on CelebA),
 have `forward(img_BCHW) -> logits_BA` and `features(img_BCHW) -> Tensor[B, feature_dim]`, and
-expose `feature_dim`. Architecture only: training, DDP and devices live in facegan.classify.
+expose `feature_dim`. Architecture only: the phase lives in facegan.families.classifier.steps, DDP and devices in the loop.
 """
 
 from __future__ import annotations

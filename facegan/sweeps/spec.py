@@ -9,15 +9,14 @@ nested like a run config), a search space over dotted run-config keys, an object
 loop reports at ticks, and min/max), a search algorithm (grid, random), a scheduler (fifo, asha,
 pbt), resources per trial and a budget. Loading checks all of it before anything starts: unknown
 keys, every grid value and both bounds of every range applied to the base config and validated by
-`facegan.config.RunConfig`. A family that is planned but not built yet (`PLANNED_FAMILIES`) is
-checked as far as possible and then refused with `FamilyNotAvailable` naming it.
-`facegan.launch.tune` runs a plan on Ray Tune; `facegan.sweep_report` renders its results.
+`facegan.families.RunConfig`; the keys, metrics and optimizers of the family come from its
+declaration in `facegan.families.FAMILIES` (no table here names a family).
+`facegan.launch.tune` runs a plan on Ray Tune; `facegan.sweeps.report` renders its results.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 import math
 import re
@@ -25,56 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from facegan.config import ConfigError, RunConfig, apply_overrides, from_dict, read_yaml, require, to_dict
+from facegan.config import ConfigError, apply_overrides, from_dict, read_yaml, require, to_dict
+from facegan.families import RunConfig, get_family
 
-
-class FamilyNotAvailable(ConfigError):
-    """The sweep's family is planned but not in facegan.models.FAMILIES yet; the message names it."""
-
-
-# Scalars every GAN run reports at each tick (facegan.loop), and each family's own (its steps).
-TICK_METRICS = ("kimg", "step", "images_seen", "img_per_sec", "bad_steps", "skipped_samples", "d_noise_std")
-_DCGAN_METRICS = ("loss/d", "loss/d_real", "loss/d_fake", "loss/g", "D(x)", "D(G(z))", "D(G(z))_g",
-                  "acc/d_real", "acc/d_fake")
-FAMILY_METRICS: dict[str, tuple[str, ...]] = {
-    "dcgan": _DCGAN_METRICS,
-    "overlay": _DCGAN_METRICS,          # DCGAN's phases on overlay noise
-    "conditional": _DCGAN_METRICS,
-}
-# Evaluation metrics the loop reports every eval.every_kimg (facegan.evaluate.PeriodicEval), by the
+# Scalars every run reports at each tick (facegan.loop); each family adds its own (Family.metrics).
+TICK_METRICS = ("kimg", "step", "images_seen", "img_per_sec", "bad_steps", "skipped_samples")
+# Evaluation metrics the loop reports every eval.every_kimg (facegan.evaluation.periodic.PeriodicEval), by the
 # entry of eval.metrics that computes them. Names carry the feature network: `fid` for Inception,
 # `fid_attr` for the attribute classifier's features (eval.features: attr).
 EVAL_METRICS: dict[str, str] = {"fid": "fid", "kid": "kid", "precision": "precision_recall",
                                 "recall": "precision_recall", "ms_ssim": "ms_ssim"}
 
-
-@dataclass(frozen=True)
-class PlannedKey:
-    """A run-config key a planned family will add: its type and allowed range (closed bounds)."""
-
-    kind: type
-    low: float
-    high: float
-    note: str
-
-
-@dataclass(frozen=True)
-class PlannedFamily:
-    """What can be checked now about a family that is not built yet (replaced by RunConfig later)."""
-
-    issue: str
-    keys: dict[str, PlannedKey]
-    metrics: tuple[str, ...]
-
-
-PLANNED_FAMILIES: dict[str, PlannedFamily] = {
-    "infogan": PlannedFamily(
-        issue="InfoGAN family (report: categorical code, D noise)",
-        keys={"model.cat_dim": PlannedKey(int, 2, 1000, "categorical code size"),
-              "model.cont_dim": PlannedKey(int, 0, 64, "continuous code size"),
-              "gan.info_weight": PlannedKey(float, 0.0, 100.0, "weight of the mutual-information term")},
-        metrics=_DCGAN_METRICS + ("loss/info",)),
-}
 
 # What PBT may change in a running trial: a checkpoint taken with one value must fit the other.
 PBT_MUTABLE_PREFIXES = ("optim.", "gan.")
@@ -310,31 +270,6 @@ def _resolve_base(base: str, sweep_path: Path) -> Path:
     return path
 
 
-def _run_config_keys(family: str) -> set[str]:
-    """Every dotted key a RunConfig of `family` has (section.field; `gan` is the family's options)."""
-    import typing
-
-    from facegan.models import FAMILIES
-
-    keys = set()
-    for name, tp in typing.get_type_hints(RunConfig).items():
-        tp = FAMILIES[family].options if name == "gan" else tp
-        if dataclasses.is_dataclass(tp):
-            keys |= {f"{name}.{f.name}" for f in dataclasses.fields(tp)}
-    return keys
-
-
-def family_status(family: str) -> Literal["available", "planned"]:
-    from facegan.models import FAMILIES
-
-    if family in FAMILIES:
-        return "available"
-    if family in PLANNED_FAMILIES:
-        return "planned"
-    raise ConfigError(f"family: unknown model family {family!r} (available: {', '.join(sorted(FAMILIES))}; "
-                      f"planned: {', '.join(sorted(PLANNED_FAMILIES))})")
-
-
 @dataclass
 class SweepPlan:
     """A validated sweep: the spec, the merged base run config, and the grid points (if grid)."""
@@ -344,7 +279,6 @@ class SweepPlan:
     base: dict[str, Any]                      # base run config + `config` + resources/budget, paths absolute
     out_dir: str                              # absolute
     points: list[dict[str, Any]]              # grid: every trial's dim values, in order; random: []
-    family_ready: bool
 
     @property
     def num_trials(self) -> int:
@@ -404,31 +338,10 @@ def corner_points(dims: dict[str, Dimension]) -> list[dict[str, Any]]:
     return [dict(first, **{k: v}) for k, d in dims.items() for v in d.values]
 
 
-def _check_value(key: str, value: Any, planned: PlannedFamily | None) -> None:
-    """A key no RunConfig has: valid only as a planned family's key, within its range."""
-    if planned is None or key not in planned.keys:
-        known = f" (planned keys of this family: {', '.join(sorted(planned.keys))})" if planned else ""
-        raise ConfigError(f"unknown key {key}{known}")
-    pk = planned.keys[key]
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if pk.kind is int:
-        ok = ok and float(value).is_integer()
-    require(ok and pk.low <= value <= pk.high,
-            f"{key}: expected {pk.kind.__name__} in [{pk.low:g}, {pk.high:g}] ({pk.note}), got {value!r}")
-
-
-def _validate_trial(plan: SweepPlan, params: dict[str, Any], where: str, planned: PlannedFamily | None,
-                    run_keys: set[str]) -> None:
-    overrides = plan.overrides(params)
+def _validate_trial(plan: SweepPlan, params: dict[str, Any], where: str) -> None:
     data = copy.deepcopy(plan.base)
-    for key, value in overrides.items():
-        if key in run_keys or planned is None:
-            set_path(data, key, value)     # an unknown key: from_dict names it and lists the valid ones
-        else:
-            _check_value(key, value, planned)
-    if planned is not None:
-        # Check every section RunConfig has with a family that exists; the planned keys were checked above.
-        set_path(data, "model.family", "dcgan")
+    for key, value in plan.overrides(params).items():
+        set_path(data, key, value)     # an unknown key: from_dict names it and lists the valid ones
     try:
         from_dict(RunConfig, data)
     except ConfigError as exc:
@@ -436,17 +349,14 @@ def _validate_trial(plan: SweepPlan, params: dict[str, Any], where: str, planned
         raise ConfigError(f"{where}{shown}: {exc}") from None
 
 
-def _validate_objective(spec: SweepConfig, base: dict[str, Any], planned: PlannedFamily | None) -> None:
+def _validate_objective(spec: SweepConfig, base: dict[str, Any]) -> None:
     metric = spec.objective.metric
-    family_metrics = planned.metrics if planned else FAMILY_METRICS.get(spec.family, _DCGAN_METRICS)
-    if metric in family_metrics or metric in TICK_METRICS:
+    family = get_family(spec.family, where="family")
+    if metric in family.metrics or metric in TICK_METRICS:
         return
     name, _, features = metric.partition("_")
-    if metric in EVAL_METRICS or (features == "attr" and name in EVAL_METRICS):
+    if family.generator is not None and (metric in EVAL_METRICS or (features == "attr" and name in EVAL_METRICS)):
         features = features or "inception"
-        if "eval" not in {f.name for f in dataclasses.fields(RunConfig)}:
-            raise ConfigError(f"objective.metric: {metric} is an evaluation metric, and run configs have no "
-                              "`eval` section yet")
         ev = base.get("eval", {})
         require(float(number(ev.get("every_kimg", 0))) > 0,
                 f"objective.metric: {metric} is reported only every eval.every_kimg; set eval.every_kimg > 0 "
@@ -462,28 +372,24 @@ def _validate_objective(spec: SweepConfig, base: dict[str, Any], planned: Planne
         require(listed is None or EVAL_METRICS[name] in listed,
                 f"objective.metric: {metric} needs {EVAL_METRICS[name]} in eval.metrics, got {listed}")
         return
-    known = sorted(set(family_metrics) | set(TICK_METRICS))
-    evals = sorted(EVAL_METRICS) + sorted(f"{m}_attr" for m in EVAL_METRICS)
-    raise ConfigError(f"objective.metric: {spec.family} does not report {metric!r} (tick metrics: {', '.join(known)}; "
-                      f"with an eval section: {', '.join(evals)})")
+    known = sorted(set(family.metrics) | set(TICK_METRICS))
+    evals = sorted(EVAL_METRICS) + sorted(f"{m}_attr" for m in EVAL_METRICS) if family.generator else []
+    raise ConfigError(f"objective.metric: {spec.family} does not report {metric!r} (tick metrics: {', '.join(known)}"
+                      + (f"; with an eval section: {', '.join(evals)})" if evals else ")"))
 
 
 def validate(plan: SweepPlan) -> None:
-    """Every check that needs no Ray. Raises ConfigError (FamilyNotAvailable last, after the rest)."""
+    """Every check that needs no Ray. Raises ConfigError naming the file and the field."""
     spec = plan.spec
-    status = family_status(spec.family)
-    planned = PLANNED_FAMILIES[spec.family] if status == "planned" else None
-    _validate_objective(spec, plan.base, planned)
-    run_keys = _run_config_keys("dcgan" if planned else spec.family)
+    _validate_objective(spec, plan.base)
     where = f"{plan.path}: space "
     for params in corner_points(spec.space):
-        _validate_trial(plan, params, where, planned, run_keys)
+        _validate_trial(plan, params, where)
     for key, dim in spec.scheduler.mutations.items():
         first = {k: d.values[0] for k, d in spec.space.items()}
         for value in dim.values:
-            _validate_trial(plan, dict(first, **{key: value}), f"{plan.path}: scheduler.mutations ", planned, run_keys)
-    base_cfg = from_dict(RunConfig, dict(plan.base, model=dict(plan.base.get("model", {}), family="dcgan"))
-                         if planned else plan.base)
+            _validate_trial(plan, dict(first, **{key: value}), f"{plan.path}: scheduler.mutations ")
+    base_cfg = from_dict(RunConfig, plan.base)
     sc, total = spec.scheduler, base_cfg.train.total_kimg
     if sc.kind == "asha":
         require(sc.grace_kimg < total, f"scheduler.grace_kimg: expected < the trial length "
@@ -497,21 +403,10 @@ def validate(plan: SweepPlan) -> None:
         require(base_cfg.train.checkpoint_kimg <= sc.perturbation_kimg,
                 f"train.checkpoint_kimg: pbt needs a checkpoint every perturbation "
                 f"(<= scheduler.perturbation_kimg={sc.perturbation_kimg:g}), got {base_cfg.train.checkpoint_kimg:g}")
-    if planned is not None:
-        from facegan.models import FAMILIES
-
-        raise FamilyNotAvailable(
-            f"{plan.path}: family {spec.family!r} is not available yet ({planned.issue}); facegan.models.FAMILIES "
-            f"has {', '.join(sorted(FAMILIES))}. The rest of the sweep file checks out; it runs once "
-            f"FAMILIES[{spec.family!r}] exists.")
 
 
-def load_sweep(path: str | Path, *, overrides: list[str] | None = None, check_family: bool = True) -> SweepPlan:
-    """Read, merge `--set` overrides into, and validate a sweep file.
-
-    With check_family=False a planned family's FamilyNotAvailable is swallowed (plan.family_ready
-    False): for listing a sweep, never for running it.
-    """
+def load_sweep(path: str | Path, *, overrides: list[str] | None = None) -> SweepPlan:
+    """Read, merge `--set` overrides into, and validate a sweep file."""
     path = Path(path)
     data = apply_overrides(read_yaml(path), overrides)
     if "space" in data:
@@ -532,13 +427,9 @@ def load_sweep(path: str | Path, *, overrides: list[str] | None = None, check_fa
         points = grid * spec.search.num_samples
         if spec.budget.max_trials:
             points = points[:spec.budget.max_trials]
-    plan = SweepPlan(spec=spec, path=str(path), base=base, out_dir=out_dir, points=points, family_ready=True)
+    plan = SweepPlan(spec=spec, path=str(path), base=base, out_dir=out_dir, points=points)
     try:
         validate(plan)
-    except FamilyNotAvailable:
-        if check_family:
-            raise
-        plan.family_ready = False
     except ConfigError as exc:
         text = str(exc)
         raise ConfigError(text if text.startswith(str(path)) else f"{path}: {text}") from None

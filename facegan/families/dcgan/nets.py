@@ -1,7 +1,7 @@
 """DCGAN generator and discriminator (Radford, Metz & Chintala 2015), any power-of-two size >= 16.
 
-Architecture only: weight init lives in `facegan.steps.dcgan.dcgan_init_`, losses and phases in
-`facegan.steps.dcgan`, devices and DDP in the loop.
+Architecture and init only: losses and phases live in `facegan.families.dcgan.steps`, devices
+and DDP in the loop.
 
     G = DCGANGenerator(resolution=64)            # 100-d z -> 4x4x512 -> ... -> 64x64x3, tanh
     D = DCGANDiscriminator(resolution=64)        # 64x64x3 -> ... -> 4x4x512 -> one logit
@@ -119,3 +119,28 @@ class DCGANDiscriminator(nn.Module):
             raise ValueError(f"expected images of shape (B, {self.channels}, {self.resolution}, "
                              f"{self.resolution}), got {tuple(img_BCHW.shape)}")
         return self.net(img_BCHW).reshape(img_BCHW.shape[0])
+
+
+def dcgan_init_(module: nn.Module) -> None:
+    """DCGAN paper init, in place: conv weights ~ N(0, 0.02), batch-norm scales ~ N(1, 0.02),
+    biases 0. Draws from torch's global RNG, which the loop seeds."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def build_dcgan(*, resolution: int = 64, z_dim: int = 100, base_channels: int = 64,
+                g_batchnorm: bool = True, d_batchnorm: bool = True, d_dropout: float = 0.0,
+                channels: int = 3) -> dict[str, nn.Module]:
+    """A DCGAN generator/discriminator pair for `resolution` (a power of two >= 16), not initialised."""
+    return {
+        "G": DCGANGenerator(resolution=resolution, z_dim=z_dim, base_channels=base_channels,
+                            channels=channels, batchnorm=g_batchnorm),
+        "D": DCGANDiscriminator(resolution=resolution, base_channels=base_channels,
+                                channels=channels, batchnorm=d_batchnorm, dropout=d_dropout),
+    }

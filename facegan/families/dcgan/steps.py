@@ -1,18 +1,14 @@
-"""DCGAN training phases (BCE, non-saturating G loss) and the paper's weight-init policy.
+"""DCGAN training phases (BCE, non-saturating G loss) with the papers' tricks.
 
-The options are the tricks the student papers switch on: one-sided label smoothing, label
-flipping, and Gaussian instance noise on D's input (fixed or linearly annealed). The loop owns
-the optimizers (Adam 2e-4, beta1 0.5 by default; G and D learning rates set apart there):
+Two phases per step, run by the loop from `facegan.families.dcgan.DCGAN.phases`:
 
-    steps = make_steps(label_smoothing=0.1, d_noise_power=1 / 15, d_noise_anneal_kimg=500)
-    carry = {}                                        # what d_step hands to g_step within one step
-    for name in steps.phases:                         # "d_step", then "g_step"
-        loss, scalars = getattr(steps, name)(G=G, D=D, ..., kimg=kimg, generator=gen, carry=carry)
-        opt[name].zero_grad(set_to_none=True); loss.backward(); opt[name].step()
+    d(ctx):  z for the step; D loss on the fresh real batch and on G(z) (D sees the fakes detached;
+             the fakes, with G's graph, go to ctx.carry for g)
+    g(ctx):  non-saturating G loss on the same fakes scored by the updated D
 
-G runs once per step: d_step draws the fakes with G's graph kept, feeds D `fake.detach()`, and
-g_step scores the same fakes with the updated D (as pytorch/examples' DCGAN does). Running G
-again on a fresh z in g_step cost ~7% of the step on CPU.
+G runs once per step (as pytorch/examples' DCGAN does); running G again on a fresh z in g cost
+~7% of the step on CPU. `d_step`/`g_step` are the same losses as plain functions of G, D and z
+(for tests and for the families built on DCGAN's phases).
 
 Tests: .venv/bin/python -m pytest tests/test_dcgan.py -q
 """
@@ -20,67 +16,34 @@ Tests: .venv/bin/python -m pytest tests/test_dcgan.py -q
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from facegan.config import ConfigError
+from facegan.families.base import DataInfo
+from facegan.families.steps import StepContext, Steps
 from facegan.losses import bce_logits, d_accuracy, d_targets, instance_noise
 
-# No import of facegan.models here: models/__init__ imports this module to fill FAMILIES.
 
-
-def dcgan_init_(module: nn.Module) -> None:
-    """DCGAN paper init, in place: conv weights ~ N(0, 0.02), batch-norm scales ~ N(1, 0.02),
-    biases 0. Draws from torch's global RNG, which the loop seeds."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
-
-
-def _number(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
-@dataclass(kw_only=True)
-class DCGANOptions:
-    """The DCGAN family's GAN options (`gan:` in a run config)."""
-
-    label_smoothing: float = 0.0      # real target = 1 - s, in [0, 0.5)
-    label_flip: float = 0.0           # gamma: per-sample chance to swap real/fake targets in the D step, [0, 0.5)
-    d_noise_power: float = 0.0        # variance of D's input noise (papers: 1/15, 1/20), >= 0
-    d_noise_anneal_kimg: float = 0.0  # > 0: power falls linearly to 0 over this many kimg; 0: fixed
-
-    def __post_init__(self):
-        for name in ("label_smoothing", "label_flip"):
-            value = _number(name, getattr(self, name))
-            # At 0.5 the targets carry no information about real vs fake.
-            if not 0.0 <= value < 0.5:
-                raise ConfigError(f"{name} must be in [0, 0.5), got {value!r}")
-            setattr(self, name, value)
-        for name in ("d_noise_power", "d_noise_anneal_kimg"):
-            value = _number(name, getattr(self, name))
-            if value < 0:
-                raise ConfigError(f"{name} must be >= 0, got {value!r}")
-            setattr(self, name, value)
-
-
-class DCGANSteps:
+class DCGANSteps(Steps):
     """The DCGAN phases. Each returns (loss to backward, scalars): the scalars are detached 0-dim
     tensors, left on the device so the loop can reduce them at ticks without a sync per step."""
 
-    phases = ("d_step", "g_step")
+    def __init__(self, cfg, data: DataInfo | None = None):
+        super().__init__(cfg, data or DataInfo())
 
-    def __init__(self, options: DCGANOptions):
-        self.options = options
+    # --- the phases the loop runs
+    def d(self, ctx: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
+        ctx.carry["z"] = z_BZ = self.latent(ctx.batch_size, generator=ctx.generator, device=ctx.device)
+        return self.d_step(G=ctx.nets["G"], D=ctx.nets["D"], real_BCHW=ctx.real, z_BZ=z_BZ, kimg=ctx.kimg,
+                           generator=ctx.generator, carry=ctx.carry)
+
+    def g(self, ctx: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.g_step(G=ctx.nets["G"], D=ctx.nets["D"], z_BZ=ctx.carry["z"], kimg=ctx.kimg,
+                           generator=ctx.generator, carry=ctx.carry)
+
+    def tick_metrics(self, kimg: float) -> dict[str, float]:
+        return {"d_noise_std": self.d_noise_std(kimg)}
 
     def d_noise_std(self, kimg: float) -> float:
         """Std of D's input noise after `kimg` thousand images: sqrt of the (annealed) power."""
@@ -145,8 +108,3 @@ class DCGANSteps:
             "D(G(z))_g": torch.sigmoid(fake_logits_B.detach()).mean(),
         }
         return loss, scalars
-
-
-def make_steps(**options) -> DCGANSteps:
-    """DCGANSteps from keyword options; an unknown option is a TypeError, a bad value a ConfigError."""
-    return DCGANSteps(DCGANOptions(**options))

@@ -19,7 +19,7 @@ exactly (4x4 stem, same layers and widths). With num_attrs=0 they are unconditio
     D = ProjectionDiscriminator(resolution=64, num_attrs=40)
     logits_B = D(G(z_BZ, attrs_BA), attrs_BA)
 
-Architecture only: init in facegan.steps.conditional, phases there too.
+Architecture and init only; phases in facegan.families.conditional.steps.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from facegan.models.dcgan import d_downsampling_layers
+from facegan.families.dcgan.nets import d_downsampling_layers, dcgan_init_
 
 MIN_SIDE = 16
 
@@ -148,3 +148,25 @@ class ProjectionDiscriminator(nn.Module):
             raise ValueError(f"expected attrs of shape ({img_BCHW.shape[0]}, {self.num_attrs}), got {got}")
         phi_BC = h_BCHW.sum(dim=(2, 3))
         return logits_B + (self.embed(2 * attrs_BA.to(phi_BC.dtype) - 1) * phi_BC).sum(dim=1)
+
+
+def conditional_init_(module: nn.Module) -> None:
+    """DCGAN's init, plus N(0, 0.02) for the projection embedding (and any other linear layer)."""
+    dcgan_init_(module)
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def build_conditional(*, resolution: int | tuple[int, int] = 64, z_dim: int = 100, base_channels: int = 64,
+                      g_batchnorm: bool = True, d_batchnorm: bool = True, d_dropout: float = 0.0,
+                      channels: int = 3, num_attrs: int = 40) -> dict[str, nn.Module]:
+    """A conditional G (z ⊕ attributes) and projection D for num_attrs attributes, not initialised."""
+    return {
+        "G": ConditionalGenerator(resolution=resolution, z_dim=z_dim, num_attrs=num_attrs,
+                                  base_channels=base_channels, channels=channels, batchnorm=g_batchnorm),
+        "D": ProjectionDiscriminator(resolution=resolution, num_attrs=num_attrs, base_channels=base_channels,
+                                     channels=channels, batchnorm=d_batchnorm, dropout=d_dropout),
+    }

@@ -7,12 +7,16 @@
     facegan eval --baseline random --shards data/celeba64 ...              # faceless random images
     facegan eval --baseline real --shards data/celeba64 ...                # held-out real: the floor
 
+Any family with a generator is scored the same way (GANs, the VAE's decoder); d_accuracy needs a
+family whose discriminator gives logits (DCGAN and its relatives).
+
 The generated ("fake") set is compared with held-out real images (`--eval-split`, default val)
 for FID/KID/precision/recall, with the training split for memorisation, and with itself for
 MS-SSIM diversity; a GAN checkpoint's own discriminator is also scored on held-out real vs
 generated images. Fakes are drawn in fixed chunks of `CHUNK` images, chunk i from z seeded by
 (seed, i), so the set is the same whether one process draws it or Ray workers split the chunks
-(`--workers N`, see facegan.launch.evaluate); features are gathered before any statistic.
+(`--workers N`: facegan.launch.evaluate runs `compute_share` as Ray tasks and hands the shares to
+`evaluate`; this package never imports launch); features are gathered before any statistic.
 
 Metric names follow the feature network: `fid` only for Inception; `fid_attr` etc. for the
 project's attribute classifier, so nobody compares them with published FIDs.
@@ -23,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,9 @@ import torch
 from torch import Tensor, nn
 
 from facegan.checkpoint import find_checkpoint
-from facegan.config import ConfigError, to_dict
+from facegan.config import ConfigError
+from facegan.families.loading import Generator, load_generator
+from facegan.images import as_uint8_images
 
 log = logging.getLogger(__name__)
 
@@ -102,70 +108,33 @@ class EvalRequest:
 
 # --- the generated set
 
-@dataclass
-class LoadedGenerator:
-    """A GAN checkpoint ready to draw images: chunk i of a set is the same on any process."""
-
-    G: nn.Module
-    D: nn.Module
-    cfg: Any
-    meta: dict[str, Any]
-    steps: Any = None             # the family's steps when G takes attributes
-    attrs: Tensor | None = None   # attribute rows cycled over the samples (conditional families)
-
-    def chunk(self, index: int, *, seed: int, num: int) -> Tensor:
-        """uint8 (num, 3, H, W) images of chunk `index`: z from a generator seeded by (seed, index)."""
-        return draw_chunk(self.G, index, seed=seed, num=num, z_dim=self.cfg.model.z_dim, steps=self.steps,
-                          attrs=self.attrs)
-
-
-def draw_chunk(G: nn.Module, index: int, *, seed: int, num: int, z_dim: int, steps: Any = None,
-               attrs: Tensor | None = None, device: torch.device | None = None) -> Tensor:
-    """uint8 CPU images of chunk `index` from G (on `device`): the same on any process."""
+def draw_chunk(G: nn.Module, index: int, *, seed: int, num: int, steps: Any, attrs: Tensor | None = None,
+               device: torch.device | None = None) -> Tensor:
+    """uint8 CPU images of chunk `index` from G (on `device`): the same on any process. The latents
+    come from the family's `steps.latent` with a generator seeded by (seed, index); families that
+    take attributes get `attrs` rows cycled over the whole set."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
-    z = torch.randn(num, z_dim, generator=gen).to(device or "cpu")
+    latent = steps.latent(num, generator=gen).to(device or "cpu")
+    rows = None
+    if attrs is not None:
+        rows = attrs[torch.arange(index * CHUNK, index * CHUNK + num) % len(attrs)].to(latent.device)
     with torch.no_grad():
-        if steps is not None and attrs is not None:
-            rows = torch.arange(index * CHUNK, index * CHUNK + num) % len(attrs)
-            img = steps.generate(G, z, attrs[rows].to(z.device))
-        else:
-            img = G(z)
-    return to_uint8(img).cpu()
+        img = steps.generate(G, latent, rows)
+    return as_uint8_images(img).cpu()
 
 
-def to_uint8(img_BCHW: Tensor) -> Tensor:
-    return ((img_BCHW.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+def generator_attrs(gen: Generator, shards: str) -> Tensor | None:
+    """Attribute rows for families that take them: the shards' first val rows (the data's
+    distribution), or the checkpoint's training rates when the shards have no labels."""
+    if not gen.family.takes_attrs:
+        return None
+    from facegan.data.labels import fixed_attrs
+    from facegan.data.stream import ShardSet
 
-
-def load_generator(checkpoint: str | Path, *, use_ema: bool = True, shards: str | None = None) -> LoadedGenerator:
-    """G (EMA by default) and D of a GAN checkpoint, in eval mode on the CPU."""
-    from facegan.checkpoint import load_checkpoint
-    from facegan.config import RunConfig, from_dict
-    from facegan.loop import build_nets, fixed_attrs
-    from facegan.models import FAMILIES
-
-    path = find_checkpoint(checkpoint)
-    state, meta = load_checkpoint(path)
-    if "config" not in meta or "G" not in state:
-        raise ConfigError(f"{path}: not a GAN checkpoint (a classifier's? expected G/D state and a run config)")
-    cfg = from_dict(RunConfig, meta["config"])
-    attr_names = meta.get("attr_names")
-    if FAMILIES[cfg.model.family].uses_attrs and not attr_names:
-        from facegan.data.stream import ShardSet
-
-        attr_names = ShardSet.open(shards or cfg.data.shards).attr_names
-    G, D = build_nets(cfg, num_attrs=len(attr_names) if FAMILIES[cfg.model.family].uses_attrs else None)
-    G.load_state_dict(state["G_ema" if use_ema else "G"])
-    D.load_state_dict(state["D"])
-    G.eval()
-    D.eval()
-    steps = FAMILIES[cfg.model.family].make_steps(**to_dict(cfg.gan))
-    if getattr(steps, "uses_attrs", False):
-        from facegan.data.stream import ShardSet
-
-        attrs = fixed_attrs(ShardSet.open(shards or cfg.data.shards), 1024)
-        return LoadedGenerator(G=G, D=D, cfg=cfg, meta=meta, steps=steps, attrs=attrs)
-    return LoadedGenerator(G=G, D=D, cfg=cfg, meta=meta)
+    shard_set = ShardSet.open(shards)
+    if list(shard_set.attr_names) == gen.attr_names:
+        return fixed_attrs(shard_set, 1024)
+    return gen.default_attrs(1)
 
 
 def chunks_for(num_samples: int, *, rank: int = 0, world_size: int = 1) -> Iterator[tuple[int, int]]:
@@ -222,12 +191,13 @@ def compute_share(req: EvalRequest, *, rank: int = 0, world_size: int = 1) -> Sh
     extractor = make_extractor(req)
     skipped = 0
     if req.source == "checkpoint":
-        loaded = load_generator(req.checkpoint, use_ema=req.use_ema, shards=req.shards)
-        h, w = loaded.cfg.model.size
+        gen = load_generator(req.checkpoint, ema=req.use_ema)
+        h, w = gen.resolution
         if (h, w) != (height, width):
             raise ConfigError(f"{req.checkpoint} makes {h}x{w} images but the shards in {req.shards} "
                               f"are {height}x{width}")
-        fakes: Any = (loaded.chunk(i, seed=req.seed, num=n)
+        attrs = generator_attrs(gen, req.shards)
+        fakes: Any = (draw_chunk(gen.G, i, seed=req.seed, num=n, steps=gen.steps, attrs=attrs)
                       for i, n in chunks_for(req.num_samples, rank=rank, world_size=world_size))
     elif req.source == "random":
         fakes = random_chunks(req.num_samples, height=height, width=width, seed=req.seed, rank=rank,
@@ -300,17 +270,15 @@ def statistics(req: EvalRequest, share: Share, *, disc: nn.Module | None = None)
     return scores
 
 
-def evaluate(req: EvalRequest, *, workers: int = 0,
-             share_fn: Callable[..., list[Share]] | None = None) -> dict[str, Any]:
-    """Run the evaluation: in-process (workers=0) or with `workers` Ray tasks; returns the JSON result."""
-    if workers > 0:
-        from facegan.launch.evaluate import ray_shares
-
-        shares = (share_fn or ray_shares)(req, workers=workers)
-    else:
-        shares = [compute_share(req)]
-    share = merge_shares(shares)
-    disc = load_generator(req.checkpoint, use_ema=req.use_ema, shards=req.shards).D if req.source == "checkpoint" else None
+def evaluate(req: EvalRequest, *, shares: list[Share] | None = None) -> dict[str, Any]:
+    """Score the request: from `shares` computed elsewhere (facegan.launch.evaluate.ray_shares: Ray
+    tasks), else in this process. Returns the JSON result."""
+    workers = len(shares) if shares is not None else 0
+    share = merge_shares(shares if shares is not None else [compute_share(req)])
+    disc = None
+    if req.source == "checkpoint":
+        gen = load_generator(req.checkpoint, ema=req.use_ema)
+        disc = gen.run.nets.get(gen.family.discriminator) if gen.family.discriminator else None
     scores = statistics(req, share, disc=disc)
     result: dict[str, Any] = {"request": asdict(req), "source": describe_source(req), "workers": workers,
                               "scores": scores}
@@ -325,7 +293,7 @@ def evaluate(req: EvalRequest, *, workers: int = 0,
 
 def describe_source(req: EvalRequest) -> str:
     if req.source == "checkpoint":
-        return f"checkpoint {find_checkpoint(req.checkpoint)} ({'EMA ' if req.use_ema else ''}G)"
+        return f"checkpoint {find_checkpoint(req.checkpoint)} ({'EMA ' if req.use_ema else ''}generator)"
     if req.source == "images":
         return f"images in {req.images}"
     if req.source == "real":
@@ -358,132 +326,3 @@ def write_result(result: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1, sort_keys=True))
     return path
-
-
-# --- during training (facegan.loop, `eval.every_kimg`)
-
-class PeriodicEval:
-    """The metrics of `eval:` in a run config, computed on every rank's share and gathered to rank 0.
-
-    Real features are extracted once (each rank its share of the splits), generated ones at each
-    call from the EMA generator; every rank must call it at the same step (collective ops).
-    """
-
-    def __init__(self, eval_cfg: Any, *, shards: str, z_dim: int, seed: int) -> None:
-        self.cfg = eval_cfg
-        self.shards = shards
-        self.z_dim = z_dim
-        self.seed = seed
-        self.extractor = None
-        self.real: Share | None = None
-
-    def _request(self) -> EvalRequest:
-        c = self.cfg
-        return EvalRequest(shards=self.shards, baseline="random", num_samples=c.num_samples, features=c.features,
-                           classifier=c.classifier, inception_weights=c.inception_weights, num_real=c.num_real,
-                           batch_size=c.batch_size, seed=self.seed, metrics=list(c.metrics),
-                           ms_ssim_pairs=min(1000, c.num_samples), kid_subset_size=min(1000, c.num_samples))
-
-    def __call__(self, *, G: nn.Module, D: nn.Module, device: torch.device, rank: int, world_size: int,
-                 steps: Any = None, attrs: Tensor | None = None) -> dict[str, float]:
-        from facegan.metrics import extract_features, shard_features, shard_images
-
-        req = self._request()
-        if self.extractor is None:
-            self.extractor = make_extractor(req)
-            eval_images, eval_feats = _images_and_features(
-                self.extractor, shard_images(shards_dir=self.shards, split=req.eval_split, max_images=req.num_real,
-                                             batch_size=req.batch_size, rank=rank, world_size=world_size),
-                batch_size=req.batch_size)
-            train_feats = shard_features(self.extractor, shards_dir=self.shards, split=req.train_split,
-                                         max_images=req.num_real, batch_size=req.batch_size, rank=rank,
-                                         world_size=world_size)
-            empty, empty_u8 = torch.empty(0), torch.empty(0, dtype=torch.uint8)
-            self.real = _gather(Share(fake_feats=empty, fake_images=empty_u8, train_feats=train_feats,
-                                      eval_feats=eval_feats, eval_images=eval_images), world_size)
-        was_training = G.training
-        G.eval()
-        try:
-            images = [draw_chunk(G, i, seed=req.seed, num=n, z_dim=self.z_dim, steps=steps, attrs=attrs, device=device)
-                      for i, n in chunks_for(req.num_samples, rank=rank, world_size=world_size)]
-        finally:
-            G.train(was_training)
-        fake_images = torch.cat(images) if images else torch.empty(0, dtype=torch.uint8)
-        fake_feats = extract_features(self.extractor, fake_images, batch_size=req.batch_size) if images else torch.empty(0)
-        empty, empty_u8 = torch.empty(0), torch.empty(0, dtype=torch.uint8)
-        fakes = _gather(Share(fake_feats=fake_feats, fake_images=fake_images, train_feats=empty, eval_feats=empty,
-                              eval_images=empty_u8), world_size)
-        if rank != 0:
-            return {}
-        assert self.real is not None
-        share = Share(fake_feats=fakes.fake_feats, fake_images=fakes.fake_images, train_feats=self.real.train_feats,
-                      eval_feats=self.real.eval_feats, eval_images=self.real.eval_images)
-        scores = statistics(req, share, disc=D)
-        return {k: v for k, v in scores.items() if k != "skipped_inputs"}
-
-
-def _gather(share: Share, world_size: int) -> Share:
-    """Every rank's share, concatenated (on every rank). CPU tensors through all_gather_object,
-    which works for gloo and nccl alike; shares may differ in length."""
-    if world_size == 1:
-        return share
-    import torch.distributed as dist
-
-    shares: list[Any] = [None] * world_size
-    dist.all_gather_object(shares, share)
-    # Unused fields are empty 1-d tensors of the field's dtype, which torch.cat passes over.
-    return merge_shares(shares)
-
-
-# --- command line (registered by facegan.cli)
-
-def add_eval_parser(sub: Any) -> None:
-    e = sub.add_parser("eval", help="FID/KID/precision-recall/diversity/memorisation of a checkpoint, "
-                                    "an image folder or a baseline against real shards")
-    src = e.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", default="", help="GAN checkpoint folder (or a run folder: its latest)")
-    src.add_argument("--images", default="", help="folder of .png/.jpg images made by any program")
-    src.add_argument("--baseline", default="", choices=["random", "real"],
-                     help="random: faceless random images; real: held-out real images (--real-split)")
-    e.add_argument("--shards", required=True, help="real shard set (facegan shards build)")
-    e.add_argument("--num-samples", type=int, default=5000, help="generated images to score")
-    e.add_argument("--features", default="attr", choices=list(FEATURES),
-                   help="attr: the attribute classifier's features (reported as fid_attr, ...); "
-                        "inception: Inception-v3 from --inception-weights (reported as fid, ...)")
-    e.add_argument("--classifier", default="", help="attribute classifier checkpoint (or its run folder)")
-    e.add_argument("--inception-weights", default="", help="local Inception-v3 weights file")
-    e.add_argument("--num-real", type=int, default=10_000, help="at most this many real images per split")
-    e.add_argument("--eval-split", default="val")
-    e.add_argument("--train-split", default="train")
-    e.add_argument("--real-split", default="test", help="split used by --baseline real")
-    e.add_argument("--metrics", default="", help="comma-separated subset of metrics (default: all)")
-    e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--no-ema", action="store_true", help="score the raw G instead of its EMA")
-    e.add_argument("--workers", type=int, default=0, help="Ray tasks sharing the work (0: in-process)")
-    e.add_argument("--json", default="", help="where to write the result (default: next to the checkpoint, "
-                                              "or eval.json in the current folder)")
-    e.set_defaults(func=cmd_eval)
-
-
-def cmd_eval(args: Any) -> int:
-    req = EvalRequest(shards=args.shards, checkpoint=args.checkpoint, images=args.images, baseline=args.baseline,
-                      num_samples=args.num_samples, features=args.features, classifier=args.classifier,
-                      inception_weights=args.inception_weights, num_real=args.num_real, eval_split=args.eval_split,
-                      train_split=args.train_split, real_split=args.real_split, batch_size=args.batch_size,
-                      seed=args.seed, use_ema=not args.no_ema,
-                      metrics=[m.strip() for m in args.metrics.split(",") if m.strip()])
-    if args.workers < 0:
-        raise ConfigError(f"--workers: expected 0 or more, got {args.workers}")
-    result = evaluate(req, workers=args.workers)
-    print(format_table([result]))
-    if result["scores"].get("ms_ssim_alarm", 0) > 0:
-        print("WARNING: generated images are nearly identical to each other (MS-SSIM alarm): mode collapse?")
-    if args.json:
-        out = Path(args.json)
-    elif req.checkpoint:
-        out = find_checkpoint(req.checkpoint) / f"eval_{req.features}.json"
-    else:
-        out = Path("eval.json")
-    print(f"wrote {write_result(result, out)}")
-    return 0

@@ -1,0 +1,136 @@
+"""The torch side of a family: `Steps`, the object whose methods are its phases.
+
+    steps = family.build_steps(cfg, data)
+    ctx = StepContext(nets={"G": G_ddp, "D": D_ddp}, batch=batch, kimg=0.0, generator=gen)
+    loss, scalars = steps.run("d", ctx)     # one phase: the loss the loop backpropagates, detached scalars
+    steps.after_step(ctx)                   # adaptive state (k_t, noise levels) from this step, agreed across ranks
+    img = steps.generate(G, steps.latent(16, generator=gen))
+
+A phase returns (loss, scalars): scalars are detached 0-dim tensors left on the device, so the
+loop can reduce them at ticks without a host sync per step. `state_dict()` holds the family's
+non-parameter training state; the loop checkpoints it and restores it on resume. Every rank must
+hold the same state: update it from values all-reduced across ranks (`mean_over_ranks`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from facegan.families.base import DataInfo
+
+
+@dataclass
+class StepContext:
+    """What a phase sees. `nets` are the training nets (DDP-wrapped under DDP); `carry` hands
+    values from one phase to the next within a step (cleared by the loop after the step)."""
+
+    nets: dict[str, nn.Module]
+    batch: dict[str, Tensor]
+    kimg: float
+    generator: torch.Generator
+    carry: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def real(self) -> Tensor:
+        return self.batch["image"]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.batch["image"].shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.batch["image"].device
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def mean_over_ranks(values: Tensor) -> Tensor:
+    """The mean of `values` over all ranks (itself on one process): adaptive state computed from
+    it is the same on every rank."""
+    if not distributed():
+        return values
+    t = values.detach().clone()
+    if dist.get_backend() == "nccl" and t.device.type != "cuda":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return (t / dist.get_world_size()).to(values.device)
+
+
+class Steps:
+    """Base of every family's phases. Subclasses define one method per phase name."""
+
+    def __init__(self, cfg: Any, data: DataInfo) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.options = cfg.gan
+        self.device = torch.device("cpu")
+
+    # --- training
+    def run(self, phase: str, ctx: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
+        return getattr(self, phase)(ctx)
+
+    def after_step(self, ctx: StepContext) -> None:
+        """Called on every rank after a step whose phases all ran (adaptive state updates)."""
+
+    def tick_metrics(self, kimg: float) -> dict[str, float]:
+        """Scalars reported at each tick besides the phases' means (e.g. the current noise level)."""
+        return {}
+
+    # --- state
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no training state, got {sorted(state)}")
+
+    def to(self, device: torch.device | str) -> "Steps":
+        self.device = torch.device(device)
+        return self
+
+    def meta(self) -> dict[str, Any]:
+        """Extra checkpoint meta (JSON) for loading this family's checkpoints later."""
+        return {}
+
+    # --- sampling (generative families)
+    @property
+    def latent_dim(self) -> int:
+        return int(self.cfg.model.z_dim)
+
+    def latent(self, n: int, *, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None) -> Tensor:
+        """G's input for n samples: standard normal z unless the family says otherwise."""
+        gen_device = generator.device if generator is not None else "cpu"
+        z = torch.randn(n, self.latent_dim, generator=generator, device=gen_device)
+        return z.to(device) if device is not None else z
+
+    def generate(self, G: nn.Module, latent: Tensor, attrs: Tensor | None = None) -> Tensor:
+        """Images in [-1, 1] from G for `latent` (and attribute rows, for families that take them)."""
+        return G(latent)
+
+    def tick_images(self, nets: dict[str, nn.Module], *, latent: Tensor, attrs: Tensor | None,
+                    real: Tensor | None) -> dict[str, Tensor]:
+        """Grids written at every tick: name -> images. `nets` are the evaluation nets (EMA where the
+        family has one, eval mode); `latent`/`attrs` are fixed for the run; `real` a fixed real batch."""
+        G = nets.get(self.generator_name)
+        if G is None:
+            return {}
+        return {"samples": self.generate(G, latent, attrs)}
+
+    generator_name = "G"
+
+    # --- evaluation hook (families with their own scoring, e.g. the classifier)
+    def evaluate(self, nets: dict[str, nn.Module], *, final: bool, rank: int, world_size: int,
+                 out_dir: Any, kimg: float, step: int = 0, images_seen: int = 0, checkpoint: Any = None,
+                 autocast: Any = None) -> dict[str, float]:
+        """Family-specific evaluation at eval ticks (final=False) and at the end (final=True); every
+        rank calls it (collective ops allowed). `nets` are the evaluation nets (EMA where kept)."""
+        return {}
