@@ -276,7 +276,5 @@ def blend_faces(bundle: Generator, classifier: nn.Module, photos_NCHW: Tensor, *
 @torch.no_grad()
 def generate_faces(bundle: Generator, requested: dict[str, int], *, n: int, seed: int = 0) -> Tensor:
     """n faces with the requested attributes (others at their train-split rate)."""
-    if bundle.prevalence_A is None:
-        raise CheckpointError(f"{bundle.checkpoint}: no train-split attribute rates in its meta")
-    rows = request_rows(requested, attr_names=bundle.attr_names, prevalence_A=bundle.prevalence_A, n=n)
+    rows = request_rows(requested, attr_names=bundle.attr_names, prevalence_A=bundle.default_attrs(1)[0], n=n)
     return bundle.generate(bundle.latent(n, seed=seed), rows)

@@ -140,6 +140,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
         if saved_family.name != family.name:
             raise CheckpointError(f"{resume}: a {saved_family.name} checkpoint; this run trains {family.name}")
         check_compatible(meta, to_dict(cfg.model), keys=family.shape_keys, where=resume)
+        steps.check_resume(meta, where=resume)
         try:
             for name, net in {**nets, **emas}.items():
                 net.load_state_dict(state[name])

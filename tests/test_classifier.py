@@ -15,26 +15,28 @@ import torch
 
 from conftest import REPO
 from facegan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
-from facegan.classify import (EVAL_JSON, evaluate_classifier, load_classifier, majority_accuracy, majority_values,
-                              train_classifier)
 from facegan.cli import main as cli
-from facegan.config import ClassifierRunConfig, ConfigError, from_dict, load_yaml, to_dict
+from facegan.config import from_dict, to_dict
 from facegan.data.synthetic import SYNTHETIC_DRAWN
+from facegan.families import RunConfig, load_run_config
+from facegan.families.classifier.nets import CLASSIFIERS
+from facegan.families.classifier.scoring import (EVAL_JSON, evaluate_classifier, load_classifier, majority_accuracy,
+                                                 majority_values)
 from facegan.hooks import Hooks
-from facegan.models import CLASSIFIERS
+from facegan.loop import train as train_classifier
 
 
-def tiny_cfg(shards: Path, out: Path, **sections: dict[str, Any]) -> ClassifierRunConfig:
+def tiny_cfg(shards: Path, out: Path, **sections: dict[str, Any]) -> RunConfig:
     data: dict[str, Any] = {
         "data": {"shards": str(shards), "batch_size": 16, "num_workers": 0, "shuffle_buffer": 64},
-        "model": {"arch": "report_cnn", "resolution": 32},
+        "model": {"family": "classifier", "arch": "report_cnn", "resolution": 32},
         "train": {"total_kimg": 0.4, "tick_kimg": 0.1, "checkpoint_kimg": 0.2, "out_dir": str(out),
                   "num_threads": 1, "deterministic": True},
         "wandb": {"enabled": False},
     }
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
-    return from_dict(ClassifierRunConfig, data)
+    return from_dict(RunConfig, data)
 
 
 @pytest.mark.parametrize("arch,feature_dim", [("report_cnn", 1024), ("resnet18", 512)])
@@ -143,16 +145,16 @@ def test_stop_and_resume_ends_with_identical_parameters(synthetic_shards: Path, 
     a, _ = load_checkpoint(list_checkpoints(tmp_path / "full" / "checkpoints")[-1])
     b, meta = load_checkpoint(list_checkpoints(tmp_path / "split" / "checkpoints")[-1])
     assert meta["step"] == 25 and meta["kind"] == "classifier"
-    for k in a["model"]:
-        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0, msg=k)
+    for k in a["C"]:
+        torch.testing.assert_close(a["C"][k], b["C"][k], rtol=0, atol=0, msg=k)
     # Evaluating at ticks leaves training alone: a run without evaluations ends the same.
     train_classifier(tiny_cfg(synthetic_shards, tmp_path / "no_eval"))
     d, _ = load_checkpoint(list_checkpoints(tmp_path / "no_eval" / "checkpoints")[-1])
-    assert all(torch.equal(a["model"][k], d["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["C"][k], d["C"][k]) for k in a["C"])
     other = tiny_cfg(synthetic_shards, tmp_path / "other", train={"seed": 1})
     train_classifier(other)
     c, _ = load_checkpoint(list_checkpoints(tmp_path / "other" / "checkpoints")[-1])
-    assert any(not torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
+    assert any(not torch.equal(a["C"][k], c["C"][k]) for k in a["C"])
 
 
 def test_named_attributes_only(synthetic_shards: Path, tmp_path: Path) -> None:
@@ -169,7 +171,7 @@ def test_named_attributes_only(synthetic_shards: Path, tmp_path: Path) -> None:
 def test_bad_configs_and_inputs_fail_naming_the_field(synthetic_shards: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     for name in ("classifier_demo.yaml", "classifier_celeba64.yaml"):
-        load_yaml(ClassifierRunConfig, REPO / "configs" / name)
+        load_run_config(str(REPO / "configs" / name), [], default_family="classifier")
     good = to_dict(tiny_cfg(synthetic_shards, tmp_path / "r"))
     cases = [
         ({"model": {"arch": "vgg16"}}, "model.arch: expected one of ['report_cnn', 'resnet18'], got 'vgg16'"),
@@ -206,7 +208,7 @@ def test_two_worker_ray_run(ray_cluster: Any, synthetic_shards: Path, tmp_path: 
     assert result["metrics"]["step"] == 10 and "eval/test/mean_acc" in result["metrics"]
     state, meta = load_checkpoint(Path(result["checkpoint"]))
     assert meta["kind"] == "classifier" and meta["world_size"] == 2 and meta["images_seen"] == 320
-    assert set(state) == {"model", "opt", "scaler", "rng"} and "torch_rank1" in state["rng"]
+    assert set(state) == {"C", "opt_C", "scaler", "family", "rng"} and "torch_rank1" in state["rng"]
     doc = json.loads((tmp_path / "ray" / EVAL_JSON).read_text())
     # Both ranks scored their halves of each split: every face counted once.
     assert doc["splits"]["val"]["num_images"] == 25 and doc["splits"]["test"]["num_images"] == 15

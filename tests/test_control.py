@@ -19,20 +19,38 @@ from torch import nn
 
 from facegan.cli.control import register as add_control_parsers
 from facegan.checkpoint import save_checkpoint
-from facegan.config import ClassifierModelConfig, ConfigError, to_dict
-from facegan.control import (control_accuracy, flip_requests, load_generator, load_photos, parse_attrs, photo_crop,
-                             request_rows, with_weights)
+from facegan.config import ConfigError, from_dict, to_dict
+from facegan.control import (control_accuracy, flip_requests, load_control_generator as load_generator, load_photos,
+                             parse_attrs, photo_crop, request_rows, with_weights)
 from facegan.data.records import CELEBA_ATTRS, DataError
 from facegan.data.synthetic import SYNTHETIC_DRAWN
-from facegan.models import FAMILIES
-from facegan.models.classifier import ReportCNN
-from facegan.models.conditional import ConditionalGenerator, ProjectionDiscriminator
-from facegan.overlay import overlay_noise
-from facegan.steps.conditional import ConditionalSteps
-from facegan.steps.overlay import OverlayOptions, OverlaySteps, attribute_probs
+from facegan.families import FAMILIES, RunConfig
+from facegan.families.base import DataInfo
+from facegan.families.classifier.nets import ReportCNN
+from facegan.families.classifier.scoring import attribute_probs
+from facegan.families.conditional.nets import ConditionalGenerator, ProjectionDiscriminator
+from facegan.families.conditional.steps import ConditionalSteps
+from facegan.families.overlay import OverlayOptions
+from facegan.families.overlay.noise import overlay_noise
 
 ATTRS = list(CELEBA_ATTRS)
 A = len(ATTRS)
+DATA = DataInfo(attr_names=tuple(ATTRS))
+
+
+def family_cfg(family: str, *, gan: dict | None = None, **model) -> RunConfig:
+    return from_dict(RunConfig, {"data": {"shards": "unused"}, "model": {"family": family, **model}, "gan": gan or {}})
+
+
+def build(family: str, *, num_attrs: int = A, gan: dict | None = None, **model) -> dict[str, nn.Module]:
+    """A family's nets for a model section (initialised as the loop would)."""
+    gan = gan if gan is not None else ({"attr_source": "labels"} if family == "overlay" else {})
+    return FAMILIES[family].build_nets(family_cfg(family, gan=gan, **model),
+                                       DataInfo(attr_names=tuple(ATTRS[:num_attrs])))
+
+
+def steps_for(family: str, **gan):
+    return FAMILIES[family].build_steps(family_cfg(family, gan=gan), DATA)
 
 
 # --- the overlay noise
@@ -84,18 +102,15 @@ def test_overlay_noise_shape_errors_and_options_validation():
         OverlayOptions(attr_source="guess")
     with pytest.raises(ConfigError, match="label_flip"):
         OverlayOptions(attr_source="labels", label_flip=0.7)
-    with pytest.raises(ValueError, match="z_dim must be 4 x the number of attributes"):
-        FAMILIES["overlay"].build(resolution=16, z_dim=100)
+    with pytest.raises(ConfigError, match="model.z_dim: the overlay family needs 4 x the number of attributes"):
+        build("overlay", resolution=16, z_dim=100, gan={"attr_source": "labels"})
 
 
 # --- tiny nets and a tiny classifier checkpoint
 
 def tiny_nets(family: str, *, resolution=16, z_dim: int = 160, seed: int = 0) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(seed)
-    spec = FAMILIES[family]
-    nets = spec.build(resolution=resolution, z_dim=z_dim, base_channels=8)
-    for net in nets.values():
-        spec.init_weights(net)
+    nets = build(family, resolution=resolution, z_dim=z_dim, base_channels=8)
     return nets["G"], nets["D"]
 
 
@@ -103,11 +118,11 @@ def save_tiny_classifier(path: Path, *, seed: int = 0) -> Path:
     """A report-CNN classifier checkpoint at 32 px (untrained), in `facegan classifier train`'s layout."""
     torch.manual_seed(seed)
     net = ReportCNN(num_attrs=A, resolution=32, dense_units=8)
-    model = to_dict(ClassifierModelConfig(arch="report_cnn", resolution=32, dense_units=8))
+    cfg = to_dict(family_cfg("classifier", arch="report_cnn", resolution=32, dense_units=8))
     pos = [40 if a in SYNTHETIC_DRAWN else (100 if a in ("No_Beard", "Young") else 0) for a in ATTRS]
-    meta = {"kind": "classifier", "model": model, "attr_names": ATTRS, "scored_attrs": list(SYNTHETIC_DRAWN),
-            "train_positives": pos, "train_count": 100, "kimg": 0.0}
-    return save_checkpoint(path, state={"model": net.state_dict()}, meta=meta)
+    meta = {"family": "classifier", "kind": "classifier", "model": cfg["model"], "config": cfg, "attr_names": ATTRS,
+            "scored_attrs": list(SYNTHETIC_DRAWN), "train_positives": pos, "train_count": 100, "kimg": 0.0}
+    return save_checkpoint(path, state={"C": net.state_dict()}, meta=meta)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +131,7 @@ def classifier_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_classifier_outputs_are_probabilities_with_unscored_attrs_at_their_rate(classifier_ckpt: Path):
-    from facegan.classify import load_classifier
+    from facegan.families.classifier.scoring import load_classifier
 
     clf = load_classifier(classifier_ckpt)
     img = torch.rand(5, 3, 16, 16) * 2 - 1          # resized to the classifier's 32 px
@@ -133,8 +148,8 @@ def test_classifier_outputs_are_probabilities_with_unscored_attrs_at_their_rate(
 
 def test_overlay_phases_grads_reach_g_through_the_noise_not_the_classifier(classifier_ckpt: Path):
     G, D = tiny_nets("overlay")
-    steps = FAMILIES["overlay"].make_steps(alpha=0.6, beta=0.8, classifier=str(classifier_ckpt), label_flip=0.05)
-    assert steps.uses_attrs and steps._classifier is None          # loaded lazily ...
+    steps = steps_for("overlay", alpha=0.6, beta=0.8, classifier=str(classifier_ckpt), label_flip=0.05)
+    assert FAMILIES["overlay"].takes_attrs and steps._classifier is None   # loaded lazily ...
     steps.to("cpu")                                                 # ... by to(device), frozen
     clf = steps.classifier
     assert not clf.training and not any(p.requires_grad for p in clf.parameters())
@@ -165,7 +180,7 @@ def test_overlay_phases_grads_reach_g_through_the_noise_not_the_classifier(class
 def test_overlay_with_labels_and_generate_depend_on_the_attributes():
     G, D = tiny_nets("overlay")
     G.eval()
-    steps = FAMILIES["overlay"].make_steps(attr_source="labels")
+    steps = steps_for("overlay", attr_source="labels")
     steps.to("cpu")                                                 # no classifier to load
     z = torch.randn(4, 160)
     ones, zeros = torch.ones(4, A), torch.zeros(4, A)
@@ -201,8 +216,8 @@ def test_projection_d_and_conditional_g_use_the_attributes():
 
 def test_conditional_phases_grads_and_carry():
     G, D = tiny_nets("conditional", z_dim=16)
-    steps = FAMILIES["conditional"].make_steps(label_smoothing=0.1, label_flip=0.05)
-    assert isinstance(steps, ConditionalSteps) and steps.uses_attrs
+    steps = steps_for("conditional", label_smoothing=0.1, label_flip=0.05)
+    assert isinstance(steps, ConditionalSteps) and FAMILIES["conditional"].takes_attrs
     attrs = (torch.rand(8, A) > 0.5).float()
     real, z = torch.rand(8, 3, 16, 16) * 2 - 1, torch.randn(8, 16)
     carry: dict[str, torch.Tensor] = {}
@@ -223,10 +238,10 @@ def test_native_aspect_nets_and_dcgan_equivalence_at_square_sizes():
     img = G(torch.randn(2, 8), a)
     assert img.shape == (2, 3, 218, 178) and img.abs().max() <= 1
     assert D(img, a).shape == (2,)
-    nets = FAMILIES["overlay"].build(resolution=(218, 178), z_dim=160, base_channels=4)
+    nets = build("overlay", resolution=[218, 178], z_dim=160, base_channels=4, gan={"attr_source": "labels"})
     assert nets["G"](torch.randn(2, 160)).shape == (2, 3, 218, 178)
     # At square powers of two with no attributes they are DCGAN's nets (same parameter counts).
-    dc = FAMILIES["dcgan"].build(resolution=32, base_channels=8)
+    dc = build("dcgan", resolution=32, base_channels=8)
     cg = ConditionalGenerator(resolution=32, num_attrs=0, base_channels=8)
     cd = ProjectionDiscriminator(resolution=32, num_attrs=0, base_channels=8)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
@@ -400,7 +415,7 @@ def test_blend_and_generate_clis(tmp_path: Path, synthetic_shards: Path, classif
 
     # What the CLIs compute: the requested rows reach G; unspecified attributes at the train rate.
     bundle = load_generator(cond)
-    from facegan.classify import label_counts
+    from facegan.data.labels import label_counts
     from facegan.data.stream import ShardSet
 
     pos, n = label_counts(ShardSet.open(str(synthetic_shards)), "train")
@@ -409,7 +424,7 @@ def test_blend_and_generate_clis(tmp_path: Path, synthetic_shards: Path, classif
     torch.testing.assert_close(ov.prevalence_A, torch.tensor(prev))
     assert ov.crop == "square" and ov.resolution == (32, 32)
     swept = with_weights(ov, alpha=1.0, beta=1.0)
-    z = ov.noise(2, seed=0)
+    z = ov.latent(2, seed=0)
     torch.testing.assert_close(swept.generate(z, torch.rand(2, A)), ov.G(z))   # alpha = beta = 1 ignores o
 
     # Input validation, each naming what is wrong.
@@ -438,7 +453,7 @@ def test_blend_and_generate_clis(tmp_path: Path, synthetic_shards: Path, classif
     assert run_cli(["blend", photos[1], "--checkpoint", str(away), "-n", "1", "--out", str(tmp_path / "b1.png")]) == 0
     from facegan.checkpoint import CheckpointError
 
-    with pytest.raises(CheckpointError, match="no attr_prevalence and its shards .*gone"):
+    with pytest.raises(CheckpointError, match="no train-split attribute rates in its meta, and its shard set .*gone"):
         run_cli(["generate", "--checkpoint", str(away), "--out", str(tmp_path / "x.png")])
 
 
@@ -457,26 +472,28 @@ def test_load_photos_crops_like_the_shards(tmp_path: Path):
 
 @pytest.mark.parametrize("name", ["overlay_celeba64.yaml", "conditional_celeba64.yaml", "overlay_demo.yaml"])
 def test_configs_load_with_the_report_settings(name: str):
-    from facegan.config import RunConfig, load_yaml, read_yaml
-    from facegan.steps.conditional import ConditionalOptions
+    from facegan.config import load_yaml, read_yaml
+    from facegan.families.conditional import ConditionalOptions
 
     path = Path(__file__).resolve().parents[1] / "configs" / name
     cfg = load_yaml(RunConfig, path)
     data = read_yaml(path)
     assert isinstance(cfg.gan, OverlayOptions if cfg.model.family == "overlay" else ConditionalOptions)
-    nets = FAMILIES[cfg.model.family].build(resolution=16, z_dim=cfg.model.z_dim, base_channels=2)  # z fits A = 40
+    nets = build(cfg.model.family, resolution=16, z_dim=cfg.model.z_dim, base_channels=2,
+                 gan={"attr_source": "labels"} if cfg.model.family == "overlay" else {})  # z fits A = 40
     assert set(nets) == {"G", "D"} and cfg.gan.label_flip == 0.05
     assert data["optim"] == {"g_lr": 4e-4, "d_lr": 2e-4, **({"beta1": 0.5} if "celeba" in name else {})}
     assert data["data"]["batch_size"] == 32 and data["model"]["d_dropout"] == 0.3
 
 
 def test_native_config_builds_218x178_nets():
-    from facegan.config import RunConfig, load_yaml
+    from facegan.config import load_yaml
 
     cfg = load_yaml(RunConfig, Path(__file__).resolve().parents[1] / "configs" / "overlay_celeba_native.yaml")
     assert cfg.model.size == (218, 178) and isinstance(cfg.gan, OverlayOptions)
     m = cfg.model
-    nets = FAMILIES[m.family].build(resolution=m.size, z_dim=m.z_dim, base_channels=2, d_dropout=m.d_dropout)
+    nets = build(m.family, resolution=m.resolution, z_dim=m.z_dim, base_channels=2, d_dropout=m.d_dropout,
+                 gan={"attr_source": "labels"})
     img = nets["G"](torch.randn(2, m.z_dim))
     assert img.shape == (2, 3, 218, 178) and nets["D"](img).shape == (2,)
 
@@ -485,7 +502,6 @@ def test_non_square_runs_train_and_generate(tmp_path: Path):
     """A [height, width] run goes through the loop, its checkpoint, `facegan sample` and `generate`;
     square-only families refuse such a size by name."""
     from facegan.cli import main
-    from facegan.config import ConfigError, RunConfig, from_dict
     from facegan.data.recipe import ShardRecipe
     from facegan.data.writer import build_shards
     from facegan.loop import train
@@ -519,7 +535,6 @@ def test_non_square_runs_train_and_generate(tmp_path: Path):
 def test_loop_trains_the_family_and_generate_reads_its_checkpoint(family: str, synthetic_shards: Path,
                                                                  tmp_path: Path):
     from facegan.checkpoint import list_checkpoints
-    from facegan.config import RunConfig, from_dict
     from facegan.loop import train
 
     out = tmp_path / family
@@ -538,6 +553,6 @@ def test_loop_trains_the_family_and_generate_reads_its_checkpoint(family: str, s
     assert run_cli(["generate", "--checkpoint", str(out), "--attrs", "Smiling=1", "-n", "2",
                     "--out", str(tmp_path / "g.png")]) == 0
     bundle = load_generator(ckpt)
-    assert bundle.family == family and bundle.attr_names == ATTRS
+    assert bundle.family.name == family and bundle.attr_names == ATTRS
     if family == "overlay":
         assert bundle.steps.options.alpha == 0.5

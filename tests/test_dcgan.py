@@ -14,18 +14,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from facegan.losses import bce_logits, d_accuracy, d_targets, instance_noise
-from facegan.models import FAMILIES, FamilySpec
-from facegan.models.dcgan import DCGANDiscriminator, DCGANGenerator
-from facegan.steps.dcgan import DCGANOptions, DCGANSteps, dcgan_init_, make_steps
+from facegan.config import ConfigError, from_dict
+from facegan.families import FAMILIES, RunConfig
+from facegan.families.base import DataInfo, Family, Phase
+from facegan.families.dcgan import DCGANOptions
+from facegan.families.dcgan.nets import DCGANDiscriminator, DCGANGenerator, build_dcgan, dcgan_init_
+from facegan.families.dcgan.steps import DCGANSteps
 
 SPEC = FAMILIES["dcgan"]
 
 
+def make_steps(**options) -> DCGANSteps:
+    """DCGAN's phases for a run config whose gan: section is `options`."""
+    return DCGANSteps(from_dict(RunConfig, {"data": {"shards": "unused"}, "gan": options}))
+
+
 def tiny_nets(*, resolution: int = 16, z_dim: int = 16, seed: int = 0, **kw) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(seed)
-    nets = SPEC.build(resolution=resolution, z_dim=z_dim, base_channels=8, **kw)
+    nets = build_dcgan(resolution=resolution, z_dim=z_dim, base_channels=8, **kw)
     for net in nets.values():
-        SPEC.init_weights(net)
+        dcgan_init_(net)
     return nets["G"], nets["D"]
 
 
@@ -54,11 +62,14 @@ class ConstantG(nn.Module):
 
 # --- registry and architecture
 
-def test_registry_holds_dcgan_spec():
-    assert isinstance(SPEC, FamilySpec) and SPEC.name == "dcgan"
-    assert SPEC.init_weights is dcgan_init_
-    assert isinstance(SPEC.make_steps(label_smoothing=0.1), DCGANSteps)
-    nets = SPEC.build()
+def test_registry_holds_dcgan_family():
+    cfg = from_dict(RunConfig, {"data": {"shards": "unused"}, "gan": {"label_smoothing": 0.1}})
+    assert isinstance(SPEC, Family) and SPEC.name == "dcgan" and cfg.family is SPEC
+    assert isinstance(SPEC.build_steps(cfg, DataInfo()), DCGANSteps)
+    assert SPEC.phases(cfg) == [Phase("d", opt="D"), Phase("g", opt="G", uses_data=False)]
+    assert {k: (v.nets, v.lr_key) for k, v in SPEC.optimizers(cfg).items()} == {
+        "G": (("G",), "optim.g_lr"), "D": (("D",), "optim.d_lr")}
+    nets = SPEC.build_nets(cfg, DataInfo())
     assert set(nets) == {"G", "D"}
     assert nets["G"].z_dim == 100 and nets["G"].resolution == 64 and nets["D"].resolution == 64
 
@@ -83,7 +94,7 @@ def test_shapes_and_ranges(resolution):
 
 
 def test_default_64px_parameter_counts_match_dcgan_reference():
-    nets = SPEC.build()
+    nets = build_dcgan()
     # The PyTorch DCGAN example has 3,576,704 / 2,765,568; we add biases to the convs that no
     # batch norm follows: G's output conv (+3), D's first conv (+64) and logit conv (+1).
     assert num_params(nets["G"]) == 3_576_707
@@ -110,7 +121,7 @@ def test_batchnorm_switches_and_dropout():
 @pytest.mark.parametrize("resolution", [48, 8, 100, 0, 64.0])
 def test_bad_resolution_names_field_and_allowed_values(resolution):
     with pytest.raises(ValueError, match=r"resolution must be a power of two >= 16 \(32, 64, 128"):
-        SPEC.build(resolution=resolution)
+        build_dcgan(resolution=resolution)
 
 
 def test_wrong_input_shapes_are_errors():
@@ -221,7 +232,7 @@ def test_options_validation_names_field(options, field):
 
 
 def test_unknown_option_is_an_error():
-    with pytest.raises(TypeError, match="label_smothing"):
+    with pytest.raises(ConfigError, match="unknown key gan.label_smothing"):
         make_steps(label_smothing=0.1)
 
 

@@ -13,8 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from facegan.config import ConfigError, RunConfig, from_dict
-from facegan.evaluate import CHUNK, EvalRequest, evaluate, load_generator
+from facegan.config import ConfigError, from_dict
+from facegan.evaluation.offline import CHUNK, EvalRequest, draw_chunk, evaluate
+from facegan.families import RunConfig
+from facegan.families.loading import load_generator
 from facegan.loop import train
 
 METRIC_KEYS = {"fid_attr", "kid_attr", "kid_std_attr", "precision_attr", "recall_attr", "ms_ssim", "ms_ssim_real",
@@ -24,9 +26,6 @@ METRIC_KEYS = {"fid_attr", "kid_attr", "kid_std_attr", "precision_attr", "recall
 @pytest.fixture(scope="module")
 def trained(synthetic_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny DCGAN and a tiny attribute classifier, both trained on the synthetic shards."""
-    from facegan.classify import train_classifier
-    from facegan.config import ClassifierRunConfig
-
     root = tmp_path_factory.mktemp("evaluate")
     gan = from_dict(RunConfig, {
         "data": {"shards": str(synthetic_shards), "batch_size": 16, "num_workers": 0},
@@ -35,14 +34,14 @@ def trained(synthetic_shards: Path, tmp_path_factory: pytest.TempPathFactory) ->
                   "num_threads": 1, "grid_size": 4},
         "wandb": {"enabled": False}})
     train(gan)
-    clf = from_dict(ClassifierRunConfig, {
+    clf = from_dict(RunConfig, {
         "data": {"shards": str(synthetic_shards), "batch_size": 16, "num_workers": 0, "shuffle_buffer": 64},
-        "model": {"arch": "report_cnn", "resolution": 32, "dense_units": 64},
+        "model": {"family": "classifier", "arch": "report_cnn", "resolution": 32, "dense_units": 64},
         "train": {"total_kimg": 0.32, "tick_kimg": 0.16, "checkpoint_kimg": 0.32, "out_dir": str(root / "clf"),
                   "num_threads": 1},
         "eval": {"splits": ["val"]},
         "wandb": {"enabled": False}})
-    train_classifier(clf)
+    train(clf)
     return {"gan": root / "gan", "clf": root / "clf", "shards": synthetic_shards}
 
 
@@ -77,7 +76,8 @@ def test_real_held_out_is_near_the_floor_and_random_is_far(trained: dict[str, Pa
 def test_image_folder_scores_equal_the_checkpoint_that_drew_them(trained: dict[str, Path], tmp_path: Path) -> None:
     """Another program's samples are scored on equal terms: the same images as PNG files give the same scores."""
     loaded = load_generator(trained["gan"])
-    images = torch.cat([loaded.chunk(i, seed=0, num=CHUNK if i == 0 else 96 - CHUNK) for i in range(2)])
+    images = torch.cat([draw_chunk(loaded.G, i, seed=0, num=CHUNK if i == 0 else 96 - CHUNK, steps=loaded.steps)
+                        for i in range(2)])
     folder = tmp_path / "samples"
     folder.mkdir()
     for i, img in enumerate(images):
@@ -136,7 +136,9 @@ def test_training_reports_the_metrics_every_k_images(trained: dict[str, Path], t
 def test_ray_workers_gather_the_same_sets(trained: dict[str, Path], ray_cluster) -> None:
     req = request(trained, checkpoint=str(trained["gan"]))
     alone = evaluate(req)["scores"]
-    shared = evaluate(req, workers=2)["scores"]
+    from facegan.launch.evaluate import ray_shares
+
+    shared = evaluate(req, shares=ray_shares(req, workers=2))["scores"]
     assert shared["num_fake"] == alone["num_fake"] and shared["num_real_train"] == alone["num_real_train"]
     for key in ("fid_attr", "kid_attr", "precision_attr", "recall_attr", "d_acc_real", "d_acc_fake", "ms_ssim",
                 "ms_ssim_real"):

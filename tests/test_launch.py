@@ -29,7 +29,8 @@ import yaml
 
 from conftest import REPO
 from conftest_ray import HEALTH_CHECK_INTERVAL_S, free_port, node_args
-from facegan.config import RunConfig, from_dict, to_dict
+from facegan.config import from_dict, to_dict
+from facegan.families import RunConfig
 from facegan.launch.cluster import BOOTSTRAP_FILE, ensure_bootstrap_file, offline_env, state_dir
 from facegan.launch.trainer import localize
 

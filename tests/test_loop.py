@@ -14,11 +14,12 @@ import torch
 
 from facegan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from facegan.cli import main as cli
-from facegan.config import ConfigError, RunConfig, from_dict
+from facegan.config import ConfigError, from_dict
+from facegan.families import FAMILIES, RunConfig
+from facegan.families.dcgan import DCGAN
 from facegan.hooks import Hooks
 from facegan.loop import train
 from facegan.runtime import TrainingError
-from facegan.models import FAMILIES, FamilySpec
 
 
 def tiny_cfg(shards: Path, out: Path, **sections) -> RunConfig:
@@ -52,7 +53,7 @@ def test_run_leaves_grids_losses_curves_and_checkpoints(synthetic_shards: Path, 
     ckpts = list_checkpoints(out / "checkpoints")
     assert [p.name for p in ckpts] == ["ckpt-000000104", "ckpt-000000200"]
     state, meta = load_checkpoint(ckpts[-1])                      # weights_only=True inside
-    assert set(state) == {"G", "D", "G_ema", "opt_G", "opt_D", "scaler", "rng"}
+    assert set(state) == {"G", "D", "G_ema", "opt_G", "opt_D", "scaler", "family", "rng"}
     assert meta["step"] == 25 and meta["images_seen"] == 200 and meta["family"] == "dcgan"
     assert "torch_rank0" in state["rng"] and "gen_rank0" in state["rng"]
 
@@ -95,32 +96,31 @@ def test_shards_and_model_resolution_must_agree(synthetic_shards: Path, tmp_path
         train(tiny_cfg(synthetic_shards, tmp_path / "r", model={"resolution": 64}))
 
 
-class _NaNSteps:
-    """Wraps the DCGAN phases; returns a NaN D loss on chosen steps."""
+class _NaNFamily(DCGAN):
+    """DCGAN whose D phase returns a NaN loss on chosen calls."""
 
-    def __init__(self, inner, bad) -> None:
-        self.inner, self.bad, self.calls = inner, bad, 0
-        self.phases = inner.phases
+    name = "nan_test"
 
-    def d_noise_std(self, kimg: float) -> float:
-        return self.inner.d_noise_std(kimg)
+    def __init__(self, bad) -> None:
+        self.bad = bad
 
-    def d_step(self, **kw):
-        self.calls += 1
-        loss, sc = self.inner.d_step(**kw)
-        return (loss * float("nan"), sc) if self.bad(self.calls) else (loss, sc)
+    def build_steps(self, cfg, data):
+        steps = super().build_steps(cfg, data)
+        inner, calls, bad = steps.d, [0], self.bad
 
-    def g_step(self, **kw):
-        return self.inner.g_step(**kw)
+        def d(ctx):
+            calls[0] += 1
+            loss, sc = inner(ctx)
+            return (loss * float("nan"), sc) if bad(calls[0]) else (loss, sc)
+
+        steps.d = d
+        return steps
 
 
 @pytest.fixture
 def nan_family():
-    base = FAMILIES["dcgan"]
-
     def register(bad):
-        FAMILIES["nan_test"] = FamilySpec(name="nan_test", build=base.build, init_weights=base.init_weights,
-                                          make_steps=lambda **kw: _NaNSteps(base.make_steps(**kw), bad))
+        FAMILIES["nan_test"] = _NaNFamily(bad)
     yield register
     FAMILIES.pop("nan_test", None)
 
@@ -198,7 +198,7 @@ def test_two_rank_gloo_ddp_without_ray(synthetic_shards: Path, tmp_path: Path) -
 
 
 def test_wandb_offline_run_per_job_and_max_minutes(synthetic_shards: Path, tmp_path: Path) -> None:
-    from facegan.cli.train import make_sinks
+    from facegan.launch.sinks import make_sinks
 
     cfg = tiny_cfg(synthetic_shards, tmp_path / "r", wandb={"enabled": True, "project": "facegan-test"},
                    train={"total_kimg": 50, "max_minutes": 0.001})

@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -238,14 +236,16 @@ def test_attr_features_are_deterministic_and_batch_independent() -> None:
         attr(imgs.float())
 
 
-def test_attr_extractor_loads_lazily_through_facegan_classify(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_attr_extractor_loads_the_classifier_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     loaded = []
 
     def load_classifier(path):
         loaded.append(path)
         return TinyClassifier()
 
-    monkeypatch.setitem(sys.modules, "facegan.classify", types.SimpleNamespace(load_classifier=load_classifier))
+    import facegan.families.classifier.scoring as scoring
+
+    monkeypatch.setattr(scoring, "load_classifier", load_classifier)
     ext = attr_extractor(checkpoint="ckpt/classifier")
     assert loaded == ["ckpt/classifier"] and ext.name == "attr"
     with pytest.raises(TypeError, match="features"):
@@ -403,3 +403,11 @@ def test_discriminator_accuracy_on_real_and_fake() -> None:
     assert d.training
     mixed = torch.cat([bright[:3], dark[:1]])
     assert compute_metrics(names=["d_accuracy"], disc=d, real_images=mixed, fake_images=dark)["d_acc_real"] == 0.75
+
+
+def test_config_metric_names_are_the_registered_metrics() -> None:
+    """config.py names the metrics without importing torch; the registry is the truth."""
+    from facegan.config import METRIC_NAMES
+    from facegan.metrics import METRICS
+
+    assert set(METRIC_NAMES) == set(METRICS)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from facegan.checkpoint import FORMAT_VERSION, find_checkpoint, load_checkpoint
 from facegan.config import ConfigError, from_dict
-from facegan.errors import CheckpointError
+from facegan.errors import CheckpointError, DataError
 from facegan.families import FAMILIES, RunConfig
 from facegan.families.base import DataInfo, Family
 from facegan.families.steps import Steps
@@ -56,6 +56,26 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     return state, meta, family, cfg
 
 
+def _data_from_shards(cfg: RunConfig, data: DataInfo, *, where: Path) -> DataInfo:
+    """Attribute names and train-split counts from the run's shard set, for checkpoints whose meta
+    lacks them (hand-made, or written before the meta carried them)."""
+    from facegan.data.labels import label_counts
+    from facegan.data.stream import ShardSet
+
+    try:
+        shards = ShardSet.open(cfg.data.shards)
+        pos, n = label_counts(shards, "train")
+    except (DataError, OSError) as exc:
+        raise CheckpointError(f"{where}: its meta has no attribute names or rates and its shard set "
+                              f"({cfg.data.shards!r}) cannot be read: {exc}") from None
+    if not shards.attr_names or n == 0:
+        raise CheckpointError(f"{where}: its meta has no attribute names or rates and {cfg.data.shards} has no "
+                              "labelled train split")
+    return DataInfo(attr_names=tuple(shards.attr_names), train_positives=tuple(int(p) for p in pos), train_count=n,
+                    shard_recipe=data.shard_recipe or dict(shards.manifest.get("recipe", {})),
+                    resolution=tuple(shards.resolution))
+
+
 @dataclass
 class LoadedRun:
     checkpoint: Path
@@ -76,6 +96,13 @@ def load_run(path: str | Path, *, ema: bool = True) -> LoadedRun:
     ckpt = find_checkpoint(path)
     state, meta, family, cfg = read_checkpoint(ckpt)
     data = DataInfo.from_meta(meta)
+    if family.needs_labels and not data.attr_names:
+        data = _data_from_shards(cfg, data, where=ckpt)
+    elif family.needs_labels and data.train_positives is None:
+        try:  # the rates are only needed to draw attributes at their training rates (sample, generate)
+            data = _data_from_shards(cfg, data, where=ckpt)
+        except CheckpointError:
+            pass
     torch.manual_seed(0)  # initial weights are overwritten; seeded so loading never shifts a caller's stream
     nets = family.build_nets(cfg, data)
     for name, net in nets.items():
@@ -153,7 +180,8 @@ class Generator:
         """Attribute rows at their train-split rates (families that take attributes)."""
         rates = self.prevalence_A
         if rates is None:
-            raise CheckpointError(f"{self.checkpoint}: no attribute rates in its meta")
+            raise CheckpointError(f"{self.checkpoint}: no train-split attribute rates in its meta, and its shard set "
+                                  f"({self.cfg.data.shards}) cannot be read to count them")
         return rates.expand(n, -1).clone()
 
     def sample(self, n: int, *, seed: int = 0, attrs: Tensor | None = None) -> Tensor:

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from facegan.errors import CheckpointError
 from facegan.families.base import DataInfo
 
 
@@ -99,6 +100,13 @@ class Steps:
     def meta(self) -> dict[str, Any]:
         """Extra checkpoint meta (JSON) for loading this family's checkpoints later."""
         return {}
+
+    def check_resume(self, meta: dict[str, Any], *, where: Any) -> None:
+        """Raise CheckpointError when a checkpoint cannot continue in this run (beyond the model's
+        shape keys, which the loop compares). Default: the same attribute names, if any."""
+        saved = list(meta.get("attr_names") or [])
+        if saved and self.data.attr_names and saved != list(self.data.attr_names):
+            raise CheckpointError(f"{where} does not fit this run: the shard set's attribute names differ")
 
     # --- sampling (generative families)
     @property

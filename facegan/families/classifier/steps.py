@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from facegan.errors import CheckpointError
 from facegan.families.base import DataInfo
 from facegan.families.classifier import KIND
 from facegan.families.classifier.scoring import EVAL_JSON, count_correct, scored_attrs, summarize
@@ -56,6 +57,12 @@ class ClassifierSteps(Steps):
 
     def meta(self) -> dict[str, Any]:
         return {"kind": KIND, "arch": self.cfg.model.arch, "scored_attrs": self.scored}
+
+    def check_resume(self, meta: dict[str, Any], *, where: Any) -> None:
+        super().check_resume(meta, where=where)
+        if meta.get("scored_attrs") != self.scored:
+            raise CheckpointError(f"{where} does not fit this run: scored attributes: checkpoint has "
+                                  f"{meta.get('scored_attrs')}, now {self.scored}")
 
     def tick_images(self, nets, *, latent, attrs, real) -> dict[str, Tensor]:
         return {}
