@@ -39,6 +39,7 @@ chromium:
 # Two pytest sessions: tests that run Ray Tune in-process get a Ray cluster of their own (see the
 # `tune` marker in pyproject.toml).
 test: install chromium
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -m "not tune"
 	$(PY) -m pytest -q -m tune
 

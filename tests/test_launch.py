@@ -312,7 +312,7 @@ def test_ray_job_entry_rejects_bad_configs_before_ray_starts(tmp_path: Path, syn
         "clf_resolution": ("classifier", {**clf, "model": {**clf["model"], "resolution": 64}},
                            "model.resolution 64 does not match"),
         "clf_labels": ("classifier", {**clf, "data": {**clf["data"], "shards": str(unlabelled)}},
-                       "carries no attribute labels"),
+                       "needs attribute labels, but the shards in"),
         # A GAN family that takes attributes needs labelled shards too; refused before Ray as well.
         "gan_labels": ("train", {**good, "model": {**good["model"], "family": "conditional"}, "gan": {},
                                  "data": {**good["data"], "shards": str(unlabelled)}}, "needs attribute labels"),

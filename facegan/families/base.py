@@ -220,6 +220,9 @@ class Family:
     curves: ClassVar[tuple[tuple[str, ...], ...]] = ()
     # model: fields that change parameter shapes: a checkpoint with other values cannot be resumed.
     shape_keys: ClassVar[tuple[str, ...]] = ("resolution", "z_dim", "base_channels", "g_batchnorm", "d_batchnorm")
+    # Run-config sections for a tiny run on 32x32 labelled shards (the family test over the registry
+    # and toy-size sweeps use them): small nets, no external files.
+    smoke: ClassVar[dict[str, dict[str, Any]]] = {"model": {"resolution": 32, "z_dim": 16, "base_channels": 8}}
 
     # --- torch side (each implementation imports its nets/steps modules inside)
     def build_nets(self, cfg: Any, data: DataInfo) -> dict[str, "nn.Module"]:

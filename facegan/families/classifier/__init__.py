@@ -97,6 +97,7 @@ class Classifier(Family):
     metrics = ("loss/bce", "acc/train")
     curves = (("loss/bce",), ("acc/train",))
     shape_keys = ("arch", "resolution", "dense_units")
+    smoke = {"model": {"resolution": 32, "dense_units": 16}, "eval": {"splits": ["val"]}}
 
     def phases(self, cfg) -> list[Phase]:
         return [Phase("fit", opt="C")]

@@ -69,6 +69,7 @@ class Overlay(DCGAN):
     needs_labels = True
     takes_attrs = True
     metrics = DCGAN.metrics + ("overlay/o_mean",)
+    smoke = {"model": {"resolution": 32, "z_dim": 160, "base_channels": 4}, "gan": {"attr_source": "labels"}}
 
     def phases(self, cfg) -> list[Phase]:
         return [Phase("d", opt="D"), Phase("g", opt="G", uses_data=False)]
