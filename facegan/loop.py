@@ -170,8 +170,16 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
     for opt in opts.values():
         _optimizer_to(opt, device)
     steps.to(device)
-    trainable = {name: net for name, net in nets.items() if any(p.requires_grad for p in net.parameters())}
-    wrapped = {name: hooks.wrap_model(net, device) if name in trainable else net for name, net in nets.items()}
+    # Nets are wrapped (DDP) for the current stage: DDP registers the parameters that require grad
+    # when it wraps, so a structure change (progressive growing) re-wraps on every rank at once.
+    stage = steps.stage(images_seen / 1000)
+    steps.enter_stage(nets, stage)
+
+    def wrap_all() -> dict[str, nn.Module]:
+        return {name: hooks.wrap_model(net, device) if any(p.requires_grad for p in net.parameters()) else net
+                for name, net in nets.items()}
+
+    wrapped = wrap_all()
 
     loader = train_loader(shards, batch_size=cfg.data.batch_size, rank=rank, world_size=world,
                           num_workers=cfg.data.num_workers, seed=tc.seed, shuffle_buffer=cfg.data.shuffle_buffer,
@@ -243,6 +251,18 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
                                   checkpoint=last_ckpt, autocast=autocast)
 
     while images_seen < total_images:
+        new_stage = steps.stage(images_seen / 1000)
+        if new_stage != stage:
+            stage = new_stage
+            steps.enter_stage(nets, stage)
+            wrapped = wrap_all()
+            if family.reset_optimizers_on_stage:
+                for opt in opts.values():
+                    opt.state.clear()
+            for net in wrapped.values():
+                net.train()
+            if rank == 0:
+                log.info("stage %d at %.1f kimg", stage, images_seen / 1000)
         ctx = StepContext(nets=wrapped, batch={}, kimg=images_seen / 1000, generator=gen)
         scalars: dict[str, torch.Tensor] = {}
         step_ok, at_epoch = True, False
@@ -276,6 +296,9 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
         bad.record(step_ok, step=step, images_seen=images_seen, last_ckpt=last_ckpt)
         if step_ok:
             steps.after_step(ctx)
+            for name, factor in steps.lr_factors().items():
+                for group in opts[name].param_groups:
+                    group["lr"] = opt_specs[name].lr * factor
             if emas:
                 ema_nimg = tc.ema_kimg * 1000
                 if tc.ema_kimg > 0 and tc.ema_rampup > 0:
@@ -347,6 +370,9 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
                     save_grid_png(img, path)
                     save_grid_png(img, out / "samples" / ("latest.png" if key == "samples" else f"{name}-latest.png"))
                     images[key] = path
+            if grid_latent is not None:
+                with torch.no_grad():
+                    steps.on_tick(eval_nets(), out_dir=out, kimg=images_seen / 1000, images_seen=images_seen)
             for sink in sinks:
                 sink.log(metrics, step=step, images=images)
             log.info("kimg %.1f step %d: %s", metrics["kimg"], step,
@@ -365,6 +391,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
         metrics = dict(metrics, **extra)
     if rank == 0:
         plot_loss_curves(out / "losses.jsonl", out / "loss_curve.png", panels=family.curves)
+        steps.finish(out_dir=out)
         for sink in hooks.sinks:
             sink.close()
     return metrics

@@ -214,6 +214,7 @@ class Family:
     ema: ClassVar[str | None] = "G"            # the net that gets an exponential moving average copy
     discriminator: ClassVar[str | None] = None  # a net scoring images with logits (> 0: real): d_accuracy
     latent_codes: ClassVar[bool] = False       # its latent has named codes (InfoGAN): edit --set
+    reset_optimizers_on_stage: ClassVar[bool] = False  # clear Adam moments when Steps.stage changes (ProGAN)
     # Scalars its phases report (besides the loop's own); sweeps may optimise any of them.
     metrics: ClassVar[tuple[str, ...]] = ()
     # Panels of loss_curve.png: each a tuple of scalar names plotted together (y from 0 to 1 if `unit`).

@@ -85,6 +85,29 @@ class Steps:
         """Scalars reported at each tick besides the phases' means (e.g. the current noise level)."""
         return {}
 
+    def lr_factors(self) -> dict[str, float]:
+        """Optimizer name -> factor on its configured rate (BEGAN's decay when M stalls); the loop
+        applies it after every step. Part of the family state: keep it in state_dict()."""
+        return {}
+
+    # --- structure that changes during training (progressive growing)
+    def stage(self, kimg: float) -> int:
+        """The net structure in use after `kimg` thousand images (a deterministic function of kimg,
+        so every rank agrees). When it changes the loop calls enter_stage on the bare nets, re-wraps
+        them for DDP (which registers only parameters with requires_grad) and, if the family says so
+        (Family.reset_optimizers_on_stage), clears the Adam moments."""
+        return 0
+
+    def enter_stage(self, nets: dict[str, nn.Module], stage: int) -> None:
+        """Switch the nets to `stage` (e.g. requires_grad on the blocks grown so far)."""
+
+    # --- rank 0 side effects at ticks and at the end (videos, extra files)
+    def on_tick(self, nets: dict[str, nn.Module], *, out_dir: Any, kimg: float, images_seen: int) -> None:
+        """Called on rank 0 at every tick with the evaluation nets (EMA where kept), after the grids."""
+
+    def finish(self, *, out_dir: Any) -> None:
+        """Called on rank 0 when training ends (write a video from the frames kept at ticks)."""
+
     # --- state
     def state_dict(self) -> dict[str, Any]:
         return {}
