@@ -43,13 +43,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from facegan.checkpoint import find_checkpoint, load_checkpoint  # noqa: E402
-from facegan.classify import load_classifier  # noqa: E402
-from facegan.config import ModelConfig, from_dict  # noqa: E402
-from facegan.control import (ControlGenerator, control_accuracy, flip_requests,  # noqa: E402
-                             format_control, load_generator, with_weights)
+from facegan.config import from_dict  # noqa: E402
+from facegan.control import (control_accuracy, flip_requests, format_control,  # noqa: E402
+                             load_control_generator as load_generator, with_weights)
 from facegan.data.stream import ShardSet, eval_loader  # noqa: E402
-from facegan.models import FAMILIES  # noqa: E402
+from facegan.families import RunConfig  # noqa: E402
+from facegan.families.classifier.scoring import load_classifier  # noqa: E402
+from facegan.families.loading import Generator, load_generator as load_any_generator  # noqa: E402
 
 
 def label_rows(shards: str, split: str, n: int) -> torch.Tensor:
@@ -58,29 +58,24 @@ def label_rows(shards: str, split: str, n: int) -> torch.Tensor:
     return rows_NA.repeat((n + len(rows_NA) - 1) // len(rows_NA), 1)[:n]
 
 
-def conditioned_fn(bundle: ControlGenerator, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def conditioned_fn(bundle: Generator, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return lambda rows: bundle.generate(torch.randn(len(rows), bundle.z_dim, generator=gen), rows)
+    return lambda rows: bundle.generate(bundle.steps.latent(len(rows), generator=gen), rows)
 
 
 def unconditioned_fn(path: str, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    state, meta = load_checkpoint(find_checkpoint(path))
-    model = from_dict(ModelConfig, meta["config"]["model"])
-    G = FAMILIES[model.family].build(resolution=model.resolution, z_dim=model.z_dim, base_channels=model.base_channels,
-                                     g_batchnorm=model.g_batchnorm, d_batchnorm=model.d_batchnorm)["G"]
-    G.load_state_dict(state["G_ema"])
-    G.eval().requires_grad_(False)
+    uncond = load_any_generator(path)
     gen = torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
     def fn(rows: torch.Tensor) -> torch.Tensor:
-        return G(torch.randn(len(rows), model.z_dim, generator=gen))
+        return uncond.generate(uncond.steps.latent(len(rows), generator=gen))
     return fn
 
 
 def compare(args: argparse.Namespace) -> dict:
     clf = load_classifier(args.eval_classifier or args.classifier)
-    gens: dict[str, ControlGenerator] = {}
+    gens: dict[str, Generator] = {}
     if args.overlay:
         gens["overlay"] = load_generator(args.overlay)
     if args.conditional:
@@ -130,8 +125,6 @@ def compare(args: argparse.Namespace) -> dict:
 
 def train_demo(out: Path, *, kimg: float, classifier_kimg: float, count: int) -> dict[str, str]:
     """Synthetic 32 px shards, two classifiers and three GANs, through facegan's own loops."""
-    from facegan.classify import train_classifier
-    from facegan.config import ClassifierRunConfig, RunConfig
     from facegan.data.recipe import ShardRecipe
     from facegan.data.writer import build_shards
     from facegan.loop import train
@@ -146,9 +139,9 @@ def train_demo(out: Path, *, kimg: float, classifier_kimg: float, count: int) ->
     for name, seed in (("classifier", 0), ("eval_classifier", 1)):
         run = out / name
         if not (run / "checkpoints").is_dir():
-            train_classifier(from_dict(ClassifierRunConfig, {
+            train(from_dict(RunConfig, {
                 "data": {"shards": str(shards), "batch_size": 32, "num_workers": 1},
-                "model": {"arch": "report_cnn", "resolution": 32, "dense_units": 256},
+                "model": {"family": "classifier", "arch": "report_cnn", "resolution": 32, "dense_units": 256},
                 "train": {"total_kimg": classifier_kimg, "checkpoint_kimg": classifier_kimg, "seed": seed,
                           "out_dir": str(run), **common_train},
                 "eval": {"splits": ["val"]}, "wandb": {"enabled": False}}))

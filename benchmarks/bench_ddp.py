@@ -49,12 +49,13 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import debugging_hooks, default_hooks
 
-from facegan.config import RunConfig, from_dict, to_dict
+from facegan.config import from_dict, to_dict
 from facegan.data.recipe import ShardRecipe
 from facegan.data.writer import build_shards
 from facegan.hooks import Hooks
 from facegan.loop import train
-from facegan.models import FAMILIES
+from facegan.families import RunConfig
+from facegan.families.dcgan.nets import build_dcgan
 
 
 def free_port() -> int:
@@ -160,7 +161,7 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=4, help="measured (all-reduce, no-op) tick pairs")
     args = ap.parse_args()
     num_ticks = 2 * args.pairs
-    nets = FAMILIES["dcgan"].build(resolution=args.resolution, z_dim=args.z_dim, base_channels=args.base_channels)
+    nets = build_dcgan(resolution=args.resolution, z_dim=args.z_dim, base_channels=args.base_channels)
     grads_mib = {k: sum(p.numel() * p.element_size() for p in net.parameters()) / 2**20 for k, net in nets.items()}
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from facegan.errors import CheckpointError
+from facegan.errors import CheckpointError, ConfigError
 from facegan.families.base import DataInfo
 
 
@@ -146,6 +146,24 @@ class Steps:
     def generate(self, G: nn.Module, latent: Tensor, attrs: Tensor | None = None) -> Tensor:
         """Images in [-1, 1] from G for `latent` (and attribute rows, for families that take them)."""
         return G(latent)
+
+    def project_latent(self, latent: Tensor) -> Tensor:
+        """The nearest valid latent (e.g. back onto a sphere); GAN inversion calls it after each step."""
+        return latent
+
+    def check_codes(self, **codes: float) -> None:
+        """Raise ConfigError unless `codes` name this family's latent codes with valid values."""
+        raise ConfigError(f"{type(self).__name__}: this family's latent has no named codes")
+
+    def set_codes(self, latent: Tensor, **codes: float) -> Tensor:
+        """`latent` with the named codes set (families with latent codes, e.g. InfoGAN's cat, c1)."""
+        self.check_codes(**codes)
+        return latent
+
+    def encode(self, nets: dict[str, nn.Module], img_BCHW: Tensor) -> Tensor | None:
+        """A latent for each image when the family has an encoder (a VAE's mean, a latent predictor's
+        output): GAN inversion starts there. None: no encoder."""
+        return None
 
     def tick_images(self, nets: dict[str, nn.Module], *, latent: Tensor, attrs: Tensor | None,
                     real: Tensor | None) -> dict[str, Tensor]:
