@@ -206,6 +206,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
     next_eval = (images_seen // eval_images + 1) * eval_images if eval_images else None
     stats = Stats()
     sinks = (JsonlSink(out / "losses.jsonl"),) + tuple(hooks.sinks) if rank == 0 else ()
+    progress_sinks = [sink for sink in sinks if hasattr(sink, "progress")]
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
@@ -293,6 +294,8 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
         if scaler.is_enabled() and step_ok:
             scaler.update()
         step += 1
+        for sink in progress_sinks:
+            sink.progress(images_seen)
         bad.record(step_ok, step=step, images_seen=images_seen, last_ckpt=last_ckpt)
         if step_ok:
             steps.after_step(ctx)

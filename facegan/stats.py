@@ -81,6 +81,40 @@ class JsonlSink:
         pass
 
 
+class ProgressSink:
+    """One updating terminal line for a run: kimg of the total, img/s, ETA and the main scalars.
+
+    The loop calls `progress(images_seen)` every step (cheap: tqdm redraws at most twice a second)
+    and `log(metrics)` at ticks (the losses shown). Rank 0 only, like every sink.
+    """
+
+    def __init__(self, *, total_kimg: float, desc: str = "train", start_kimg: float = 0.0,
+                 keys: tuple[str, ...] = (), file: Any = None) -> None:
+        from tqdm import tqdm
+
+        self.keys = keys
+        self.bar = tqdm(total=round(total_kimg, 3), initial=round(start_kimg, 3), unit="kimg", desc=desc,
+                        dynamic_ncols=True, mininterval=0.5, file=file,
+                        bar_format="{desc} {n:.2f}/{total:.2f} kimg |{bar}| {elapsed}<{remaining}{postfix}")
+
+    def progress(self, images_seen: int) -> None:
+        # The last step may pass total_kimg by less than a batch: the bar stops at its total.
+        self.bar.update(round(min(images_seen / 1000, self.bar.total) - self.bar.n, 3))
+
+    def log_rows(self, rows: list[dict[str, Any]]) -> None:
+        pass
+
+    def log(self, metrics: dict[str, float], *, step: int, images: dict[str, Path] | None = None) -> None:
+        self.progress(int(round(metrics.get("kimg", 0.0) * 1000)))
+        shown = {"img/s": f"{metrics.get('img_per_sec', 0):.0f}"}
+        keys = self.keys or tuple(k for k in sorted(metrics) if k.startswith("loss/"))[:4]
+        shown.update({k.removeprefix("loss/"): f"{metrics[k]:.3g}" for k in keys if k in metrics})
+        self.bar.set_postfix(shown, refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def save_loss_arrays(rows: list[dict[str, float]], directory: Path, *, epoch: int) -> Path:
     """Per-epoch loss arrays as .npy (one file per epoch, columns named in a sidecar)."""
     directory = Path(directory)

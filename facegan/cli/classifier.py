@@ -19,7 +19,7 @@ def cmd_classifier_train(args: argparse.Namespace) -> int:
     from facegan.families.classifier.scoring import EVAL_JSON, format_table
 
     cfg = load_run_config(args.config, args.set, default_family="classifier")
-    metrics, wandb_dir = run(cfg, no_ray=args.no_ray)
+    metrics, wandb_dir = run(cfg, no_ray=args.no_ray, progress=not args.no_progress)
     out = Path(cfg.train.out_dir)
     ckpts = list_checkpoints(out / "checkpoints")
     print(f"trained classifier {cfg.model.arch} to {metrics.get('kimg', 0):.1f} kimg "
@@ -59,6 +59,7 @@ def register(sub: Any) -> None:
     ct.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key, e.g. --set model.arch=resnet18")
     ct.add_argument("--no-ray", action="store_true", help="run the loop in this process (one rank)")
+    ct.add_argument("--no-progress", action="store_true", help="no progress line (log lines with -v instead)")
     ct.set_defaults(func=cmd_classifier_train)
     ce = csub.add_parser("eval", help="per-attribute accuracy against the majority baseline")
     ce.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a run folder (its newest)")

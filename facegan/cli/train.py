@@ -13,21 +13,31 @@ from typing import Any
 from facegan.config import ConfigError
 
 
-def run(cfg: Any, *, no_ray: bool) -> tuple[dict[str, float], str]:
-    """Train cfg in this process or on Ray Train; (the last report's metrics, the W&B run folder)."""
+def run(cfg: Any, *, no_ray: bool, progress: bool = True) -> tuple[dict[str, float], str]:
+    """Train cfg in this process or on Ray Train; (the last report's metrics, the W&B run folder).
+    With `progress`, one updating line (kimg, img/s, ETA, losses) instead of log lines."""
+    import logging
+
     from facegan.config import to_dict
 
+    if progress:
+        # The progress line replaces the per-tick INFO lines (and Ray's per-report ones); -v brings them back.
+        for name in ("facegan.loop", "ray", "ray.train", "ray.tune"):
+            if logging.getLogger().level > logging.INFO:
+                logging.getLogger(name).setLevel(logging.WARNING)
     if no_ray:
         from facegan.hooks import Hooks
         from facegan.launch.sinks import make_sinks
         from facegan.loop import train
+        from facegan.stats import ProgressSink
 
         sinks = make_sinks(cfg)
-        metrics = train(cfg, hooks=Hooks(sinks=sinks))
+        bar = (ProgressSink(total_kimg=cfg.train.total_kimg, desc=cfg.model.family),) if progress else ()
+        metrics = train(cfg, hooks=Hooks(sinks=sinks + bar))
         return metrics, sinks[0].run_dir if sinks else ""
     from facegan.launch.trainer import run_training
 
-    result = run_training(cfg, config_dict=to_dict(cfg))
+    result = run_training(cfg, config_dict=to_dict(cfg), progress=progress)
     return result.get("metrics", {}), result.get("wandb_dir", "")
 
 
@@ -35,7 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from facegan.families import load_run_config
 
     cfg = load_run_config(args.config, args.set)
-    metrics, wandb_dir = run(cfg, no_ray=args.no_ray)
+    metrics, wandb_dir = run(cfg, no_ray=args.no_ray, progress=not args.no_progress)
     print(summarize_run(cfg, metrics, wandb_dir=wandb_dir))
     return 0
 
@@ -99,6 +109,7 @@ def register(sub: Any) -> None:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.total_kimg=50 (repeatable)")
     t.add_argument("--no-ray", action="store_true", help="run the loop in this process (one rank)")
+    t.add_argument("--no-progress", action="store_true", help="no progress line (log lines with -v instead)")
     t.set_defaults(func=cmd_train)
 
     sm = sub.add_parser("sample", help="draw a sample grid from a checkpoint or run folder")

@@ -100,7 +100,8 @@ def _apply_to_process(env: Mapping[str, str], *, local: bool) -> None:
 
 
 def start_local_cluster(*, num_cpus: int | None = None, num_gpus: int | None = None,
-                        include_dashboard: bool = True, home: str | Path | None = None) -> dict[str, Any]:
+                        include_dashboard: bool = True, home: str | Path | None = None,
+                        log_to_driver: bool = True) -> dict[str, Any]:
     """Start a one-node Ray cluster in this process (ray.init); its dashboard listens on 127.0.0.1.
 
     `home` (default $HOME) is where the bootstrap file and Ray's auth token live; it becomes this
@@ -112,7 +113,7 @@ def start_local_cluster(*, num_cpus: int | None = None, num_gpus: int | None = N
     env = offline_env(dict(os.environ, HOME=str(home)) if home is not None else None)
     _apply_to_process(env, local=True)
     ctx = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=include_dashboard,
-                   dashboard_host=LOCALHOST, configure_logging=False,
+                   dashboard_host=LOCALHOST, configure_logging=False, log_to_driver=log_to_driver,
                    runtime_env={"env_vars": runtime_env_vars(env)})
     return dict(ctx.address_info)
 
@@ -137,9 +138,10 @@ def connect(address: str) -> dict[str, Any]:
     return dict(ctx.address_info)
 
 
-def ensure_ray(address: str = "") -> bool:
+def ensure_ray(address: str = "", *, log_to_driver: bool = True) -> bool:
     """Use the Ray this process is already connected to, else join `address` (or $RAY_ADDRESS,
-    as inside `ray job submit`), else start a local cluster. True if it started one."""
+    as inside `ray job submit`), else start a local cluster (whose workers' output reaches this
+    terminal only with log_to_driver; otherwise it stays in Ray's session logs). True if it started one."""
     import ray
 
     if ray.is_initialized():
@@ -148,7 +150,7 @@ def ensure_ray(address: str = "") -> bool:
     if address:
         connect(address)
         return False
-    start_local_cluster()
+    start_local_cluster(log_to_driver=log_to_driver)
     return True
 
 

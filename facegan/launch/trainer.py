@@ -126,6 +126,22 @@ def make_trainer(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: Train
                                 failure_config=FailureConfig(max_failures=rc.max_failures)))
 
 
+def forward_reports(queue: Any) -> Any:
+    """A Train callback (run on the Train controller) handing every report and checkpoint to the driver."""
+    from ray.train.v2.api.callback import UserCallback
+
+    class ForwardReports(UserCallback):
+        def __init__(self, q: Any) -> None:
+            self.queue = q
+
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            # Blocks while the driver still holds the previous report: back-pressure keeps the
+            # checkpoint being copied to Tune among the ones Train keeps (MIN_KEEP_CHECKPOINTS).
+            self.queue.put((dict(metrics[0]), checkpoint))
+
+    return ForwardReports(queue)
+
+
 def worker_resources(cfg: RunConfig) -> dict[str, float]:
     resources = {"CPU": cfg.ray.cpus_per_worker}
     if cfg.ray.use_gpu:
@@ -143,7 +159,8 @@ def prepare(cfg: RunConfig, config_dict: dict[str, Any]) -> tuple[RunConfig, dic
     return cfg, config_dict
 
 
-def run_training(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: TrainFn | None = None) -> dict[str, Any]:
+def run_training(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: TrainFn | None = None,
+                 progress: bool = False) -> dict[str, Any]:
     """Train `cfg` on Ray Train workers.
 
     Returns {"metrics": the last reported checkpoint's metrics, "checkpoint": its directory in
@@ -152,19 +169,59 @@ def run_training(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: Train
     `config_dict` is the plain form of `cfg` (config.to_dict) shipped to the workers. `train_fn`
     (signature `(cfg, *, hooks)`) runs in the workers; default: facegan.loop.train. Tests pass
     wrappers to observe ranks. Joins ray.address / $RAY_ADDRESS, or starts a local cluster, unless
-    this process is already connected.
+    this process is already connected. With `progress`, the terminal shows one updating line (kimg,
+    img/s, ETA, losses) fed by the workers' reports, and a local cluster's worker logs stay in
+    Ray's log files instead of flooding the terminal.
     """
     cfg, config_dict = prepare(cfg, config_dict)
     storage, name = run_location(cfg)
-    if ensure_ray(cfg.ray.address):
+    if ensure_ray(cfg.ray.address, log_to_driver=not progress):
         _check_local_capacity(cfg, worker_resources(cfg))
-    trainer = make_trainer(cfg, config_dict=config_dict, train_fn=train_fn)
+    callbacks, watcher = [], None
+    if progress:
+        watcher = _ProgressWatcher(cfg)
+        callbacks.append(forward_reports(watcher.queue))
+    trainer = make_trainer(cfg, config_dict=config_dict, train_fn=train_fn, callbacks=callbacks)
     log.info("Ray Train run %r: %d workers, checkpoints in %s/%s", name, cfg.ray.num_workers, storage, name)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        if watcher is not None:
+            watcher.stop()
     return {"metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
             "checkpoint": result.checkpoint.path if result.checkpoint else "",
             "run_dir": f"{storage.rstrip('/')}/{name}",
             "wandb_dir": _wandb_dir(cfg)}
+
+
+class _ProgressWatcher:
+    """The driver's progress line: a thread turning forwarded Train reports into ProgressSink updates."""
+
+    _DONE = "__facegan_progress_done__"
+
+    def __init__(self, cfg: RunConfig) -> None:
+        import threading
+
+        from ray.util.queue import Queue
+
+        from facegan.stats import ProgressSink
+
+        self.queue = Queue(maxsize=0, actor_options={"num_cpus": 0})
+        self.sink = ProgressSink(total_kimg=cfg.train.total_kimg, desc=f"{cfg.model.family} (Ray, "
+                                 f"{cfg.ray.num_workers} workers)")
+        self.thread = threading.Thread(target=self._run, name="facegan-progress", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) != self._DONE:
+            metrics, _checkpoint = item
+            self.sink.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                          step=int(metrics.get("step", 0)))
+
+    def stop(self) -> None:
+        self.queue.put(self._DONE)
+        self.thread.join(timeout=10)
+        self.sink.close()
 
 
 def wandb_run_id(cfg: RunConfig) -> str:

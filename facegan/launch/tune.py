@@ -39,6 +39,7 @@ from typing import Any
 
 from facegan.config import ConfigError, from_dict, to_dict
 from facegan.families import RunConfig
+from facegan.launch.trainer import forward_reports
 from facegan.sweeps.spec import SweepPlan, corner_points, spec_dict
 
 log = logging.getLogger(__name__)
@@ -240,22 +241,6 @@ def _summarize(plan: SweepPlan, grid: Any, *, seconds: float) -> dict[str, Any]:
 
 # ============================================================================ inside each trial
 
-def _forward_callback(queue: Any) -> Any:
-    """A Train callback (run on the Train controller) handing every report and checkpoint to the driver."""
-    from ray.train.v2.api.callback import UserCallback
-
-    class ForwardReports(UserCallback):
-        def __init__(self, q: Any) -> None:
-            self.queue = q
-
-        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-            # Blocks while the driver still holds the previous report: back-pressure keeps the
-            # checkpoint being copied to Tune among the ones Train keeps (MIN_KEEP_CHECKPOINTS).
-            self.queue.put((dict(metrics[0]), checkpoint))
-
-    return ForwardReports(queue)
-
-
 def _trial(config: dict[str, Any], plan: SweepPlan) -> None:
     """The Tune trainable: one trial = one TorchTrainer run of the training loop."""
     from ray import tune
@@ -287,7 +272,7 @@ def _trial(config: dict[str, Any], plan: SweepPlan) -> None:
 
     def fit() -> None:
         try:
-            _fit(cfg, callbacks=[_forward_callback(queue)])
+            _fit(cfg, callbacks=[forward_reports(queue)])
         except BaseException as exc:  # noqa: BLE001 - re-raised in the trial's thread below
             failure.append(exc)
         finally:
