@@ -233,8 +233,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         require(bool(self.shards), "data.shards: expected the location of a shard set built by `facegan shards build`")
-        require(self.batch_size >= 1, f"data.batch_size: expected >= 1, got {self.batch_size}")
-        require(self.num_workers >= 0, f"data.num_workers: expected >= 0, got {self.num_workers}")
+        require(1 <= self.batch_size <= 65536, f"data.batch_size: expected 1..65536, got {self.batch_size}")
+        require(0 <= self.num_workers <= 64, f"data.num_workers: expected 0..64, got {self.num_workers}")
         require(self.shuffle_buffer >= 0, f"data.shuffle_buffer: expected >= 0, got {self.shuffle_buffer}")
 
 
@@ -253,8 +253,8 @@ class GanEvalConfig:
 
     def __post_init__(self) -> None:
         require(self.every_kimg >= 0, f"eval.every_kimg: expected >= 0 (0: off), got {self.every_kimg}")
-        require(self.num_samples >= 2, f"eval.num_samples: expected >= 2, got {self.num_samples}")
-        require(self.num_real >= 2, f"eval.num_real: expected >= 2, got {self.num_real}")
+        require(10 <= self.num_samples <= 1_000_000, f"eval.num_samples: expected 10..1000000, got {self.num_samples}")
+        require(10 <= self.num_real <= 1_000_000, f"eval.num_real: expected 10..1000000, got {self.num_real}")
         require(self.batch_size >= 1, f"eval.batch_size: expected >= 1, got {self.batch_size}")
         if self.every_kimg > 0:
             if self.features == "attr":

@@ -37,16 +37,19 @@ from facegan.families.loading import read_checkpoint
 from facegan.families.steps import StepContext
 from facegan.hooks import Hooks
 from facegan.images import save_grid_png
-from facegan.runtime import (BadSteps, agree, all_ranks_finite, bare, distributed, gather_rng, resume_dir,
-                             setup_torch)
+from facegan.runtime import (BadSteps, agree, all_ranks_finite, bare, check_writable_dir, distributed, gather_rng,
+                             resume_dir, setup_torch)
 from facegan.stats import JsonlSink, Stats, plot_loss_curves, save_loss_arrays
 
 log = logging.getLogger(__name__)
 
 
-def check_shards(cfg: RunConfig, shards: ShardSet) -> None:
-    """The shard set fits cfg: its resolution, labels for families that need them, eval splits.
-    Run before Ray starts (facegan.launch.trainer.preflight) and again in every worker."""
+def check_shards(cfg: RunConfig, shards: ShardSet, *, world_size: int = 1) -> None:
+    """The shard set fits cfg: its resolution, labels for families that need them, eval splits, and
+    a global batch that the train split and this machine's memory can hold. Run before Ray starts
+    (facegan.launch.trainer.preflight, with ray.num_workers) and again in every worker."""
+    from facegan.runtime import memory_bytes
+
     family = FAMILIES[cfg.model.family]
     if tuple(shards.resolution) != tuple(cfg.model.size):
         raise ConfigError(f"model.resolution {cfg.model.resolution} does not match the shards in {cfg.data.shards} "
@@ -57,6 +60,16 @@ def check_shards(cfg: RunConfig, shards: ShardSet) -> None:
     missing = [s for s in getattr(cfg.eval, "splits", []) if not shards.count(s)]
     if missing:
         raise ConfigError(f"eval.splits: {cfg.data.shards} has no {', '.join(missing)} split")
+    batch = cfg.data.batch_size
+    if batch * world_size > shards.count("train"):
+        raise ConfigError(f"data.batch_size {batch} x {world_size} rank{'s' if world_size > 1 else ''} is more than the "
+                          f"{shards.count('train')} training samples in {cfg.data.shards}")
+    h, w = shards.resolution
+    # A float32 batch, its pinned copy and the loader's prefetched batches: refuse what cannot fit.
+    need = batch * 3 * h * w * 4 * (4 + 2 * cfg.data.num_workers)
+    if need > memory_bytes() // 4:
+        raise ConfigError(f"data.batch_size {batch} at {h}x{w} needs about {need / 2**30:.1f} GiB for its batches "
+                          f"alone; this machine has {memory_bytes() / 2**30:.1f} GiB: use a smaller batch")
 
 
 def data_info(cfg: RunConfig, shards: ShardSet) -> DataInfo:
@@ -110,7 +123,9 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
     family = FAMILIES[cfg.model.family]
 
     shards = ShardSet.open(cfg.data.shards)
-    check_shards(cfg, shards)
+    check_shards(cfg, shards, world_size=world)
+    if rank == 0:
+        check_writable_dir(out, field="train.out_dir")
     data = data_info(cfg, shards)
 
     # Same initial weights on every rank (DDP also broadcasts rank 0's, but EMA copies must agree).

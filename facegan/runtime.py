@@ -66,6 +66,27 @@ def setup_torch(tc: CommonTrainConfig, hooks: Hooks) -> tuple[torch.device, torc
     return device, amp_dtype
 
 
+def check_writable_dir(path: str | Path, *, field: str) -> Path:
+    """Create `path` if needed and prove it takes a file; ConfigError naming `field` otherwise.
+    Run before training (and before Ray starts), not at the first checkpoint."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{field}: {path} exists and is not a directory")
+    probe = path / f".facegan-write-test-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{field}: cannot write to {path} ({exc.strerror or exc})") from None
+    return path
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory (what user-chosen sizes are checked against before allocating)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 class TrainingError(RuntimeError):
     """The run cannot go on (e.g. losses stayed non-finite); the message says what to do."""
 

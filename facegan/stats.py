@@ -90,12 +90,18 @@ class ProgressSink:
 
     def __init__(self, *, total_kimg: float, desc: str = "train", start_kimg: float = 0.0,
                  keys: tuple[str, ...] = (), file: Any = None) -> None:
-        from tqdm import tqdm
+        self.keys, self.total, self.desc, self.file = keys, round(total_kimg, 3), desc, file
+        self._bar: Any = None   # made at the first step: an error before training prints no empty bar
 
-        self.keys = keys
-        self.bar = tqdm(total=round(total_kimg, 3), initial=round(start_kimg, 3), unit="kimg", desc=desc,
-                        dynamic_ncols=True, mininterval=0.5, file=file,
-                        bar_format="{desc} {n:.2f}/{total:.2f} kimg |{bar}| {elapsed}<{remaining}{postfix}")
+    @property
+    def bar(self) -> Any:
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total, unit="kimg", desc=self.desc, dynamic_ncols=True, mininterval=0.5,
+                             file=self.file,
+                             bar_format="{desc} {n:.2f}/{total:.2f} kimg |{bar}| {elapsed}<{remaining}{postfix}")
+        return self._bar
 
     def progress(self, images_seen: int) -> None:
         # The last step may pass total_kimg by less than a batch: the bar stops at its total.
@@ -112,7 +118,8 @@ class ProgressSink:
         self.bar.set_postfix(shown, refresh=True)
 
     def close(self) -> None:
-        self.bar.close()
+        if self._bar is not None:
+            self._bar.close()
 
 
 def save_loss_arrays(rows: list[dict[str, float]], directory: Path, *, epoch: int) -> Path:

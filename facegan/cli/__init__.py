@@ -1,16 +1,25 @@
-"""The `facegan` command line: one module per group of subcommands, each with `register(sub)`.
+"""facegan: face-generating models trained on WebDataset shards, in-process or on Ray Train.
 
-    facegan shards build shards/synthetic_demo.yaml --out data/shards/demo     # facegan.cli.shards
-    facegan train configs/dcgan_demo.yaml [--set train.total_kimg=4] [--no-ray] # facegan.cli.train
-    facegan sample --checkpoint runs/dcgan -n 16 --out grid.png
-    facegan classifier train configs/classifier_demo.yaml [--no-ray]           # facegan.cli.classifier
-    facegan eval --checkpoint runs/dcgan --shards data/shards --classifier runs/classifier   # facegan.cli.eval
-    facegan sweep sweeps/dcgan_lr_labels.yaml --check                           # facegan.cli.sweep
-    facegan blend a.jpg b.jpg --checkpoint runs/overlay --out blend.png          # facegan.cli.control
+examples:
+  shards:      facegan shards build shards/synthetic_demo.yaml --out demo_out/shards
+               facegan shards verify demo_out/shards
+  training:    facegan train configs/dcgan_demo.yaml --set data.shards=demo_out/shards [--no-ray]
+               facegan sample --checkpoint demo_out/run -n 16 --out grid.png
+  classifier:  facegan classifier train configs/classifier_demo.yaml --no-ray
+  evaluation:  facegan eval --checkpoint demo_out/run --shards demo_out/shards --classifier demo_out/classifier
+  sweeps:      facegan sweep sweeps/dcgan_lr_labels.yaml --check ; facegan sweep-report runs/sweeps/NAME
+  control:     facegan generate --checkpoint runs/overlay --attrs "Smiling=1,Male=0" --out g.png
+               facegan blend a.jpg b.jpg --checkpoint runs/overlay --out blend.png
+  inversion:   facegan invert a.jpg --checkpoint runs/dcgan --out inv/
+               facegan directions --checkpoint runs/dcgan --classifier runs/classifier
+               facegan edit a.jpg --checkpoint runs/dcgan --direction Smiling=2 --out edit.png
 
-Subcommand modules import torch, Ray and the rest only inside their commands, so `facegan --help`
-answers at once. A user's mistake (facegan.errors.UserError) prints one line and exits 2.
+`facegan COMMAND --help` describes each command. A mistake in a config, flag or file prints one
+line naming it and exits with status 2.
 """
+
+# One module per group of subcommands (facegan.cli.shards, .train, ...), each with register(sub);
+# they import torch, Ray and the rest only inside their commands, so `facegan --help` answers at once.
 
 from __future__ import annotations
 
@@ -21,12 +30,24 @@ import sys
 from facegan.errors import UserError
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("facegan")
+    except PackageNotFoundError:  # a checkout on sys.path without an install
+        from facegan import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     from facegan.cli import classifier, control, eval as eval_cmd, invert, shards, sweep, train
 
     parser = argparse.ArgumentParser(prog="facegan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level (per-tick lines, Ray)")
+    parser.add_argument("--version", action="version", version=f"facegan {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in (shards, train, classifier, eval_cmd, sweep, control, invert):
         module.register(sub)

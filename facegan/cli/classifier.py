@@ -64,8 +64,8 @@ def register(sub: Any) -> None:
     ce = csub.add_parser("eval", help="per-attribute accuracy against the majority baseline")
     ce.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a run folder (its newest)")
     ce.add_argument("--shards", required=True, help="shard set; its train split gives the majority baseline")
-    ce.add_argument("--split", default="test", choices=("train", "val", "test"))
-    ce.add_argument("--batch-size", type=int, default=256)
+    ce.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to score (default test)")
+    ce.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     ce.add_argument("--json", help="write the result here (default: <checkpoint>/eval_<split>.json)")
     ce.set_defaults(func=cmd_classifier_eval)
 

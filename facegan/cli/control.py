@@ -72,7 +72,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="an overlay or conditional checkpoint, or its run folder")
     p.add_argument("-n", type=_positive, default=16, help="number of faces")
     p.add_argument("--out", required=True, help="PNG grid to write")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
     p.add_argument("--alpha", type=float, help="overlay: weight of the noise in blocks 1-2, in [0, 1]")
     p.add_argument("--beta", type=float, help="overlay: weight of the noise in blocks 3-4, in [0, 1]")
     p.add_argument("--no-ema", action="store_true", help="use the raw generator instead of its EMA")

@@ -27,12 +27,15 @@ def register(sub: Any) -> None:
     e.add_argument("--classifier", default="", help="attribute classifier checkpoint (or its run folder)")
     e.add_argument("--inception-weights", default="", help="local Inception-v3 weights file")
     e.add_argument("--num-real", type=int, default=10_000, help="at most this many real images per split")
-    e.add_argument("--eval-split", default="val")
-    e.add_argument("--train-split", default="train")
-    e.add_argument("--real-split", default="test", help="split used by --baseline real")
+    e.add_argument("--eval-split", default="val", choices=("train", "val", "test"),
+                   help="held-out real split for FID/KID/precision/recall (default val)")
+    e.add_argument("--train-split", default="train", choices=("train", "val", "test"),
+                   help="split the memorisation metric searches for nearest neighbours (default train)")
+    e.add_argument("--real-split", default="test", choices=("train", "val", "test"),
+                   help="split used by --baseline real (default test)")
     e.add_argument("--metrics", default="", help="comma-separated subset of metrics (default: all)")
-    e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--batch-size", type=int, default=64, help="images per feature batch (default 64)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the generated set (default 0)")
     e.add_argument("--no-ema", action="store_true", help="score the raw G instead of its EMA")
     e.add_argument("--workers", type=int, default=0, help="Ray tasks sharing the work (0: in-process)")
     e.add_argument("--json", default="", help="where to write the result (default: next to the checkpoint, "
@@ -52,6 +55,9 @@ def cmd_eval(args: Any) -> int:
                       metrics=[m.strip() for m in args.metrics.split(",") if m.strip()])
     if args.workers < 0:
         raise ConfigError(f"--workers: expected 0 or more, got {args.workers}")
+    if args.json and (Path(args.json).is_dir() or Path(args.json).suffix.lower() != ".json"):
+        raise ConfigError(f"--json: expected a .json file to write, got {args.json}")
+    req.preflight()
     shares = None
     if args.workers > 0:
         from facegan.launch.evaluate import ray_shares

@@ -47,11 +47,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
           f"{spec.scheduler.kind} scheduler), objective {spec.objective.metric} ({spec.objective.mode}), "
           f"{spec.resources.num_workers} worker(s) per trial -> {plan.out_dir}")
     if args.check:
+        from facegan.launch.tune import preflight_sweep
+
+        preflight_sweep(plan)          # what the run would check: shard sets, resolutions, batch sizes
         for i, point in enumerate(plan.points):
             print(f"  {i:4d}  " + "  ".join(f"{k}={v}" for k, v in point.items()))
         if not plan.points:
             print("  " + "  ".join(f"{k}: {d.kind} {d.values}" for k, d in spec.space.items()))
-        print("ok: the sweep is valid")
+        print("ok: the sweep is valid and its shard sets fit it")
         return 0
     from facegan.launch.tune import run_sweep
     from facegan.sweeps.report import text_table

@@ -33,7 +33,11 @@ def run(cfg: Any, *, no_ray: bool, progress: bool = True) -> tuple[dict[str, flo
 
         sinks = make_sinks(cfg)
         bar = (ProgressSink(total_kimg=cfg.train.total_kimg, desc=cfg.model.family),) if progress else ()
-        metrics = train(cfg, hooks=Hooks(sinks=sinks + bar))
+        try:
+            metrics = train(cfg, hooks=Hooks(sinks=sinks + bar))
+        finally:
+            for sink in bar:   # an error mid-run starts on a line of its own
+                sink.close()
         return metrics, sinks[0].run_dir if sinks else ""
     from facegan.launch.trainer import run_training
 

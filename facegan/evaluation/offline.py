@@ -43,6 +43,8 @@ from facegan.images import as_uint8_images
 log = logging.getLogger(__name__)
 
 CHUNK = 64                      # images per generation chunk: the unit Ray workers split
+MIN_IMAGES = 10                 # fewer and precision/recall (k = 3) or FID cannot be computed
+MAX_IMAGES = 1_000_000          # generated images are kept (uint8) for MS-SSIM: bounded by memory too
 SOURCES = ("checkpoint", "images", "random", "real")
 FEATURES = ("attr", "inception")
 
@@ -86,8 +88,13 @@ class EvalRequest:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"eval.{name}: expected a positive integer, got {value!r}")
-        if self.num_samples < 2:
-            raise ConfigError("eval.num_samples: at least 2 images are needed for any statistic")
+        for name in ("num_samples", "num_real"):
+            value = getattr(self, name)
+            if not MIN_IMAGES <= value <= MAX_IMAGES:
+                raise ConfigError(f"eval.{name} (--{name.replace('_', '-')}): expected {MIN_IMAGES}..{MAX_IMAGES:,} images "
+                                  f"(precision/recall needs k + 1 = 4 neighbours per image, FID a covariance), got {value}")
+        if self.batch_size > 4096:
+            raise ConfigError(f"eval.batch_size (--batch-size): expected 1..4096, got {self.batch_size}")
         for path_name in ("checkpoint", "images", "classifier", "inception_weights"):
             value = getattr(self, path_name)
             if value and not Path(value).exists():
@@ -98,6 +105,33 @@ class EvalRequest:
             unknown = [m for m in self.metrics if m not in METRICS]
             if unknown:
                 raise ConfigError(f"eval.metrics: unknown {unknown}; known: {sorted(METRICS)}")
+
+    def preflight(self) -> None:
+        """What can be checked before any image is drawn: the real splits hold enough images, an
+        image folder holds enough images, and the generated set fits in memory."""
+        from facegan.data.stream import ShardSet
+
+        shards = ShardSet.open(self.shards)
+        splits = [self.train_split, self.eval_split] + ([self.real_split] if self.baseline == "real" else [])
+        for split in splits:
+            if shards.count(split) < MIN_IMAGES:
+                raise ConfigError(f"{self.shards}: the {split} split holds {shards.count(split)} images; evaluation needs "
+                                  f"at least {MIN_IMAGES} (choose another with --eval-split/--train-split/--real-split)")
+        if self.images:
+            from facegan.metrics.features import IMAGE_SUFFIXES
+
+            found = sum(1 for f in Path(self.images).iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if found < MIN_IMAGES:
+                raise ConfigError(f"--images: {self.images} holds {found} images (.png/.jpg); evaluation needs at least "
+                                  f"{MIN_IMAGES}")
+        h, w = shards.resolution
+        need = (self.num_samples + 2 * self.num_real) * 3 * h * w
+        from facegan.runtime import memory_bytes
+
+        if need > memory_bytes() // 2:
+            raise ConfigError(f"--num-samples {self.num_samples} and --num-real {self.num_real} at {h}x{w} need "
+                              f"{need / 2**30:.1f} GiB of images in memory; this machine has "
+                              f"{memory_bytes() / 2**30:.1f} GiB: ask for fewer")
 
     @property
     def source(self) -> str:

@@ -69,7 +69,7 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, address: str = "",
     from facegan.launch.cluster import ensure_ray
 
     out = Path(plan.out_dir)
-    _preflight(plan)
+    preflight_sweep(plan)
     started_local = ensure_ray(address or plan.base.get("ray", {}).get("address", ""))
     max_concurrent = _max_concurrent(plan, strict=started_local)
     trainable = tune.with_resources(tune.with_parameters(_trial, plan=plan), DRIVER_RESOURCES)
@@ -99,7 +99,7 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, address: str = "",
     return summary
 
 
-def _preflight(plan: SweepPlan) -> None:
+def preflight_sweep(plan: SweepPlan) -> None:
     """Shards, resolution and batch size against every grid point (ranges: their corners)."""
     from facegan.launch.trainer import preflight
 
