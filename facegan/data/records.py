@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from facegan.errors import DataError  # noqa: F401  (re-exported: the data layer raises it)
+
 # CelebA's 40 attributes in the order of list_attr_celeba.txt.
 CELEBA_ATTRS: tuple[str, ...] = (
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
@@ -56,5 +58,3 @@ class SourceScan:
     label_fields: list[str] = field(default_factory=list)         # keys present in labels
 
 
-class DataError(ValueError):
-    """Bad input (missing file, malformed row, no usable images): the message names what and where."""
