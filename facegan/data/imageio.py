@@ -8,6 +8,7 @@ exactly the manifest's shape: a corrupt sample is skipped, never turned into a g
 from __future__ import annotations
 
 import io
+import time
 import warnings
 import zlib
 
@@ -47,42 +48,91 @@ def crop_box(src_w: int, src_h: int, crop: str | tuple[int, int], out_h: int, ou
     return left, top, left + cw, top + ch
 
 
-def load_and_prepare(path: str, *, crop: str | tuple[int, int], out_h: int, out_w: int) -> np.ndarray:
-    """Read an image file, centre-crop and resize it to (out_h, out_w); returns uint8 HxWx3.
+def check_source_size(w: int, h: int, *, min_side: int = 0, max_aspect: float = 0.0) -> None:
+    """Raise ImageError when a w x h source is too small or too elongated to be a face photo."""
+    if min_side and min(w, h) < min_side:
+        raise ImageError(f"image is {w}x{h} (w x h): its shorter side is below min_side {min_side} px")
+    if max_aspect and max(w, h) > max_aspect * min(w, h):
+        raise ImageError(f"image is {w}x{h} (w x h): aspect ratio {max(w, h) / max(min(w, h), 1):.1f} "
+                         f"is above max_aspect {max_aspect:g}")
+
+
+def _timed(stats: dict[str, float] | None, name: str, t0: float) -> float:
+    t1 = time.perf_counter()
+    if stats is not None:
+        stats[name] = stats.get(name, 0.0) + (t1 - t0)
+    return t1
+
+
+def read_file(path: str, *, stats: dict[str, float] | None = None) -> bytes:
+    t0 = time.perf_counter()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ImageError(f"cannot read: {exc.strerror or exc}") from None
+    _timed(stats, "read", t0)
+    return data
+
+
+def prepare(data: bytes, *, crop: str | tuple[int, int], out_h: int, out_w: int, min_side: int = 0,
+            max_aspect: float = 0.0, stats: dict[str, float] | None = None) -> Image.Image:
+    """Decode encoded image bytes, centre-crop and resize to (out_h, out_w); returns an RGB image.
 
     JPEGs are decoded in draft mode (libjpeg's DCT scaling by 1/2, 1/4, 1/8) at the smallest
     scale that still leaves at least the output resolution inside the crop: most of the decode
-    cost of a 178x218 CelebA image disappears when the target is 64x64.
+    cost of a 178x218 CelebA image disappears when the target is 64x64. `stats` (optional)
+    accumulates seconds spent per stage ("decode", "resize").
     """
+    t0 = time.perf_counter()
     try:
-        with Image.open(path) as img:
-            full_w, full_h = img.size
-            if img.format == "JPEG":
+        with warnings.catch_warnings():
+            # Above PIL's MAX_IMAGE_PIXELS (89 Mpx) an image is refused, not decoded into memory.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                full_w, full_h = img.size
+                check_source_size(full_w, full_h, min_side=min_side, max_aspect=max_aspect)
                 box = crop_box(full_w, full_h, crop, out_h, out_w)
-                scale = min((box[2] - box[0]) / out_w, (box[3] - box[1]) / out_h)
-                if scale >= 2:
-                    # draft() picks the largest reduction keeping the image >= the requested size.
-                    img.draft("RGB", (int(np.ceil(full_w / scale)), int(np.ceil(full_h / scale))))
-            img.load()
-            img = img.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+                if img.format == "JPEG":
+                    scale = min((box[2] - box[0]) / out_w, (box[3] - box[1]) / out_h)
+                    if scale >= 2:
+                        # draft() picks the largest reduction keeping the image >= the requested size.
+                        img.draft("RGB", (int(np.ceil(full_w / scale)), int(np.ceil(full_h / scale))))
+                img.load()
+                img = img.convert("RGB")
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
         raise ImageError(f"cannot decode: {type(exc).__name__}: {exc}") from None
+    t0 = _timed(stats, "decode", t0)
     w, h = img.size
     sx, sy = w / full_w, h / full_h  # draft scale factors
-    left, top, right, bottom = crop_box(full_w, full_h, crop, out_h, out_w)
-    box = (left * sx, top * sy, right * sx, bottom * sy)
-    out = img.resize((out_w, out_h), Image.Resampling.BICUBIC, box=box)
-    return np.asarray(out, dtype=np.uint8)
+    left, top, right, bottom = box
+    out = img.resize((out_w, out_h), Image.Resampling.BICUBIC, box=(left * sx, top * sy, right * sx, bottom * sy))
+    _timed(stats, "resize", t0)
+    return out
 
 
-def encode(img_HWC: np.ndarray, *, fmt: str, quality: int = 95) -> bytes:
-    """Encode a uint8 HxWx3 array as jpg / png / raw (.npy) bytes; deterministic."""
+def load_and_prepare(path: str, *, crop: str | tuple[int, int], out_h: int, out_w: int, min_side: int = 0,
+                     max_aspect: float = 0.0) -> np.ndarray:
+    """Read an image file, centre-crop and resize it to (out_h, out_w); returns uint8 HxWx3.
+
+    See `prepare`; `min_side`/`max_aspect` (0: no bound) refuse tiny or extreme sources.
+    """
+    img = prepare(read_file(path), crop=crop, out_h=out_h, out_w=out_w, min_side=min_side,
+                  max_aspect=max_aspect)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def encode(img_HWC: np.ndarray | Image.Image, *, fmt: str, quality: int = 95) -> bytes:
+    """Encode a uint8 HxWx3 array (or an RGB PIL image) as jpg / png / raw (.npy) bytes; deterministic."""
     if fmt == "raw":
         buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(img_HWC, dtype=np.uint8), allow_pickle=False)
+        np.save(buf, np.ascontiguousarray(np.asarray(img_HWC), dtype=np.uint8), allow_pickle=False)
         return buf.getvalue()
     buf = io.BytesIO()
-    pil = Image.fromarray(np.ascontiguousarray(img_HWC, dtype=np.uint8))
+    pil = img_HWC if isinstance(img_HWC, Image.Image) else Image.fromarray(np.ascontiguousarray(img_HWC, dtype=np.uint8))
     if fmt == "jpg":
         # 4:4:4 chroma: faces at 64 px lose visible colour detail with 4:2:0 subsampling.
         pil.save(buf, format="JPEG", quality=quality, subsampling=0, optimize=False)

@@ -12,10 +12,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from facegan.config import ConfigError, require, to_dict
+from facegan.data.limits import MAX_SIDE
 
 SourceName = Literal["celeba", "utkface", "folder", "synthetic"]
 ImageFormat = Literal["jpg", "png", "raw"]
 IMAGE_EXT: dict[str, str] = {"jpg": "jpg", "png": "png", "raw": "npy"}
+# Static ceilings; memory-dependent bounds are checked against the machine when building
+# (facegan.data.limits). Nothing holds a whole shard in memory, so shard_size is bounded only to
+# keep a shard a unit that a reader can restart on.
+MAX_SHARD_SIZE = 100_000
+MAX_COUNT = 100_000_000
 
 
 def parse_hw(value: Any, *, field_name: str) -> tuple[int, int]:
@@ -49,7 +55,11 @@ class ShardRecipe:
 
     crop: "square" (largest centred square; CelebA 178x218 -> 178x178), "none" (whole image),
           an int N (centred N x N box) or [h, w] (centred h x w box), in source pixels.
-    resolution: output size, an int (square) or [height, width] (CelebA native: [218, 178]).
+    resolution: output size, an int (square) or [height, width] (CelebA native: [218, 178]),
+          at most MAX_SIDE (4096) per side.
+    min_side, max_aspect: a source image whose shorter side is below `min_side` pixels, or whose
+          long/short side ratio is above `max_aspect`, is skipped and listed with the reason
+          instead of being stretched into a face (a 1x1 or 3000x8 file is not a photo).
     """
 
     source: SourceName
@@ -67,10 +77,14 @@ class ShardRecipe:
     labels_csv: str | None = None         # folder: optional CSV of labels
     count: int = 1000                     # synthetic: number of faces
     limit: int = 0                        # >0: keep only the first N items (smoke runs)
+    min_side: int = 32                    # skip sources whose shorter side is below this (px; 0: off)
+    max_aspect: float = 4.0               # skip sources whose long/short side ratio exceeds this
     description: str = ""
 
     def __post_init__(self) -> None:
         self.height, self.width = parse_hw(self.resolution, field_name="resolution")
+        require(max(self.height, self.width) <= MAX_SIDE,
+                f"resolution: expected at most {MAX_SIDE} per side, got {self.height}x{self.width}")
         self.resolution = [self.height, self.width] if self.height != self.width else self.height
         if not (isinstance(self.crop, str) and self.crop in ("square", "none")):
             try:
@@ -78,14 +92,19 @@ class ShardRecipe:
             except ConfigError:
                 raise ConfigError(f"crop: expected 'square', 'none', N or [h, w], got {self.crop!r}") from None
         require(1 <= self.quality <= 100, f"quality: expected 1..100, got {self.quality}")
-        require(self.shard_size >= 1, f"shard_size: expected a positive integer, got {self.shard_size}")
+        require(1 <= self.shard_size <= MAX_SHARD_SIZE,
+                f"shard_size: expected 1..{MAX_SHARD_SIZE}, got {self.shard_size}")
         require(self.workers >= 0, f"workers: expected >= 0 (0 = all cores), got {self.workers}")
         require(0 <= self.val_fraction < 1, f"val_fraction: expected 0 <= x < 1, got {self.val_fraction}")
         require(0 <= self.test_fraction < 1, f"test_fraction: expected 0 <= x < 1, got {self.test_fraction}")
         require(self.val_fraction + self.test_fraction < 1,
                 f"val_fraction + test_fraction: expected < 1, got {self.val_fraction + self.test_fraction}")
         require(self.count >= 1, f"count: expected a positive integer, got {self.count}")
+        require(self.count <= MAX_COUNT, f"count: expected at most {MAX_COUNT:,}, got {self.count:,}")
         require(self.limit >= 0, f"limit: expected >= 0, got {self.limit}")
+        require(self.min_side >= 0, f"min_side: expected >= 0 pixels (0 = no bound), got {self.min_side}")
+        require(isinstance(self.max_aspect, (int, float)) and 1.0 <= self.max_aspect < float("inf"),
+                f"max_aspect: expected a ratio >= 1 (long side / short side), got {self.max_aspect}")
         require(self.source == "celeba" or self.annotations is None,
                 f"annotations: only used by source celeba, not {self.source}")
         require(self.source == "folder" or self.labels_csv is None,

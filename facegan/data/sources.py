@@ -339,7 +339,8 @@ def scan_celeba(
     if not attr_path.is_file():
         raise DataError(f"celeba: required annotation file {CELEBA_ATTR_FILE} not found: looked "
                         f"for {attr_path}" + ("" if annotations is not None else
-                                             " (pass annotations=DIR if it lives elsewhere)"))
+                                             " (pass --annotations DIR, or annotations: DIR in the recipe, "
+                                             "if the annotation files live elsewhere)"))
 
     skipped: list[dict[str, str]] = []
     images: dict[str, str] = {}

@@ -15,16 +15,19 @@ through a seeded shuffle buffer. An "epoch" is a fixed number of batches, the sa
 so DDP ranks always agree on the number of steps (a rank that ran dry would hang the all-reduce).
 Evaluation streams are read once, not shuffled: across all slots each sample appears exactly once.
 
-Damaged input loses only itself: a sample whose bytes fail their crc32, that does not decode to
-the manifest's shape, or that misses its labels is skipped; a truncated shard yields the samples
-before the damage. Both are logged and counted in the batch (`num_skipped`, `num_bad_shards`).
+Damaged input loses only itself: a sample whose image or labels fail their crc32, that does not
+decode to the manifest's shape, or that misses its labels is skipped; a truncated shard yields the
+samples before the damage, and a missing shard nothing. All of it is logged (naming the shard) and
+counted in the batch: `num_skipped` counts every sample of this reader's share that did not
+arrive (damaged, or lost with its shard: the manifest says how many there were),
+`num_bad_shards` the shards that could not be read to the end. A reader whose whole share is
+unreadable raises DataError instead of waiting forever for a batch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import logging
 import random
 from dataclasses import dataclass
@@ -34,10 +37,12 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from facegan.data.imageio import ImageError, crc32, decode_chw
+from facegan.data.limits import check_memory
 from facegan.data.records import DataError
 from facegan.data.store import open_store, open_url
 from facegan.data.tario import TarFormatError, iter_samples
-from facegan.data.writer import load_manifest
+from facegan.data.writer import load_manifest, parse_labels
+from facegan.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +90,22 @@ class ShardStream(IterableDataset):
                  train: bool, seed: int = 0, shuffle_buffer: int = 1000, start_batch: int = 0,
                  normalize: bool = True) -> None:
         super().__init__()
+        if world_size < 1:
+            raise ConfigError(f"world_size: expected a positive integer, got {world_size}")
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank: expected 0 <= rank < world_size={world_size}, got {rank}")
+            raise ConfigError(f"rank: expected 0 <= rank < world_size={world_size}, got {rank}")
         if batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+            raise ConfigError(f"batch_size: expected a positive integer, got {batch_size}")
         self.urls = shard_set.urls(split)
         if not self.urls:
             raise DataError(f"{shard_set.location}: no non-empty {split} shards")
+        h, w = shard_set.resolution
+        # A batch lives as uint8 while decoding and float32 after; the loader keeps up to
+        # prefetch x workers batches in flight (train_loader: 4 per worker).
+        check_memory(min(batch_size, shard_set.count(split)) * 3 * h * w * 5 * 10,
+                     what=f"batch_size {batch_size}", hint=f"3x{h}x{w} images; use a smaller batch size")
         counts = [s["count"] for s in shard_set.shards(split)]
+        self.counts = counts
         self.offsets = [sum(counts[:i]) for i in range(len(counts))]
         self.split = split
         self.height, self.width = shard_set.resolution
@@ -131,6 +144,7 @@ class ShardStream(IterableDataset):
         order = list(shard_ids)
         if self.train:
             random.Random(_seed(self.seed, slot, num_slots, "order", epoch)).shuffle(order)
+        yielded = 0
         for sid in order:
             url = self.urls[sid]
             n = 0
@@ -138,11 +152,21 @@ class ShardStream(IterableDataset):
                 with open_url(url) as f:
                     for sample in iter_samples(f):
                         if not by_sample or (self.offsets[sid] + n) % num_slots == slot:
+                            yielded += 1
                             yield sample
                         n += 1
             except (TarFormatError, OSError) as exc:
                 stats["bad_shards"] += 1
-                log.warning("shard %s: %s; kept the %d samples before it", url, exc, n)
+                # Samples of this slot's share that the manifest lists beyond the damage are lost.
+                lost = sum(1 for j in range(n, self.counts[sid])
+                           if not by_sample or (self.offsets[sid] + j) % num_slots == slot)
+                stats["skipped"] += lost
+                log.warning("shard %s: %s; kept the %d samples before it, lost %d", url,
+                            "missing" if isinstance(exc, FileNotFoundError) else exc, n, lost)
+        if not yielded:
+            raise DataError(f"{self.split} split: none of the {len(order)} shards this reader was given could "
+                            f"be read (first: {self.urls[order[0]] if order else 'none'}); run "
+                            "`facegan shards verify` on the set")
 
     @staticmethod
     def _shuffled(samples: Iterator[dict[str, Any]], rng: random.Random, size: int) -> Iterator[dict[str, Any]]:
@@ -168,7 +192,7 @@ class ShardStream(IterableDataset):
         raw = sample.get("json")
         if raw is None:
             raise ValueError("no .json labels")
-        labels = json.loads(raw)
+        labels = parse_labels(raw)
         if "img_crc32" in labels and crc32(data) != labels["img_crc32"]:
             raise ImageError("image bytes do not match their crc32")
         img = decode_chw(data, ext=self.ext, height=self.height, width=self.width) if decode else None
@@ -207,14 +231,21 @@ class ShardStream(IterableDataset):
         imgs: list[torch.Tensor] = []
         labels: list[dict[str, Any]] = []
         keys: list[str] = []
+        bad_in_a_row = 0
         for sample in samples:
             skipping = to_skip > 0
             try:
                 img, lab = self._checked(sample, decode=not skipping)
             except (ImageError, ValueError) as exc:
                 stats["skipped"] += 1
+                bad_in_a_row += 1
                 log.warning("skipping sample %s: %s", sample.get("__key__"), exc)
+                if self.train and bad_in_a_row > sum(self.counts):
+                    # A whole pass without one good sample: an endless stream would never yield.
+                    raise DataError(f"{self.split} split: no sample of this reader's share passes its checks "
+                                    f"(last: {exc}); run `facegan shards verify` on the set")
                 continue
+            bad_in_a_row = 0
             if skipping:
                 keys.append(sample["__key__"])
                 if len(keys) == self.batch_size:
@@ -270,6 +301,13 @@ def train_loader(shard_set: ShardSet, *, batch_size: int, rank: int = 0, world_s
     stream = ShardStream(shard_set=shard_set, split=split, batch_size=batch_size, rank=rank,
                          world_size=world_size, train=True, seed=seed, shuffle_buffer=shuffle_buffer,
                          start_batch=start_batch, normalize=normalize)
+    share = shard_set.count(split) // world_size
+    if batch_size > share:
+        # Each batch would need more than a whole pass over this rank's data (repeats within a
+        # batch; with a huge batch size a wait of minutes before the first one).
+        raise ConfigError(f"batch_size: {batch_size} is larger than this rank's share of the {split} split "
+                          f"({shard_set.count(split)} samples over {world_size} rank(s) = {share}); "
+                          f"use at most {share}")
     batches_per_epoch = max(1, shard_set.count(split) // (world_size * batch_size))
     return TrainLoader(stream, num_workers=num_workers, batches_per_epoch=batches_per_epoch,
                        pin_memory=pin_memory)
