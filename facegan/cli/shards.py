@@ -92,16 +92,17 @@ def _recipe_from_args(args: argparse.Namespace) -> Any:
 
 def cmd_shards_build(args: argparse.Namespace) -> int:
     recipe = _recipe_from_args(args)
+    progress = not args.no_progress and sys.stderr.isatty()   # no bar lines in logs and pipes
     try:
         if args.ray:
             from facegan.launch.shards import build_shards_on_ray
 
-            result = build_shards_on_ray(recipe, root=args.root, out=args.out, progress=not args.no_progress,
+            result = build_shards_on_ray(recipe, root=args.root, out=args.out, progress=progress,
                                          overwrite=args.overwrite, address=args.address)
         else:
             from facegan.data.writer import build_shards
 
-            result = build_shards(recipe, root=args.root, out=args.out, progress=not args.no_progress,
+            result = build_shards(recipe, root=args.root, out=args.out, progress=progress,
                                   overwrite=args.overwrite)
     except KeyboardInterrupt:
         print("interrupted; rerun to resume", file=sys.stderr)
@@ -240,7 +241,7 @@ def register(sub: Any) -> None:
                    help="run the per-shard work as Ray tasks over a cluster (--root and --out on shared storage)")
     b.add_argument("--address", default="",
                    help="with --ray: the cluster to join (host:port or auto; default $RAY_ADDRESS, else a local one)")
-    b.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar (one is shown only when stderr is a terminal)")
     b.set_defaults(func=cmd_shards_build)
 
     v = ssub.add_parser("verify", help="check checksums and decode every sample")

@@ -186,6 +186,15 @@ def chunk_size(recipe: ShardRecipe) -> int:
     return max(1, min(CHUNK, CHUNK_BYTES // per_image))
 
 
+def worker_bytes(recipe: ShardRecipe) -> int:
+    """Peak memory of one build worker: a chunk of output images in flight (raw pixels, encoded
+    bytes and tar members) or, for synthetic faces, the 4x supersampled canvas it draws on."""
+    pixels = recipe.height * recipe.width * 3
+    if recipe.source == "synthetic":
+        return 16 * pixels * 2 + 4 * pixels
+    return chunk_size(recipe) * pixels * 4 + (256 << 20)   # + a decoded source image
+
+
 def encode_chunk(items: list[SourceItem], recipe: ShardRecipe) -> Chunk:
     """Read/render, crop, resize and encode items into tar members; unusable inputs are skipped."""
     ext = IMAGE_EXT[recipe.format]
@@ -355,8 +364,8 @@ class ShardBuild:
         if not self.jobs:
             raise DataError(f"no usable images in {root or 'the synthetic source'}: "
                             f"{len(self.scan.skipped)} inputs skipped")
-        check_memory(chunk_size(recipe) * recipe.height * recipe.width * 3 * 4 * max(2, recipe.num_workers),
-                     what=f"resolution {recipe.height}x{recipe.width}", hint="use a smaller resolution")
+        check_memory(worker_bytes(recipe) * max(1, recipe.num_workers), what=f"resolution {recipe.height}x{recipe.width}",
+                     hint=f"{max(1, recipe.num_workers)} workers; use a smaller resolution or fewer --workers")
         self._preflight()
         for job in self.jobs:
             job.inputs_sha256 = inputs_sha256(job.items, self.fingerprint)
