@@ -48,46 +48,10 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _user_error(exc: Exception) -> Exception:
-    """config.ConfigError as a facegan.errors.ConfigError (the same class once config imports it
-    from facegan.errors), so main() prints it on one line."""
-    return exc if isinstance(exc, UserError) else ConfigError(str(exc))
-
-
 def _recipe_from_args(args: argparse.Namespace) -> Any:
-    """The recipe from the YAML file, then flags, then --set; an invalid value is reported under
-    the name it was given as: `--resolution: ...`, `--set quality: ...` or `FILE: quality: ...`."""
-    from facegan.config import ConfigError as LoaderError, apply_overrides, from_dict, read_yaml
-    from facegan.data.recipe import ShardRecipe
+    from facegan.data.recipe import load_recipe
 
-    try:
-        data: dict[str, Any] = read_yaml(args.recipe) if args.recipe else {}
-        origin = {key: f"{args.recipe}: {key}" for key in data}
-        for name in _RECIPE_FLAGS:
-            value = getattr(args, name)
-            if value is not None:
-                data[name] = value
-                origin[name] = _flag(name)
-        for item in args.set:
-            key = item.split("=", 1)[0].strip()
-            origin[key] = f"--set {key}"
-        data = apply_overrides(data, args.set)
-    except LoaderError as exc:
-        raise _user_error(exc) from None
-    if "source" not in data:
-        raise ConfigError("source: not given (pass a recipe file or --source)")
-    try:
-        return from_dict(ShardRecipe, data)
-    except LoaderError as exc:
-        msg = str(exc)
-        field, sep, rest = msg.partition(": ")
-        if sep and field in origin:
-            raise ConfigError(f"{origin[field]}: {rest}") from None
-        if msg.startswith("unknown key"):
-            unknown = [k for k in data if k not in {f for f in ShardRecipe.__dataclass_fields__}]
-            if unknown and all(origin.get(k, "").startswith("--set") for k in unknown):
-                raise ConfigError(f"--set: {msg}") from None
-        raise ConfigError(f"{args.recipe}: {msg}" if args.recipe else msg) from None
+    return load_recipe(args.recipe, flags={name: getattr(args, name) for name in _RECIPE_FLAGS}, sets=args.set)
 
 
 def cmd_shards_build(args: argparse.Namespace) -> int:

@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from facegan.config import ConfigError, require, to_dict
+from facegan import errors
+from facegan.config import ConfigError, apply_overrides, from_dict, read_yaml, require, to_dict
 from facegan.data.limits import MAX_SIDE
 
 SourceName = Literal["celeba", "utkface", "folder", "synthetic"]
@@ -127,3 +128,57 @@ class ShardRecipe:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())   # YAML errors span lines; `facegan` prints one
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def load_recipe(path: str | os.PathLike[str] | None = None, *, flags: dict[str, Any] | None = None,
+                sets: list[str] | None = None) -> ShardRecipe:
+    """The recipe from a YAML file, then `flags` (field -> value, given as --field-name), then
+    `sets` ("key=value", given as --set). A bad value is reported under the name it was given
+    as: `--resolution: ...`, `--set quality: ...` or `FILE: quality: ...`; anything the YAML or
+    the values can throw becomes one ConfigError (facegan.errors) naming the file.
+
+        load_recipe("shards/celeba64.yaml", flags={"resolution": "128"}, sets=["quality=90"])
+    """
+    where = str(path) if path is not None else "recipe"
+    try:
+        data: dict[str, Any] = read_yaml(path) if path is not None else {}
+        origin = {key: f"{where}: {key}" for key in data}
+        for name, value in (flags or {}).items():
+            if value is not None:
+                data[name] = value
+                origin[name] = _flag(name)
+        for item in sets or []:
+            key = item.split("=", 1)[0].strip()
+            origin[key] = f"--set {key}"
+        data = apply_overrides(data, sets)
+    except ConfigError as exc:
+        raise errors.ConfigError(_one_line(str(exc))) from None
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError, OverflowError) as exc:
+        # e.g. a YAML date that does not exist (2021-02-30): not a yaml.YAMLError
+        raise errors.ConfigError(_one_line(f"{where}: not a valid recipe: {type(exc).__name__}: {exc}")) from None
+    if "source" not in data:
+        raise errors.ConfigError(f"{where}: source: not given (pass a recipe file with `source:` or --source)"
+                                 if path is not None else "source: not given (pass a recipe file or --source)")
+    try:
+        return from_dict(ShardRecipe, data)
+    except ConfigError as exc:
+        msg = _one_line(str(exc))
+        field, sep, rest = msg.partition(": ")
+        if sep and field in origin:
+            raise errors.ConfigError(f"{origin[field]}: {rest}") from None
+        if msg.startswith("unknown key"):
+            unknown = [k for k in data if k not in ShardRecipe.__dataclass_fields__]
+            if unknown and all(origin.get(k, "").startswith("--set") for k in unknown):
+                raise errors.ConfigError(f"--set: {msg}") from None
+        raise errors.ConfigError(f"{where}: {msg}" if path is not None else msg) from None
+    except (ValueError, TypeError, AttributeError, RecursionError, OverflowError, ZeroDivisionError) as exc:
+        # The loader's coercions can throw these on odd values (e.g. "1/0" as a number).
+        raise errors.ConfigError(_one_line(f"{where}: not a valid recipe: {type(exc).__name__}: {exc}")) from None

@@ -137,9 +137,21 @@ class ShardStream(IterableDataset):
             return list(range(slot, len(self.urls), num_slots)), False
         return list(range(len(self.urls))), True
 
+    def _share(self, sid: int, slot: int, num_slots: int, by_sample: bool) -> int:
+        """How many samples of shard `sid` the manifest gives this slot."""
+        if not by_sample:
+            return self.counts[sid]
+        return sum(1 for j in range(self.counts[sid]) if (self.offsets[sid] + j) % num_slots == slot)
+
     def _pass_samples(self, slot: int, num_slots: int, stats: dict[str, int], epoch: int
-                      ) -> Iterator[dict[str, Any]]:
-        """One pass over this slot's data (shard order reshuffled per pass when training)."""
+                      ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """One pass over this slot's data: (sample, labels) of every sample that passes the cheap
+        checks (shard order reshuffled per pass when training).
+
+        Accounting is per shard against the manifest: whatever of the slot's share did not pass
+        (damaged, missing, cut off) is added to stats["skipped"] once the shard is done, so the
+        count is exact however the damage splits or merges tar members.
+        """
         shard_ids, by_sample = self._assignment(slot, num_slots)
         order = list(shard_ids)
         if self.train:
@@ -147,33 +159,41 @@ class ShardStream(IterableDataset):
         yielded = 0
         for sid in order:
             url = self.urls[sid]
-            n = 0
+            n = good = 0
             try:
                 with open_url(url) as f:
                     for sample in iter_samples(f):
-                        if not by_sample or (self.offsets[sid] + n) % num_slots == slot:
-                            yielded += 1
-                            yield sample
+                        mine = not by_sample or (self.offsets[sid] + n) % num_slots == slot
                         n += 1
+                        if not mine:
+                            continue
+                        try:
+                            labels = self._labels(sample)
+                        except ValueError as exc:
+                            log.warning("skipping sample %s of %s: %s", sample.get("__key__"), url, exc)
+                            continue
+                        good += 1
+                        yielded += 1
+                        yield sample, labels
             except (TarFormatError, OSError) as exc:
                 stats["bad_shards"] += 1
-                # Samples of this slot's share that the manifest lists beyond the damage are lost.
-                lost = sum(1 for j in range(n, self.counts[sid])
-                           if not by_sample or (self.offsets[sid] + j) % num_slots == slot)
+                log.warning("shard %s: %s; read %d samples before it", url,
+                            "missing" if isinstance(exc, FileNotFoundError) else exc, n)
+            lost = max(0, self._share(sid, slot, num_slots, by_sample) - good)
+            if lost:
                 stats["skipped"] += lost
-                log.warning("shard %s: %s; kept the %d samples before it, lost %d", url,
-                            "missing" if isinstance(exc, FileNotFoundError) else exc, n, lost)
-        if not yielded:
-            raise DataError(f"{self.split} split: none of the {len(order)} shards this reader was given could "
-                            f"be read (first: {self.urls[order[0]] if order else 'none'}); run "
+        if not yielded and self.train:
+            # An endless stream over a share with nothing readable would never yield a batch.
+            raise DataError(f"{self.split} split: none of the {len(order)} shards this reader was given has a "
+                            f"readable sample (first: {self.urls[order[0]] if order else 'none'}); run "
                             "`facegan shards verify` on the set")
 
     @staticmethod
-    def _shuffled(samples: Iterator[dict[str, Any]], rng: random.Random, size: int) -> Iterator[dict[str, Any]]:
+    def _shuffled(samples: Iterator[Any], rng: random.Random, size: int) -> Iterator[Any]:
         if size <= 1:
             yield from samples
             return
-        buf: list[dict[str, Any]] = []
+        buf: list[Any] = []
         for sample in samples:
             if len(buf) < size:
                 buf.append(sample)
@@ -184,8 +204,8 @@ class ShardStream(IterableDataset):
         rng.shuffle(buf)
         yield from buf
 
-    def _checked(self, sample: dict[str, Any], *, decode: bool) -> tuple[torch.Tensor | None, dict[str, Any]]:
-        """Labels (+ decoded image) of a sample, or raise ValueError/ImageError saying why not."""
+    def _labels(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """Labels of a sample whose image and labels pass their crc32, or ValueError saying why not."""
         data = sample.get(self.ext)
         if data is None:
             raise ImageError(f"no .{self.ext} image")
@@ -195,8 +215,7 @@ class ShardStream(IterableDataset):
         labels = parse_labels(raw)
         if "img_crc32" in labels and crc32(data) != labels["img_crc32"]:
             raise ImageError("image bytes do not match their crc32")
-        img = decode_chw(data, ext=self.ext, height=self.height, width=self.width) if decode else None
-        return img, labels
+        return labels
 
     def _collate(self, imgs: list[torch.Tensor], labels: list[dict[str, Any]], keys: list[str],
                  stats: dict[str, int]) -> dict[str, Any]:
@@ -231,34 +250,48 @@ class ShardStream(IterableDataset):
         imgs: list[torch.Tensor] = []
         labels: list[dict[str, Any]] = []
         keys: list[str] = []
+        # Evaluation holds a full batch back until the next sample arrives, so the last batch
+        # carries the counts of a damaged last shard (they are known only once it is read).
+        held: tuple[list[torch.Tensor], list[dict[str, Any]], list[str]] | None = None
         bad_in_a_row = 0
-        for sample in samples:
-            skipping = to_skip > 0
-            try:
-                img, lab = self._checked(sample, decode=not skipping)
-            except (ImageError, ValueError) as exc:
-                stats["skipped"] += 1
-                bad_in_a_row += 1
-                log.warning("skipping sample %s: %s", sample.get("__key__"), exc)
-                if self.train and bad_in_a_row > sum(self.counts):
-                    # A whole pass without one good sample: an endless stream would never yield.
-                    raise DataError(f"{self.split} split: no sample of this reader's share passes its checks "
-                                    f"(last: {exc}); run `facegan shards verify` on the set")
-                continue
-            bad_in_a_row = 0
-            if skipping:
+        for sample, lab in samples:
+            if to_skip > 0:
                 keys.append(sample["__key__"])
                 if len(keys) == self.batch_size:
                     keys, to_skip = [], to_skip - 1
                 continue
-            imgs.append(img)  # type: ignore[arg-type]
+            try:
+                img = decode_chw(sample[self.ext], ext=self.ext, height=self.height, width=self.width)
+            except ImageError as exc:
+                stats["skipped"] += 1
+                bad_in_a_row += 1
+                log.warning("skipping sample %s: %s", sample.get("__key__"), exc)
+                if self.train and bad_in_a_row > sum(self.counts):
+                    raise DataError(f"{self.split} split: no sample of this reader's share decodes "
+                                    f"(last: {exc}); run `facegan shards verify` on the set") from None
+                continue
+            bad_in_a_row = 0
+            if held is not None:
+                yield self._collate(*held, stats)
+                held = None
+            imgs.append(img)
             labels.append(lab)
             keys.append(sample["__key__"])
             if len(imgs) == self.batch_size:
-                yield self._collate(imgs, labels, keys, stats)
+                if self.train:
+                    yield self._collate(imgs, labels, keys, stats)
+                else:
+                    held = (imgs, labels, keys)
                 imgs, labels, keys = [], [], []
-        if imgs and not self.train:
+        if held is not None:
+            yield self._collate(*held, stats)
+        elif imgs and not self.train:
             yield self._collate(imgs, labels, keys, stats)
+        elif stats["skipped"] > stats["reported_skipped"] or stats["bad_shards"] > stats["reported_bad_shards"]:
+            # No batch to carry the counts: say it rather than end as if the share were empty.
+            raise DataError(f"{self.split} split: nothing readable in this reader's share "
+                            f"({stats['skipped']} samples lost, {stats['bad_shards']} shard reads failed); "
+                            "run `facegan shards verify` on the set")
 
 
 class TrainLoader:
