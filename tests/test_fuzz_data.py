@@ -129,8 +129,10 @@ def test_celeba_annotations_under_damage(celeba_dir: tuple[Path, dict[str, bytes
         assert item.split == ("train", "val", "test")[int(parts[stem][0])]
         assert item.labels["identity"] == int(ids[stem][0])
     assert len(scan.items) + len(scan.skipped) == 6
-    if m[0] in ("truncate", "flip"):
-        # One flipped bit or a cut cannot turn one valid label into another: accepted means unchanged.
+    if m[0] in ("truncate", "flip") and which == "list_attr_celeba.txt":
+        # One flipped bit or a cut cannot turn one valid attribute (1 / -1) into the other:
+        # accepted means unchanged. (A digit of a partition or identity can flip into another
+        # valid digit: those files carry no checksum, so that is what the file then says.)
         for name, raw in originals.items():
             (root / name).write_bytes(raw)
         clean = {it.key: it for it in sources.scan_celeba(root=root).items}
@@ -203,11 +205,11 @@ def test_labels_csv_under_damage(folder_dir: Path, data: Any, ncol: int, binary:
         return
     # Accepted: each image's labels are its row as the CSV module reads the file now on disk.
     rows = list(csv.reader(io.StringIO(damaged.decode("utf-8-sig"), newline="")))
-    rows = [r for r in rows if any(c.strip() for c in r)]
-    table = {r[0].strip(): [float(c) for c in r[1:]] for r in rows[1:]}
+    rows = [r for r in rows if any(c.strip(" \t") for c in r)]
+    table = {r[0].strip(" \t"): [float(c) for c in r[1:]] for r in rows[1:]}
     as_binary = all(v in (0.0, 1.0) for r in table.values() for v in r) or \
         all(v in (-1.0, 1.0) for r in table.values() for v in r)
-    assert scan.attr_names == [c.strip() for c in rows[0][1:]]
+    assert scan.attr_names == [c.strip(" \t") for c in rows[0][1:]]
     for item in scan.items:
         row = table[Path(item.path).name]
         assert item.labels["attrs"] == ([1 if v == 1.0 else 0 for v in row] if as_binary else row)
@@ -312,8 +314,9 @@ def test_tar_reader_under_damage(one_shard: tuple[Path, bytes, dict[str, dict[st
                 continue
             original = originals[sample["__key__"]]
             assert sample["jpg"] == original["jpg"]      # never a silently wrong image ...
-            assert json.loads(original["json"]) == dict(labels, labels_crc32=json.loads(original["json"])
-                                                        ["labels_crc32"])   # ... or wrong labels
+            want = json.loads(original["json"])
+            del want["labels_crc32"]
+            assert labels == want                        # ... or wrong labels
             accepted += 1
     except TarFormatError as exc:
         assert str(exc)

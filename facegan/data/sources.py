@@ -43,6 +43,11 @@ _PARTITION_CODES = frozenset(("0", "1", "2"))
 _UTK_MAX_AGE = 130   # UTKFace ages run 1-116; anything far beyond is a mangled name, not an age
 _CSV_PATH_COLUMNS: tuple[str, ...] = ("filename", "file", "path", "image")
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+# Characters str.split()/str.strip() treat as whitespace besides space, tab and CR/LF: in an
+# annotation file they are damage (a flipped or inserted byte), not a column separator.
+_ODD_SPACE = re.compile(r"[\x0b\x0c\x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
+_CELL_SPACE = " \t"
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +220,13 @@ def _parse_celeba_table(
     row so a corrupt file is caught even where no image exists. `convert` runs only on the rows
     of `wanted` images, which keeps the full 202,599-row files fast to scan.
     """
-    lines = _read_text(path).split("\n")
+    text = _read_text(path)
+    odd = _ODD_SPACE.search(text)
+    if odd:
+        line = text.count("\n", 0, odd.start()) + 1
+        raise DataError(f"{path}: line {line}: unexpected control or space character {odd.group()!r} "
+                        "(columns are separated by spaces)")
+    lines = text.split("\n")
     column_names: list[str] | None = None
     first_row = 0
     declared_count = 0
@@ -558,10 +569,10 @@ def _read_labels_csv(path: Path, *, root: Path, images: dict[str, str]) -> _CsvL
             reader = csv.reader(handle)
             for row in reader:
                 line = reader.line_num
-                if not any(cell.strip() for cell in row):
+                if not any(cell.strip(_CELL_SPACE) for cell in row):
                     continue
                 if header is None:
-                    header = [cell.strip() for cell in row]
+                    header = [cell.strip(_CELL_SPACE) for cell in row]
                     if header[0].lower() not in _CSV_PATH_COLUMNS:
                         raise DataError(f"{path}: line {line}: expected a header row whose first "
                                         f"column is one of {', '.join(_CSV_PATH_COLUMNS)}, found "
@@ -577,14 +588,16 @@ def _read_labels_csv(path: Path, *, root: Path, images: dict[str, str]) -> _CsvL
                 values: list[float] = []
                 for name, cell in zip(header[1:], row[1:]):
                     try:
-                        value = float(cell.strip())
+                        cell = cell.strip(_CELL_SPACE)
+                        # float() accepts "1_000", "infinity" and odd spaces; a label cell is a plain number.
+                        value = float(cell) if _NUMBER.fullmatch(cell) else math.nan
                     except ValueError:
                         value = math.nan
                     if not math.isfinite(value):
                         raise DataError(f"{path}: line {line}: column {name!r} must be a finite "
                                         f"number, found {cell!r}")
                     values.append(value)
-                rel = _csv_image(row[0].strip(), root=root, images=images, by_name=by_name,
+                rel = _csv_image(row[0].strip(_CELL_SPACE), root=root, images=images, by_name=by_name,
                                  where=f"{path}: line {line}")
                 if rel is None:
                     num_missing += 1

@@ -36,12 +36,12 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from facegan.data.imageio import ImageError, crc32, decode_chw
+from facegan.data.imageio import ImageError, decode_chw
 from facegan.data.limits import check_memory
 from facegan.data.records import DataError
 from facegan.data.store import open_store, open_url
 from facegan.data.tario import TarFormatError, iter_samples
-from facegan.data.writer import load_manifest, parse_labels
+from facegan.data.writer import load_manifest, sample_labels, strict_checks
 from facegan.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ class ShardStream(IterableDataset):
         self.split = split
         self.height, self.width = shard_set.resolution
         self.ext = shard_set.manifest["image_ext"]
+        self.strict = strict_checks(shard_set.manifest)
         self.attr_names = shard_set.attr_names
         self.label_fields = list(shard_set.manifest.get("label_fields", []))
         self.batch_size = batch_size
@@ -206,16 +207,7 @@ class ShardStream(IterableDataset):
 
     def _labels(self, sample: dict[str, Any]) -> dict[str, Any]:
         """Labels of a sample whose image and labels pass their crc32, or ValueError saying why not."""
-        data = sample.get(self.ext)
-        if data is None:
-            raise ImageError(f"no .{self.ext} image")
-        raw = sample.get("json")
-        if raw is None:
-            raise ValueError("no .json labels")
-        labels = parse_labels(raw)
-        if "img_crc32" in labels and crc32(data) != labels["img_crc32"]:
-            raise ImageError("image bytes do not match their crc32")
-        return labels
+        return sample_labels(sample, ext=self.ext, strict=self.strict)
 
     def _collate(self, imgs: list[torch.Tensor], labels: list[dict[str, Any]], keys: list[str],
                  stats: dict[str, int]) -> dict[str, Any]:

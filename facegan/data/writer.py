@@ -160,15 +160,46 @@ def labels_json(meta: dict[str, Any]) -> bytes:
     return json.dumps(dict(meta, labels_crc32=crc32(body.encode())), sort_keys=True).encode()
 
 
-def parse_labels(raw: bytes) -> dict[str, Any]:
-    """Labels of a sample's .json; ValueError if it is not JSON or fails its `labels_crc32`."""
+def parse_labels(raw: bytes, *, strict: bool = False) -> dict[str, Any]:
+    """Labels of a sample's .json; ValueError if it is not JSON or fails its `labels_crc32`.
+
+    strict (sets of format_version >= 2): both checksums must be there. Otherwise a flipped bit
+    in the name "labels_crc32" or "img_crc32" would switch its check off and let a second
+    flip through unseen.
+    """
     labels = json.loads(raw)
     if not isinstance(labels, dict):
         raise ValueError("labels are not a JSON object")
     stored = labels.pop("labels_crc32", None)
-    if stored is not None and crc32(json.dumps(labels, sort_keys=True).encode()) != stored:
+    if stored is None:
+        if strict:
+            raise ValueError("labels carry no labels_crc32")
+    elif crc32(json.dumps(labels, sort_keys=True).encode()) != stored:
         raise ValueError("labels do not match their crc32")
+    if strict and not isinstance(labels.get("img_crc32"), int):
+        raise ValueError("labels carry no img_crc32")
     return labels
+
+
+def sample_labels(sample: dict[str, Any], *, ext: str, strict: bool) -> dict[str, Any]:
+    """The labels of a sample whose image and labels pass their crc32s; ValueError (ImageError for
+    the image) saying why not. Cheap: nothing is decoded."""
+    data = sample.get(ext)
+    if data is None:
+        raise ImageError(f"no .{ext} image")
+    raw = sample.get("json")
+    if raw is None:
+        raise ValueError("no .json labels")
+    labels = parse_labels(raw, strict=strict)
+    if "img_crc32" in labels and crc32(data) != labels["img_crc32"]:
+        raise ImageError("image bytes do not match their crc32")
+    return labels
+
+
+def strict_checks(manifest: dict[str, Any]) -> bool:
+    """Whether a set's samples must carry both checksums (written by this version or later)."""
+    version = manifest.get("format_version", 1)
+    return isinstance(version, int) and version >= 2
 
 
 @dataclass
@@ -688,20 +719,15 @@ def load_manifest(location: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def check_sample(sample: dict[str, Any], *, ext: str, height: int, width: int) -> dict[str, Any]:
-    """Validate one sample; returns its labels. Raises ImageError/ValueError naming the problem."""
-    if ext not in sample:
-        raise ImageError(f"sample {sample['__key__']}: no .{ext} image")
-    if "json" not in sample:
-        raise ValueError(f"sample {sample['__key__']}: no .json labels")
+def check_sample(sample: dict[str, Any], *, ext: str, height: int, width: int, strict: bool = True
+                 ) -> dict[str, Any]:
+    """Validate one sample (checksums, then a full decode); returns its labels. Raises
+    ImageError/ValueError naming the sample and the problem."""
     try:
-        labels = parse_labels(sample["json"])
+        labels = sample_labels(sample, ext=ext, strict=strict)
+        decode_chw(sample[ext], ext=ext, height=height, width=width)
     except ValueError as exc:
-        raise ValueError(f"sample {sample['__key__']}: {exc}") from None
-    data = sample[ext]
-    if "img_crc32" in labels and crc32(data) != labels["img_crc32"]:
-        raise ImageError(f"sample {sample['__key__']}: image bytes do not match their crc32")
-    decode_chw(data, ext=ext, height=height, width=width)
+        raise type(exc)(f"sample {sample.get('__key__')}: {exc}") from None
     return labels
 
 
@@ -745,6 +771,7 @@ def verify_shards(location: str | Path, *, progress: bool = False) -> list[str]:
     store = open_store(location)
     height, width = manifest["resolution"]
     ext = manifest["image_ext"]
+    strict = strict_checks(manifest)
     problems: list[str] = []
     for rec in manifest["shards"]:
         name = rec["name"]
@@ -758,7 +785,7 @@ def verify_shards(location: str | Path, *, progress: bool = False) -> list[str]:
                 try:
                     for sample in iter_samples(reader):
                         try:
-                            check_sample(sample, ext=ext, height=height, width=width)
+                            check_sample(sample, ext=ext, height=height, width=width, strict=strict)
                             count += 1
                         except (ImageError, ValueError) as exc:
                             problems.append(f"{name}: {exc}")
@@ -792,6 +819,7 @@ def inspect_shards(location: str | Path, *, preview: str | Path | None = None, n
     height, width = manifest["resolution"]
     ext = manifest["image_ext"]
     attr_names = manifest["attr_names"]
+    strict = strict_checks(manifest)
     sums = np.zeros(len(attr_names), dtype=np.int64)
     n_attr = 0
     n_read = 0
@@ -805,7 +833,7 @@ def inspect_shards(location: str | Path, *, preview: str | Path | None = None, n
             with store.open_read(name) as f:
                 for sample in iter_samples(f):
                     try:
-                        labels = _checked_labels(sample, ext)
+                        labels = sample_labels(sample, ext=ext, strict=strict)
                     except ValueError as exc:
                         problems.append(f"{name}: sample {sample.get('__key__')}: {exc}")
                         continue
@@ -841,17 +869,6 @@ def inspect_shards(location: str | Path, *, preview: str | Path | None = None, n
     return report
 
 
-def _checked_labels(sample: dict[str, Any], ext: str) -> dict[str, Any]:
-    if ext not in sample:
-        raise ValueError(f"no .{ext} image")
-    if "json" not in sample:
-        raise ValueError("no .json labels")
-    labels = parse_labels(sample["json"])
-    if "img_crc32" in labels and crc32(sample[ext]) != labels["img_crc32"]:
-        raise ValueError("image bytes do not match their crc32")
-    return labels
-
-
 def save_grid(imgs_NCHW: np.ndarray, path: str | Path, *, nrow: int | None = None) -> None:
     """Tile uint8 NxCxHxW images into one PNG (2 px gaps)."""
     from PIL import Image
@@ -870,5 +887,5 @@ def save_grid(imgs_NCHW: np.ndarray, path: str | Path, *, nrow: int | None = Non
 
 
 __all__ = ["BuildResult", "ShardBuild", "ShardJob", "build_shards", "build_one_shard", "check_sample",
-           "encode_chunk", "inspect_shards", "load_manifest", "make_manifest", "parse_labels", "plan_shards",
+           "encode_chunk", "inspect_shards", "load_manifest", "make_manifest", "parse_labels", "plan_shards", "sample_labels",
            "save_grid", "scan_source", "verify_shards", "write_shard", "human", "PipeStore"]
