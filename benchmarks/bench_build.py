@@ -34,16 +34,23 @@ from facegan.data.writer import build_shards, scan_source
 CELEBA_FULL = 202_599
 
 
-def rate(fn, items, *, min_seconds: float = 3.0) -> float:
-    """Items per second of fn over items, repeated until min_seconds have passed."""
-    n, t0 = 0, time.perf_counter()
+def rate(fn, items, *, min_seconds: float = 3.0) -> tuple[float, float]:
+    """(items per wall second, items per CPU second) of fn over items, repeated until
+    min_seconds have passed."""
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while True:
         for it in items:
             fn(it)
             n += 1
         dt = time.perf_counter() - t0
         if dt >= min_seconds:
-            return n / dt
+            return n / dt, n / (time.process_time() - c0)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the build's worker pool)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def scaled_celeba(root: Path, scale: int, dest: Path) -> Path:
@@ -103,33 +110,41 @@ def main() -> int:
         if root:
             paths = [it.path for it in scan.items[:400]]
 
-            def measure_limit() -> float:
+            def measure_limit() -> tuple[float, float]:
                 return rate(lambda p: load_and_prepare(p, crop="square", out_h=size, out_w=size), paths,
                             min_seconds=args.seconds)
             what = "read + draft decode + crop + resize"
         else:
             from facegan.data.synthetic import render_face
 
-            def measure_limit() -> float:
+            def measure_limit() -> tuple[float, float]:
                 return rate(lambda i: render_face(seed=0, index=i, height=size, width=size), range(300),
                             min_seconds=args.seconds)
             what = "synthetic render"
 
-        before = measure_limit()
-        t0 = time.perf_counter()
+        before, before_cpu = measure_limit()
+        c0, t0 = cpu_seconds(), time.perf_counter()
         result = build_shards(recipe, root=root, out=Path(tmp) / "shards", progress=False)
-        dt = time.perf_counter() - t0
-        after = measure_limit()
+        dt, build_cpu = time.perf_counter() - t0, cpu_seconds() - c0
+        after, after_cpu = measure_limit()
         shutil.rmtree(Path(tmp) / "shards")
 
-    limit = (before + after) / 2
+    limit, limit_cpu = (before + after) / 2, (before_cpu + after_cpu) / 2
     n = result.manifest["counts"]["total"]
     build_rate = n / dt
     ratio = build_rate / (limit * cores)
-    print(f"one core, {what} = limit: {limit:8.0f} img/s  (before the build {before:.0f}, after {after:.0f})")
+    load = os.getloadavg()[0]
+    print(f"one core, {what} = limit: {limit:8.0f} img/s  (before the build {before:.0f}, after {after:.0f}); "
+          f"{limit_cpu:.0f} img per CPU second")
     print(f"facegan shards build, {cores} workers (scan + decode + encode + tar + sha256 + write): "
-          f"{n} images in {dt:.2f} s = {build_rate:.0f} img/s")
-    print(f"ratio to limit x cores: {ratio:.2f}  (target >= 0.80: {'met' if ratio >= 0.8 else 'NOT met'})")
+          f"{n} images in {dt:.2f} s = {build_rate:.0f} img/s, {build_cpu:.1f} CPU s")
+    print(f"ratio to limit x cores: {ratio:.2f}  (target >= 0.80: {'met' if ratio >= 0.8 else 'NOT met'}); "
+          f"load average {load:.1f} on {os.cpu_count()} cores")
+    # The same ratio in CPU time: robust to other processes on the machine, which slow the wall
+    # clock of both the limit and the build but by different amounts.
+    cpu_ratio = (limit_cpu and n / build_cpu / limit_cpu)
+    print(f"CPU-time ratio (limit CPU per image / build CPU per image): {cpu_ratio:.2f}; "
+          f"cores kept busy: {build_cpu / (dt * cores):.2f}")
     stages = result.stage_seconds
     busy = dt * cores
     print("per-image budget (us, summed over processes; 'other' = cores x wall - stages: scan, start-up, "

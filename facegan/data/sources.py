@@ -46,6 +46,7 @@ _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 # Characters str.split()/str.strip() treat as whitespace besides space, tab and CR/LF: in an
 # annotation file they are damage (a flipped or inserted byte), not a column separator.
 _ODD_SPACE = re.compile(r"[\x0b\x0c\x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
+_LONE_CR = re.compile(r"\r")
 _CELL_SPACE = " \t"
 _NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
@@ -215,17 +216,20 @@ def _parse_celeba_table(
 ) -> _CelebaTable:
     """Parse `path`: [count line, names line] then rows of `name v1 .. v{num_values}`.
 
-    Any whitespace separates columns and CRLF endings are fine (str.split handles both).
+    Spaces or tabs separate columns; lines end in LF or CRLF. A lone CR or another control/space
+    character inside a line is refused as damage.
     `bad_value(values)` returns the index of the first invalid value or None; it runs on every
     row so a corrupt file is caught even where no image exists. `convert` runs only on the rows
     of `wanted` images, which keeps the full 202,599-row files fast to scan.
     """
-    text = _read_text(path)
-    odd = _ODD_SPACE.search(text)
+    # CRLF endings are fine; a lone CR or an odd space character inside a line is damage (a
+    # flipped bit turns "-1" into "\r1", which str.split() would read as a valid "1").
+    text = _read_text(path).replace("\r\n", "\n")
+    odd = _ODD_SPACE.search(text) or _LONE_CR.search(text)
     if odd:
         line = text.count("\n", 0, odd.start()) + 1
         raise DataError(f"{path}: line {line}: unexpected control or space character {odd.group()!r} "
-                        "(columns are separated by spaces)")
+                        "(columns are separated by spaces or tabs, lines end in LF or CRLF)")
     lines = text.split("\n")
     column_names: list[str] | None = None
     first_row = 0
@@ -284,6 +288,7 @@ def _parse_celeba_table(
 
 
 _ATTR_VALUES = frozenset(("1", "-1"))
+_ATTR_BIT = {"1": 1, "-1": 0}
 
 
 def _bad_attr(values: list[str]) -> int | None:
@@ -369,7 +374,7 @@ def scan_celeba(
         attr_path, wanted=wanted, has_header=True, num_values=len(CELEBA_ATTRS),
         expected=f"image name + {len(CELEBA_ATTRS)} values of -1/1", value_desc="-1 or 1",
         bad_value=_bad_attr,
-        convert=lambda values: [1 if v == "1" else 0 for v in values],
+        convert=lambda values: list(map(_ATTR_BIT.__getitem__, values)),
     )
     assert attrs.column_names is not None
     optional: dict[str, _CelebaTable] = {}

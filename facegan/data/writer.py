@@ -108,7 +108,6 @@ class ShardJob:
     split: str
     items: list[SourceItem]
     keys_sha256: str = ""
-    inputs_sha256: str = ""
 
     def __post_init__(self) -> None:
         h = hashlib.sha256()
@@ -134,34 +133,22 @@ def plan_shards(recipe: ShardRecipe, items: list[SourceItem]) -> list[ShardJob]:
     return jobs
 
 
-def inputs_sha256(items: list[SourceItem], fingerprint: str) -> str:
-    """What a shard's bytes depend on: the recipe, and per item its key, labels and source file
-    (path, size, mtime in ns; synthetic items: their index). A changed, replaced or touched file
-    changes the hash, so a resumed build rebuilds that shard."""
-    h = hashlib.sha256(fingerprint.encode())
-    for item in items:
-        if item.path is not None:
-            try:
-                st = os.stat(item.path)
-                stat: tuple[int, int] = (st.st_size, st.st_mtime_ns)
-            except OSError:
-                stat = (-1, -1)
-        else:
-            stat = (0, 0)
-        h.update(json.dumps([item.key, item.path, stat, item.index, item.labels], sort_keys=True).encode())
-    return h.hexdigest()
-
-
 # ----------------------------------------------------------------------------- the per-chunk work
 
-def labels_json(meta: dict[str, Any]) -> bytes:
-    """A sample's .json: `meta` plus `labels_crc32`, the crc32 of meta's canonical JSON."""
-    body = json.dumps(meta, sort_keys=True)
-    return json.dumps(dict(meta, labels_crc32=crc32(body.encode())), sort_keys=True).encode()
+def labels_json(labels_text: bytes, img_crc32: int) -> bytes:
+    """A sample's .json from its labels' canonical JSON (`canonical_json(labels)`): the labels
+    plus `img_crc32` (the image's) and `labels_crc32` (crc32 of `labels_text`), added last."""
+    tail = b'"img_crc32": %d, "labels_crc32": %d}' % (img_crc32, crc32(labels_text))
+    return labels_text[:-1] + (b", " + tail if labels_text != b"{}" else tail)
+
+
+def canonical_json(labels: dict[str, Any]) -> bytes:
+    return json.dumps(labels, sort_keys=True).encode()
 
 
 def parse_labels(raw: bytes, *, strict: bool = False) -> dict[str, Any]:
-    """Labels of a sample's .json; ValueError if it is not JSON or fails its `labels_crc32`.
+    """Labels of a sample's .json (with its `img_crc32`); ValueError if it is not JSON or fails
+    its `labels_crc32` (over the canonical JSON of everything but the two checksums).
 
     strict (sets of format_version >= 2): both checksums must be there. Otherwise a flipped bit
     in the name "labels_crc32" or "img_crc32" would switch its check off and let a second
@@ -171,12 +158,15 @@ def parse_labels(raw: bytes, *, strict: bool = False) -> dict[str, Any]:
     if not isinstance(labels, dict):
         raise ValueError("labels are not a JSON object")
     stored = labels.pop("labels_crc32", None)
+    img = labels.pop("img_crc32", None)
     if stored is None:
         if strict:
             raise ValueError("labels carry no labels_crc32")
-    elif crc32(json.dumps(labels, sort_keys=True).encode()) != stored:
+    elif crc32(canonical_json(labels)) != stored:
         raise ValueError("labels do not match their crc32")
-    if strict and not isinstance(labels.get("img_crc32"), int):
+    if img is not None:
+        labels["img_crc32"] = img
+    elif strict:
         raise ValueError("labels carry no img_crc32")
     return labels
 
@@ -204,17 +194,24 @@ def strict_checks(manifest: dict[str, Any]) -> bool:
 
 @dataclass
 class Chunk:
-    """Some consecutive samples of one shard, laid out as tar members (no end marker)."""
+    """Some consecutive samples of one shard, laid out as tar members (no end marker), and the
+    digest of the inputs they were made from (see `chunk_inputs_digest`)."""
 
     members: bytes
     count: int
     skipped: list[dict[str, str]]
     seconds: dict[str, float]
+    inputs_digest: bytes = b""
 
 
 def chunk_size(recipe: ShardRecipe) -> int:
     per_image = recipe.height * recipe.width * 3
     return max(1, min(CHUNK, CHUNK_BYTES // per_image))
+
+
+def chunks_of(items: list[SourceItem], recipe: ShardRecipe) -> list[list[SourceItem]]:
+    n = chunk_size(recipe)
+    return [items[i:i + n] for i in range(0, len(items), n)]
 
 
 def worker_bytes(recipe: ShardRecipe) -> int:
@@ -226,21 +223,61 @@ def worker_bytes(recipe: ShardRecipe) -> int:
     return chunk_size(recipe) * pixels * 4 + (256 << 20)   # + a decoded source image
 
 
+def _describe(item: SourceItem, labels_text: bytes) -> bytes:
+    """What a sample's bytes depend on besides the recipe: key, labels and the source file's
+    path, size and mtime (synthetic items: their index)."""
+    if item.path is None:
+        return b"%s\0%d\0%s\n" % (item.key.encode(), item.index, labels_text)
+    try:
+        st = os.stat(item.path)
+        size, mtime = st.st_size, st.st_mtime_ns
+    except OSError:
+        size = mtime = -1
+    return b"%s\0%s\0%d\0%d\0%s\n" % (item.key.encode(), os.fsencode(item.path), size, mtime, labels_text)
+
+
+def chunk_inputs_digest(items: list[SourceItem]) -> bytes:
+    return hashlib.sha256(b"".join(_describe(it, canonical_json(it.labels)) for it in items)).digest()
+
+
+def inputs_sha256(digests: Iterable[bytes], fingerprint: str) -> str:
+    """A shard's inputs: the recipe's fingerprint and its chunks' input digests, in order. A
+    changed, replaced or touched source file, or changed labels, change it."""
+    h = hashlib.sha256(fingerprint.encode())
+    for d in digests:
+        h.update(d)
+    return h.hexdigest()
+
+
+def job_inputs_sha256(job: "ShardJob", recipe: ShardRecipe, fingerprint: str) -> str:
+    """The inputs hash a build of `job` would record (computed without building it)."""
+    return inputs_sha256((chunk_inputs_digest(c) for c in chunks_of(job.items, recipe)), fingerprint)
+
+
 def encode_chunk(items: list[SourceItem], recipe: ShardRecipe) -> Chunk:
-    """Read/render, crop, resize and encode items into tar members; unusable inputs are skipped."""
+    """Read/render, crop, resize and encode items into tar members; unusable inputs are skipped.
+
+    The inputs digest is taken here, each file's size and mtime just before it is read: a file
+    that changes later gets a new digest on the next run, so it is never trusted stale.
+    """
     ext = IMAGE_EXT[recipe.format]
     stats: dict[str, float] = {}
     parts: list[bytes] = []
+    described: list[bytes] = []
     skipped: list[dict[str, str]] = []
+    perf = time.perf_counter
+    t_encode = t_tar = 0.0
     for item in items:
+        labels_text = canonical_json(item.labels)
+        described.append(_describe(item, labels_text))
         try:
             if item.path is None:
                 from facegan.data.synthetic import render_face
 
-                t0 = time.perf_counter()
+                t0 = perf()
                 img: Any = render_face(seed=recipe.seed, index=item.index, height=recipe.height,
                                        width=recipe.width)
-                stats["render"] = stats.get("render", 0.0) + time.perf_counter() - t0
+                stats["render"] = stats.get("render", 0.0) + perf() - t0
             else:
                 img = prepare(read_file(item.path, stats=stats), crop=recipe.crop_hw, out_h=recipe.height,
                               out_w=recipe.width, min_side=recipe.min_side, max_aspect=recipe.max_aspect,
@@ -248,16 +285,17 @@ def encode_chunk(items: list[SourceItem], recipe: ShardRecipe) -> Chunk:
         except ImageError as exc:
             skipped.append({"input": item.path or item.key, "reason": str(exc)})
             continue
-        t0 = time.perf_counter()
+        t0 = perf()
         data = encode(img, fmt=recipe.format, quality=recipe.quality)
-        t1 = time.perf_counter()
-        meta = labels_json(dict(item.labels, img_crc32=crc32(data)))
+        t1 = perf()
         parts.append(tar_member(f"{item.key}.{ext}", data))
-        parts.append(tar_member(f"{item.key}.json", meta))
-        t2 = time.perf_counter()
-        stats["encode"] = stats.get("encode", 0.0) + t1 - t0
-        stats["tar"] = stats.get("tar", 0.0) + t2 - t1
-    return Chunk(members=b"".join(parts), count=len(parts) // 2, skipped=skipped, seconds=stats)
+        parts.append(tar_member(f"{item.key}.json", labels_json(labels_text, crc32(data))))
+        t_encode += t1 - t0
+        t_tar += perf() - t1
+    stats["encode"] = t_encode
+    stats["tar"] = t_tar
+    return Chunk(members=b"".join(parts), count=len(parts) // 2, skipped=skipped, seconds=stats,
+                 inputs_digest=hashlib.sha256(b"".join(described)).digest())
 
 
 def _encode_task(args: tuple[list[SourceItem], ShardRecipe]) -> Chunk:
@@ -280,12 +318,14 @@ def write_shard(store: Store, name: str, chunks: Iterable[Chunk]) -> dict[str, A
     count = nbytes = 0
     sha = hashlib.sha256()
     skipped: list[dict[str, str]] = []
+    digests: list[bytes] = []
     seconds: dict[str, float] = {}
     stack: Any = None
     f: BinaryIO | None = None
     try:
         for chunk in chunks:
             skipped += chunk.skipped
+            digests.append(chunk.inputs_digest)
             for k, v in chunk.seconds.items():
                 seconds[k] = seconds.get(k, 0.0) + v
             if not chunk.count:
@@ -319,15 +359,13 @@ def write_shard(store: Store, name: str, chunks: Iterable[Chunk]) -> dict[str, A
             stack.__exit__(*sys.exc_info())
         raise
     return {"count": count, "bytes": nbytes, "sha256": sha.hexdigest() if count else None,
-            "skipped": skipped, "seconds": seconds}
+            "skipped": skipped, "seconds": seconds, "inputs_digests": digests}
 
 
 def build_one_shard(job: ShardJob, recipe: ShardRecipe, location: str, name: str) -> dict[str, Any]:
     """Build one whole shard into `location`/`name` (a Ray task's work; the same bytes as locally)."""
     store = open_store(location)
-    n = chunk_size(recipe)
-    chunks = (encode_chunk(job.items[i:i + n], recipe) for i in range(0, len(job.items), n))
-    return write_shard(store, name, chunks)
+    return write_shard(store, name, (encode_chunk(items, recipe) for items in chunks_of(job.items, recipe)))
 
 
 def _worker_init() -> None:
@@ -356,10 +394,10 @@ def _ordered(pool: Any, tasks: Iterable[Any], window: int) -> Iterator[Chunk]:
 
 # ----------------------------------------------------------------------------- a build
 
-def _shard_record(job: ShardJob, rec: dict[str, Any]) -> dict[str, Any]:
+def _shard_record(job: ShardJob, rec: dict[str, Any], fingerprint: str) -> dict[str, Any]:
     return {"name": job.name, "split": job.split, "count": rec["count"], "bytes": rec["bytes"],
-            "sha256": rec["sha256"], "keys_sha256": job.keys_sha256, "inputs_sha256": job.inputs_sha256,
-            "skipped": rec["skipped"]}
+            "sha256": rec["sha256"], "keys_sha256": job.keys_sha256,
+            "inputs_sha256": inputs_sha256(rec["inputs_digests"], fingerprint), "skipped": rec["skipped"]}
 
 
 @dataclass
@@ -398,8 +436,6 @@ class ShardBuild:
         check_memory(worker_bytes(recipe) * max(1, recipe.num_workers), what=f"resolution {recipe.height}x{recipe.width}",
                      hint=f"{max(1, recipe.num_workers)} workers; use a smaller resolution or fewer --workers")
         self._preflight()
-        for job in self.jobs:
-            job.inputs_sha256 = inputs_sha256(job.items, self.fingerprint)
         self.records: dict[str, dict[str, Any]] = {}
         self.kept: list[str] = []
         self.todo: list[ShardJob] = []
@@ -488,7 +524,9 @@ class ShardBuild:
         return records
 
     def _still_good(self, job: ShardJob, rec: dict[str, Any]) -> bool:
-        if rec.get("inputs_sha256") != job.inputs_sha256 or rec.get("keys_sha256") != job.keys_sha256:
+        if rec.get("keys_sha256") != job.keys_sha256:
+            return False
+        if rec.get("inputs_sha256") != job_inputs_sha256(job, self.recipe, self.fingerprint):
             return False
         if rec.get("count") == 0:
             return True
@@ -515,7 +553,7 @@ class ShardBuild:
 
     def done(self, job: ShardJob, result: dict[str, Any]) -> None:
         """Record a finished shard (what a resumed build trusts)."""
-        rec = _shard_record(job, result)
+        rec = _shard_record(job, result, self.fingerprint)
         for k, v in result.get("seconds", {}).items():
             self.stage_seconds[k] = self.stage_seconds.get(k, 0.0) + v
         if self.staging:
@@ -600,12 +638,12 @@ def build_shards(recipe: ShardRecipe, *, root: str | Path | None, out: str | Pat
 
 def _run_local(build: ShardBuild, *, progress: bool) -> None:
     recipe = build.recipe
-    n = chunk_size(recipe)
     total = sum(len(j.items) for j in build.todo)
     bar = make_progress(total=total, enabled=progress and total > 0)
     # Workers encode chunks; this process joins them into shards in order (the ordered, bounded
     # window keeps every worker busy while the tar stream stays sequential and deterministic).
-    tasks = [(job.items[i:i + n], recipe) for job in build.todo for i in range(0, len(job.items), n)]
+    per_job = [chunks_of(job.items, recipe) for job in build.todo]
+    tasks = [(items, recipe) for chunks in per_job for items in chunks]
     workers = max(1, min(recipe.num_workers, len(tasks)))
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     pool = ctx.Pool(workers, initializer=_worker_init) if workers > 1 else None
@@ -618,8 +656,8 @@ def _run_local(build: ShardBuild, *, progress: bool) -> None:
                 bar.update(chunk.count + len(chunk.skipped))
                 yield chunk
 
-        for job in build.todo:
-            build.done(job, write_shard(build.store, build.staged_name(job.name), take(-(-len(job.items) // n))))
+        for job, chunks in zip(build.todo, per_job):
+            build.done(job, write_shard(build.store, build.staged_name(job.name), take(len(chunks))))
         if pool:
             pool.close()  # a normal exit: the workers finish on their own
     finally:
@@ -726,8 +764,9 @@ def check_sample(sample: dict[str, Any], *, ext: str, height: int, width: int, s
     try:
         labels = sample_labels(sample, ext=ext, strict=strict)
         decode_chw(sample[ext], ext=ext, height=height, width=width)
-    except ValueError as exc:
-        raise type(exc)(f"sample {sample.get('__key__')}: {exc}") from None
+    except ValueError as exc:   # JSONDecodeError and UnicodeDecodeError included
+        raise (ImageError if isinstance(exc, ImageError) else ValueError)(
+            f"sample {sample.get('__key__')}: {exc}") from None
     return labels
 
 
