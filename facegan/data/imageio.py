@@ -9,6 +9,7 @@ exactly the manifest's shape: a corrupt sample is skipped, never turned into a g
 from __future__ import annotations
 
 import io
+import os
 import time
 import warnings
 import zlib
@@ -67,14 +68,20 @@ def _timed(stats: dict[str, float] | None, name: str, t0: float) -> float:
 
 
 def read_file(path: str, *, stats: dict[str, float] | None = None) -> bytes:
+    return read_file_stat(path, stats=stats)[0]
+
+
+def read_file_stat(path: str, *, stats: dict[str, float] | None = None) -> tuple[bytes, tuple[int, int]]:
+    """A file's bytes and its (size, mtime_ns) from the open file (fstat: the same file that was read)."""
     t0 = time.perf_counter()
     try:
         with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
             data = f.read()
     except OSError as exc:
         raise ImageError(f"cannot read: {exc.strerror or exc}") from None
     _timed(stats, "read", t0)
-    return data
+    return data, (st.st_size, st.st_mtime_ns)
 
 
 def _check_size(full_w: int, full_h: int, *, min_side: int, max_aspect: float) -> None:

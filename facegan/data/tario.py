@@ -78,13 +78,17 @@ def _header(name: bytes, size: int, typeflag: bytes = b"0") -> bytes:
     return name_field + _MODE_UID_GID + size_field + _MTIME + b"%06o\0 " % chksum + tail
 
 
+_ZEROS = b"\0" * BLOCK
+
+
 def _padded(data: bytes) -> bytes:
     pad = (-len(data)) % BLOCK
-    return data + b"\0" * pad if pad else data
+    return data + _ZEROS[:pad] if pad else data
 
 
-def tar_member(name: str, data: bytes) -> bytes:
-    """One regular-file member (header + data + padding). Names over 100 bytes get a pax header."""
+def add_member(parts: list[bytes], name: str, data: bytes) -> None:
+    """Append one regular-file member (header, data, padding) to `parts`, without copying the
+    data; `b"".join(parts)` is then the members in order. Names over 100 bytes get a pax header."""
     raw = name.encode("utf-8")
     if len(raw) > 100:
         record = b" path=" + raw + b"\n"
@@ -92,11 +96,21 @@ def tar_member(name: str, data: bytes) -> bytes:
         while len(b"%d" % n) + len(record) != n:
             n = len(b"%d" % n) + len(record)
         pax = b"%d" % n + record
-        prefix = _header(b"././@PaxHeader", len(pax), b"x") + _padded(pax)
+        parts.append(_header(b"././@PaxHeader", len(pax), b"x"))
+        parts.append(_padded(pax))
         raw = raw[:100]
-    else:
-        prefix = b""
-    return prefix + _header(raw, len(data)) + _padded(data)
+    parts.append(_header(raw, len(data)))
+    parts.append(data)
+    pad = (-len(data)) % BLOCK
+    if pad:
+        parts.append(_ZEROS[:pad])
+
+
+def tar_member(name: str, data: bytes) -> bytes:
+    """One member as bytes (see `add_member`)."""
+    parts: list[bytes] = []
+    add_member(parts, name, data)
+    return b"".join(parts)
 
 
 def iter_tar_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:

@@ -47,12 +47,12 @@ from typing import Any, BinaryIO, Iterable, Iterator
 import numpy as np
 
 from facegan.data.imageio import (ImageError, check_source_size, crc32, crop_box, decode_chw, encode, prepare,
-                                  read_file)
+                                  read_file_stat)
 from facegan.data.limits import check_memory, human
 from facegan.data.recipe import IMAGE_EXT, ShardRecipe
 from facegan.data.records import SPLITS, DataError, SourceItem, SourceScan
 from facegan.data.store import FsspecStore, LocalStore, PipeStore, Store, open_store
-from facegan.data.tario import TAR_END, TarFormatError, iter_samples, tar_member
+from facegan.data.tario import TAR_END, TarFormatError, add_member, iter_samples
 
 MANIFEST = "manifest.json"
 PARTIAL = ".partial"
@@ -223,17 +223,18 @@ def worker_bytes(recipe: ShardRecipe) -> int:
     return chunk_size(recipe) * pixels * 4 + (256 << 20)   # + a decoded source image
 
 
-def _describe(item: SourceItem, labels_text: bytes) -> bytes:
+def _describe(item: SourceItem, labels_text: bytes, stat: tuple[int, int] | None = None) -> bytes:
     """What a sample's bytes depend on besides the recipe: key, labels and the source file's
-    path, size and mtime (synthetic items: their index)."""
+    path, size and mtime (synthetic items: their index). `stat`: (size, mtime_ns) if known."""
     if item.path is None:
         return b"%s\0%d\0%s\n" % (item.key.encode(), item.index, labels_text)
-    try:
-        st = os.stat(item.path)
-        size, mtime = st.st_size, st.st_mtime_ns
-    except OSError:
-        size = mtime = -1
-    return b"%s\0%s\0%d\0%d\0%s\n" % (item.key.encode(), os.fsencode(item.path), size, mtime, labels_text)
+    if stat is None:
+        try:
+            st = os.stat(item.path)
+            stat = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            stat = (-1, -1)
+    return b"%s\0%s\0%d\0%d\0%s\n" % (item.key.encode(), os.fsencode(item.path), stat[0], stat[1], labels_text)
 
 
 def chunk_inputs_digest(items: list[SourceItem]) -> bytes:
@@ -267,34 +268,40 @@ def encode_chunk(items: list[SourceItem], recipe: ShardRecipe) -> Chunk:
     skipped: list[dict[str, str]] = []
     perf = time.perf_counter
     t_encode = t_tar = 0.0
+    count = 0
     for item in items:
         labels_text = canonical_json(item.labels)
-        described.append(_describe(item, labels_text))
         try:
             if item.path is None:
                 from facegan.data.synthetic import render_face
 
+                described.append(_describe(item, labels_text))
                 t0 = perf()
                 img: Any = render_face(seed=recipe.seed, index=item.index, height=recipe.height,
                                        width=recipe.width)
                 stats["render"] = stats.get("render", 0.0) + perf() - t0
             else:
-                img = prepare(read_file(item.path, stats=stats), crop=recipe.crop_hw, out_h=recipe.height,
-                              out_w=recipe.width, min_side=recipe.min_side, max_aspect=recipe.max_aspect,
-                              stats=stats)
+                stat = (-1, -1)   # unreadable: described as such, and skipped below
+                try:
+                    raw, stat = read_file_stat(item.path, stats=stats)
+                finally:
+                    described.append(_describe(item, labels_text, stat))
+                img = prepare(raw, crop=recipe.crop_hw, out_h=recipe.height, out_w=recipe.width,
+                              min_side=recipe.min_side, max_aspect=recipe.max_aspect, stats=stats)
         except ImageError as exc:
             skipped.append({"input": item.path or item.key, "reason": str(exc)})
             continue
         t0 = perf()
         data = encode(img, fmt=recipe.format, quality=recipe.quality)
         t1 = perf()
-        parts.append(tar_member(f"{item.key}.{ext}", data))
-        parts.append(tar_member(f"{item.key}.json", labels_json(labels_text, crc32(data))))
+        add_member(parts, f"{item.key}.{ext}", data)
+        add_member(parts, f"{item.key}.json", labels_json(labels_text, crc32(data)))
+        count += 1
         t_encode += t1 - t0
         t_tar += perf() - t1
     stats["encode"] = t_encode
     stats["tar"] = t_tar
-    return Chunk(members=b"".join(parts), count=len(parts) // 2, skipped=skipped, seconds=stats,
+    return Chunk(members=b"".join(parts), count=count, skipped=skipped, seconds=stats,
                  inputs_digest=hashlib.sha256(b"".join(described)).digest())
 
 
