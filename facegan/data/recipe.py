@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import yaml
+
 from facegan import errors
 from facegan.config import ConfigError, apply_overrides, from_dict, read_yaml, require, to_dict
 from facegan.data.limits import MAX_SIDE
@@ -161,6 +163,8 @@ def load_recipe(path: str | os.PathLike[str] | None = None, *, flags: dict[str, 
         data = apply_overrides(data, sets)
     except ConfigError as exc:
         raise errors.ConfigError(_one_line(str(exc))) from None
+    except yaml.YAMLError as exc:   # a --set value that is not YAML (read_yaml reports the file's own)
+        raise errors.ConfigError(_one_line(f"--set: a value is not valid YAML: {exc}")) from None
     except (OSError, ValueError, TypeError, AttributeError, RecursionError, OverflowError) as exc:
         # e.g. a YAML date that does not exist (2021-02-30): not a yaml.YAMLError
         raise errors.ConfigError(_one_line(f"{where}: not a valid recipe: {type(exc).__name__}: {exc}")) from None
