@@ -109,8 +109,8 @@ def test_damaged_samples_and_truncated_shards_are_skipped_and_counted(tmp_path: 
         assert torch.isfinite(batch["image"]).all()
     total = sum(s["count"] for s in val)
     assert skipped >= 1 and bad_shards == 1
-    assert len(keys) + skipped < total                       # the cut shard's tail is gone ...
-    assert len(keys) >= total - 1 - val[1]["count"] // 2 - 1  # ... but its head and the rest are kept
+    assert len(keys) + skipped == total                      # every sample not delivered is counted ...
+    assert len(keys) >= total - 1 - val[1]["count"] // 2 - 1  # ... and the cut shard's head and the rest are kept
     assert len(set(keys)) == len(keys)
 
 

@@ -43,6 +43,12 @@ _PARTITION_CODES = frozenset(("0", "1", "2"))
 _UTK_MAX_AGE = 130   # UTKFace ages run 1-116; anything far beyond is a mangled name, not an age
 _CSV_PATH_COLUMNS: tuple[str, ...] = ("filename", "file", "path", "image")
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+# Characters str.split()/str.strip() treat as whitespace besides space, tab and CR/LF: in an
+# annotation file they are damage (a flipped or inserted byte), not a column separator.
+_ODD_SPACE = re.compile(r"[\x0b\x0c\x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
+_LONE_CR = re.compile(r"\r")
+_CELL_SPACE = " \t"
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,12 +216,21 @@ def _parse_celeba_table(
 ) -> _CelebaTable:
     """Parse `path`: [count line, names line] then rows of `name v1 .. v{num_values}`.
 
-    Any whitespace separates columns and CRLF endings are fine (str.split handles both).
+    Spaces or tabs separate columns; lines end in LF or CRLF. A lone CR or another control/space
+    character inside a line is refused as damage.
     `bad_value(values)` returns the index of the first invalid value or None; it runs on every
     row so a corrupt file is caught even where no image exists. `convert` runs only on the rows
     of `wanted` images, which keeps the full 202,599-row files fast to scan.
     """
-    lines = _read_text(path).split("\n")
+    # CRLF endings are fine; a lone CR or an odd space character inside a line is damage (a
+    # flipped bit turns "-1" into "\r1", which str.split() would read as a valid "1").
+    text = _read_text(path).replace("\r\n", "\n")
+    odd = _ODD_SPACE.search(text) or _LONE_CR.search(text)
+    if odd:
+        line = text.count("\n", 0, odd.start()) + 1
+        raise DataError(f"{path}: line {line}: unexpected control or space character {odd.group()!r} "
+                        "(columns are separated by spaces or tabs, lines end in LF or CRLF)")
+    lines = text.split("\n")
     column_names: list[str] | None = None
     first_row = 0
     declared_count = 0
@@ -273,6 +288,7 @@ def _parse_celeba_table(
 
 
 _ATTR_VALUES = frozenset(("1", "-1"))
+_ATTR_BIT = {"1": 1, "-1": 0}
 
 
 def _bad_attr(values: list[str]) -> int | None:
@@ -339,7 +355,8 @@ def scan_celeba(
     if not attr_path.is_file():
         raise DataError(f"celeba: required annotation file {CELEBA_ATTR_FILE} not found: looked "
                         f"for {attr_path}" + ("" if annotations is not None else
-                                             " (pass annotations=DIR if it lives elsewhere)"))
+                                             " (pass --annotations DIR, or annotations: DIR in the recipe, "
+                                             "if the annotation files live elsewhere)"))
 
     skipped: list[dict[str, str]] = []
     images: dict[str, str] = {}
@@ -357,7 +374,7 @@ def scan_celeba(
         attr_path, wanted=wanted, has_header=True, num_values=len(CELEBA_ATTRS),
         expected=f"image name + {len(CELEBA_ATTRS)} values of -1/1", value_desc="-1 or 1",
         bad_value=_bad_attr,
-        convert=lambda values: [1 if v == "1" else 0 for v in values],
+        convert=lambda values: list(map(_ATTR_BIT.__getitem__, values)),
     )
     assert attrs.column_names is not None
     optional: dict[str, _CelebaTable] = {}
@@ -557,10 +574,10 @@ def _read_labels_csv(path: Path, *, root: Path, images: dict[str, str]) -> _CsvL
             reader = csv.reader(handle)
             for row in reader:
                 line = reader.line_num
-                if not any(cell.strip() for cell in row):
+                if not any(cell.strip(_CELL_SPACE) for cell in row):
                     continue
                 if header is None:
-                    header = [cell.strip() for cell in row]
+                    header = [cell.strip(_CELL_SPACE) for cell in row]
                     if header[0].lower() not in _CSV_PATH_COLUMNS:
                         raise DataError(f"{path}: line {line}: expected a header row whose first "
                                         f"column is one of {', '.join(_CSV_PATH_COLUMNS)}, found "
@@ -576,14 +593,16 @@ def _read_labels_csv(path: Path, *, root: Path, images: dict[str, str]) -> _CsvL
                 values: list[float] = []
                 for name, cell in zip(header[1:], row[1:]):
                     try:
-                        value = float(cell.strip())
+                        cell = cell.strip(_CELL_SPACE)
+                        # float() accepts "1_000", "infinity" and odd spaces; a label cell is a plain number.
+                        value = float(cell) if _NUMBER.fullmatch(cell) else math.nan
                     except ValueError:
                         value = math.nan
                     if not math.isfinite(value):
                         raise DataError(f"{path}: line {line}: column {name!r} must be a finite "
                                         f"number, found {cell!r}")
                     values.append(value)
-                rel = _csv_image(row[0].strip(), root=root, images=images, by_name=by_name,
+                rel = _csv_image(row[0].strip(_CELL_SPACE), root=root, images=images, by_name=by_name,
                                  where=f"{path}: line {line}")
                 if rel is None:
                     num_missing += 1

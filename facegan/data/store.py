@@ -38,6 +38,14 @@ class Store:
     def url(self, name: str) -> str:
         raise NotImplementedError
 
+    def rename(self, src: str, dst: str) -> None:
+        """Move `src` over `dst` (atomic on a local filesystem)."""
+        raise NotImplementedError
+
+    def listdir(self, prefix: str = "") -> list[str]:
+        """Names of the files directly under `prefix` ("" = the top level), sorted."""
+        raise NotImplementedError
+
     def read_bytes(self, name: str) -> bytes | None:
         if not self.readable or not self.exists(name):
             return None
@@ -81,6 +89,15 @@ class LocalStore(Store):
     def url(self, name: str) -> str:
         return str(self.root / name)
 
+    def rename(self, src: str, dst: str) -> None:
+        os.replace(self.root / src, self.root / dst)
+
+    def listdir(self, prefix: str = "") -> list[str]:
+        folder = self.root / prefix
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_file())
+
     def clean_temp(self) -> int:
         """Delete temp files a killed build left behind; returns how many."""
         n = 0
@@ -121,6 +138,16 @@ class FsspecStore(Store):
     def url(self, name: str) -> str:
         return f"{self.location}/{name}"
 
+    def rename(self, src: str, dst: str) -> None:
+        self.fs.mv(self._p(src), self._p(dst))
+
+    def listdir(self, prefix: str = "") -> list[str]:
+        folder = self._p(prefix).rstrip("/") if prefix else self.path.rstrip("/")
+        if not self.fs.isdir(folder):
+            return []
+        return sorted(info["name"].rsplit("/", 1)[-1] for info in self.fs.ls(folder, detail=True)
+                      if info.get("type") == "file")
+
 
 class PipeStore(Store):
     readable = False
@@ -137,16 +164,26 @@ class PipeStore(Store):
         cmd = self.template[len("pipe:"):].replace("{name}", name)
         proc = subprocess.Popen(cmd, shell=True, stdin=subprocess.PIPE)
         assert proc.stdin is not None
+        broken = False
         try:
             yield proc.stdin
+        except BrokenPipeError:
+            broken = True  # the command stopped reading: its exit status says why
         finally:
-            proc.stdin.close()
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                broken = True
             rc = proc.wait()
-        if rc != 0:
-            raise DataError(f"writing {name}: command {cmd!r} exited with status {rc}")
+        if rc != 0 or broken:
+            raise DataError(f"--out {self.template!r}: writing {name}: command {cmd!r} "
+                            + (f"exited with status {rc}" if rc != 0 else "stopped reading its input"))
 
     def exists(self, name: str) -> bool:
         return False
+
+    def listdir(self, prefix: str = "") -> list[str]:
+        return []
 
     def remove(self, name: str) -> None:
         pass

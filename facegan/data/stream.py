@@ -15,16 +15,19 @@ through a seeded shuffle buffer. An "epoch" is a fixed number of batches, the sa
 so DDP ranks always agree on the number of steps (a rank that ran dry would hang the all-reduce).
 Evaluation streams are read once, not shuffled: across all slots each sample appears exactly once.
 
-Damaged input loses only itself: a sample whose bytes fail their crc32, that does not decode to
-the manifest's shape, or that misses its labels is skipped; a truncated shard yields the samples
-before the damage. Both are logged and counted in the batch (`num_skipped`, `num_bad_shards`).
+Damaged input loses only itself: a sample whose image or labels fail their crc32, that does not
+decode to the manifest's shape, or that misses its labels is skipped; a truncated shard yields the
+samples before the damage, and a missing shard nothing. All of it is logged (naming the shard) and
+counted in the batch: `num_skipped` counts every sample of this reader's share that did not
+arrive (damaged, or lost with its shard: the manifest says how many there were),
+`num_bad_shards` the shards that could not be read to the end. A reader whose whole share is
+unreadable raises DataError instead of waiting forever for a batch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import logging
 import random
 from dataclasses import dataclass
@@ -33,11 +36,13 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from facegan.data.imageio import ImageError, crc32, decode_chw
+from facegan.data.imageio import ImageError, decode_chw
+from facegan.data.limits import check_memory
 from facegan.data.records import DataError
 from facegan.data.store import open_store, open_url
 from facegan.data.tario import TarFormatError, iter_samples
-from facegan.data.writer import load_manifest
+from facegan.data.writer import load_manifest, sample_labels, strict_checks
+from facegan.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +90,27 @@ class ShardStream(IterableDataset):
                  train: bool, seed: int = 0, shuffle_buffer: int = 1000, start_batch: int = 0,
                  normalize: bool = True) -> None:
         super().__init__()
+        if world_size < 1:
+            raise ConfigError(f"world_size: expected a positive integer, got {world_size}")
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank: expected 0 <= rank < world_size={world_size}, got {rank}")
+            raise ConfigError(f"rank: expected 0 <= rank < world_size={world_size}, got {rank}")
         if batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+            raise ConfigError(f"batch_size: expected a positive integer, got {batch_size}")
         self.urls = shard_set.urls(split)
         if not self.urls:
             raise DataError(f"{shard_set.location}: no non-empty {split} shards")
+        h, w = shard_set.resolution
+        # A batch lives as uint8 while decoding and float32 after; the loader keeps up to
+        # prefetch x workers batches in flight (train_loader: 4 per worker).
+        check_memory(min(batch_size, shard_set.count(split)) * 3 * h * w * 5 * 10,
+                     what=f"batch_size {batch_size}", hint=f"3x{h}x{w} images; use a smaller batch size")
         counts = [s["count"] for s in shard_set.shards(split)]
+        self.counts = counts
         self.offsets = [sum(counts[:i]) for i in range(len(counts))]
         self.split = split
         self.height, self.width = shard_set.resolution
         self.ext = shard_set.manifest["image_ext"]
+        self.strict = strict_checks(shard_set.manifest)
         self.attr_names = shard_set.attr_names
         self.label_fields = list(shard_set.manifest.get("label_fields", []))
         self.batch_size = batch_size
@@ -124,32 +138,63 @@ class ShardStream(IterableDataset):
             return list(range(slot, len(self.urls), num_slots)), False
         return list(range(len(self.urls))), True
 
+    def _share(self, sid: int, slot: int, num_slots: int, by_sample: bool) -> int:
+        """How many samples of shard `sid` the manifest gives this slot."""
+        if not by_sample:
+            return self.counts[sid]
+        return sum(1 for j in range(self.counts[sid]) if (self.offsets[sid] + j) % num_slots == slot)
+
     def _pass_samples(self, slot: int, num_slots: int, stats: dict[str, int], epoch: int
-                      ) -> Iterator[dict[str, Any]]:
-        """One pass over this slot's data (shard order reshuffled per pass when training)."""
+                      ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """One pass over this slot's data: (sample, labels) of every sample that passes the cheap
+        checks (shard order reshuffled per pass when training).
+
+        Accounting is per shard against the manifest: whatever of the slot's share did not pass
+        (damaged, missing, cut off) is added to stats["skipped"] once the shard is done, so the
+        count is exact however the damage splits or merges tar members.
+        """
         shard_ids, by_sample = self._assignment(slot, num_slots)
         order = list(shard_ids)
         if self.train:
             random.Random(_seed(self.seed, slot, num_slots, "order", epoch)).shuffle(order)
+        yielded = 0
         for sid in order:
             url = self.urls[sid]
-            n = 0
+            n = good = 0
             try:
                 with open_url(url) as f:
                     for sample in iter_samples(f):
-                        if not by_sample or (self.offsets[sid] + n) % num_slots == slot:
-                            yield sample
+                        mine = not by_sample or (self.offsets[sid] + n) % num_slots == slot
                         n += 1
+                        if not mine:
+                            continue
+                        try:
+                            labels = self._labels(sample)
+                        except ValueError as exc:
+                            log.warning("skipping sample %s of %s: %s", sample.get("__key__"), url, exc)
+                            continue
+                        good += 1
+                        yielded += 1
+                        yield sample, labels
             except (TarFormatError, OSError) as exc:
                 stats["bad_shards"] += 1
-                log.warning("shard %s: %s; kept the %d samples before it", url, exc, n)
+                log.warning("shard %s: %s; read %d samples before it", url,
+                            "missing" if isinstance(exc, FileNotFoundError) else exc, n)
+            lost = max(0, self._share(sid, slot, num_slots, by_sample) - good)
+            if lost:
+                stats["skipped"] += lost
+        if not yielded and self.train:
+            # An endless stream over a share with nothing readable would never yield a batch.
+            raise DataError(f"{self.split} split: none of the {len(order)} shards this reader was given has a "
+                            f"readable sample (first: {self.urls[order[0]] if order else 'none'}); run "
+                            "`facegan shards verify` on the set")
 
     @staticmethod
-    def _shuffled(samples: Iterator[dict[str, Any]], rng: random.Random, size: int) -> Iterator[dict[str, Any]]:
+    def _shuffled(samples: Iterator[Any], rng: random.Random, size: int) -> Iterator[Any]:
         if size <= 1:
             yield from samples
             return
-        buf: list[dict[str, Any]] = []
+        buf: list[Any] = []
         for sample in samples:
             if len(buf) < size:
                 buf.append(sample)
@@ -160,19 +205,9 @@ class ShardStream(IterableDataset):
         rng.shuffle(buf)
         yield from buf
 
-    def _checked(self, sample: dict[str, Any], *, decode: bool) -> tuple[torch.Tensor | None, dict[str, Any]]:
-        """Labels (+ decoded image) of a sample, or raise ValueError/ImageError saying why not."""
-        data = sample.get(self.ext)
-        if data is None:
-            raise ImageError(f"no .{self.ext} image")
-        raw = sample.get("json")
-        if raw is None:
-            raise ValueError("no .json labels")
-        labels = json.loads(raw)
-        if "img_crc32" in labels and crc32(data) != labels["img_crc32"]:
-            raise ImageError("image bytes do not match their crc32")
-        img = decode_chw(data, ext=self.ext, height=self.height, width=self.width) if decode else None
-        return img, labels
+    def _labels(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """Labels of a sample whose image and labels pass their crc32, or ValueError saying why not."""
+        return sample_labels(sample, ext=self.ext, strict=self.strict)
 
     def _collate(self, imgs: list[torch.Tensor], labels: list[dict[str, Any]], keys: list[str],
                  stats: dict[str, int]) -> dict[str, Any]:
@@ -207,27 +242,48 @@ class ShardStream(IterableDataset):
         imgs: list[torch.Tensor] = []
         labels: list[dict[str, Any]] = []
         keys: list[str] = []
-        for sample in samples:
-            skipping = to_skip > 0
-            try:
-                img, lab = self._checked(sample, decode=not skipping)
-            except (ImageError, ValueError) as exc:
-                stats["skipped"] += 1
-                log.warning("skipping sample %s: %s", sample.get("__key__"), exc)
-                continue
-            if skipping:
+        # Evaluation holds a full batch back until the next sample arrives, so the last batch
+        # carries the counts of a damaged last shard (they are known only once it is read).
+        held: tuple[list[torch.Tensor], list[dict[str, Any]], list[str]] | None = None
+        bad_in_a_row = 0
+        for sample, lab in samples:
+            if to_skip > 0:
                 keys.append(sample["__key__"])
                 if len(keys) == self.batch_size:
                     keys, to_skip = [], to_skip - 1
                 continue
-            imgs.append(img)  # type: ignore[arg-type]
+            try:
+                img = decode_chw(sample[self.ext], ext=self.ext, height=self.height, width=self.width)
+            except ImageError as exc:
+                stats["skipped"] += 1
+                bad_in_a_row += 1
+                log.warning("skipping sample %s: %s", sample.get("__key__"), exc)
+                if self.train and bad_in_a_row > sum(self.counts):
+                    raise DataError(f"{self.split} split: no sample of this reader's share decodes "
+                                    f"(last: {exc}); run `facegan shards verify` on the set") from None
+                continue
+            bad_in_a_row = 0
+            if held is not None:
+                yield self._collate(*held, stats)
+                held = None
+            imgs.append(img)
             labels.append(lab)
             keys.append(sample["__key__"])
             if len(imgs) == self.batch_size:
-                yield self._collate(imgs, labels, keys, stats)
+                if self.train:
+                    yield self._collate(imgs, labels, keys, stats)
+                else:
+                    held = (imgs, labels, keys)
                 imgs, labels, keys = [], [], []
-        if imgs and not self.train:
+        if held is not None:
+            yield self._collate(*held, stats)
+        elif imgs and not self.train:
             yield self._collate(imgs, labels, keys, stats)
+        elif stats["skipped"] > stats["reported_skipped"] or stats["bad_shards"] > stats["reported_bad_shards"]:
+            # No batch to carry the counts: say it rather than end as if the share were empty.
+            raise DataError(f"{self.split} split: nothing readable in this reader's share "
+                            f"({stats['skipped']} samples lost, {stats['bad_shards']} shard reads failed); "
+                            "run `facegan shards verify` on the set")
 
 
 class TrainLoader:
@@ -270,6 +326,13 @@ def train_loader(shard_set: ShardSet, *, batch_size: int, rank: int = 0, world_s
     stream = ShardStream(shard_set=shard_set, split=split, batch_size=batch_size, rank=rank,
                          world_size=world_size, train=True, seed=seed, shuffle_buffer=shuffle_buffer,
                          start_batch=start_batch, normalize=normalize)
+    share = shard_set.count(split) // world_size
+    if batch_size > share:
+        # Each batch would need more than a whole pass over this rank's data (repeats within a
+        # batch; with a huge batch size a wait of minutes before the first one).
+        raise ConfigError(f"batch_size: {batch_size} is larger than this rank's share of the {split} split "
+                          f"({shard_set.count(split)} samples over {world_size} rank(s) = {share}); "
+                          f"use at most {share}")
     batches_per_epoch = max(1, shard_set.count(split) // (world_size * batch_size))
     return TrainLoader(stream, num_workers=num_workers, batches_per_epoch=batches_per_epoch,
                        pin_memory=pin_memory)

@@ -4,41 +4,68 @@
     facegan shards verify /data/shards/celeba64
     facegan shards inspect /data/shards/celeba64
 
-Layout of DIR: `train-000000.tar ...`, `val-000000.tar ...`, `test-...`, and `manifest.json`.
-Each sample is `KEY.jpg|png|npy` plus `KEY.json` = the source's labels and `img_crc32`, so a
-reader can tell a damaged image from a good one without re-hashing whole shards.
+Layout of DIR: `train-000000.tar ...`, `val-000000.tar ...`, `test-...`, and `manifest.json`,
+which is the truth about the set: a .tar file it does not list is not part of the set (a rebuild
+removes it, `verify` flags it). Each sample is `KEY.jpg|png|npy` plus `KEY.json` = the source's
+labels, the image's `img_crc32` and the labels' own `labels_crc32`, so a reader can tell a
+damaged sample from a good one without re-hashing whole shards.
 
-Building is parallel per shard, deterministic (fixed tar headers, seeded order) and resumable:
-each finished shard leaves a record in `DIR/.partial/`; a rerun keeps every shard whose bytes
-still match its record and builds only the rest.
+How a build runs (the same steps locally and as Ray tasks, facegan.launch.shards):
+  1. scan the source and plan shards; check the recipe against a sample of the inputs and the
+     machine's memory; refuse before writing anything when nothing would be built;
+  2. per chunk of a shard (`encode_chunk`): read, decode, crop, resize, encode, and lay the
+     samples out as tar members; a shard is its chunks' members in order plus the end marker,
+     so the bytes do not depend on which process encoded which chunk;
+  3. write each shard under DIR/.partial/ with a record of its inputs (every source file's name,
+     size and mtime, the labels and the recipe), so a rerun keeps exactly the shards whose inputs
+     did not change;
+  4. when every shard is done: write the new manifest, move the shards into place, remove
+     the .tar files the manifest does not list. Until then an earlier set in DIR stays intact
+     and loadable, whatever happens to this build (interrupt, disk full, bad input).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import errno
 import hashlib
 import io
+import itertools
 import json
 import multiprocessing as mp
+import os
 import random
+import re
 import signal
 import sys
-import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
 
 import numpy as np
 
-from facegan.data.imageio import ImageError, crc32, decode_chw, encode, load_and_prepare
+from facegan.data.imageio import (ImageError, check_source_size, crc32, crop_box, decode_chw, encode, prepare,
+                                  read_file_stat)
+from facegan.data.limits import check_memory, human
 from facegan.data.recipe import IMAGE_EXT, ShardRecipe
 from facegan.data.records import SPLITS, DataError, SourceItem, SourceScan
-from facegan.data.store import LocalStore, Store, open_store
-from facegan.data.tario import TarFormatError, iter_samples
+from facegan.data.store import FsspecStore, LocalStore, PipeStore, Store, open_store
+from facegan.data.tario import TAR_END, TarFormatError, add_member, iter_samples
 
 MANIFEST = "manifest.json"
 PARTIAL = ".partial"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}\.tar$")
+# Memory a scanned item takes (key, path, labels; ~0.8 KiB measured for CelebA-like labels, x2.5
+# for the plan's copies): what a synthetic `count` multiplies.
+SCAN_BYTES_PER_ITEM = 2048
+# Encoded samples a worker hands back at once: small enough to balance load across workers even
+# when a set has fewer shards than workers, large enough to keep inter-process traffic negligible.
+CHUNK = 32
+CHUNK_BYTES = 64 << 20          # ... and at most this many raw pixel bytes per chunk (big resolutions)
+PREFLIGHT_SAMPLES = 16          # source headers read before a build to catch a recipe that fits none
 
 
 # ----------------------------------------------------------------------------- scanning
@@ -48,7 +75,10 @@ def scan_source(recipe: ShardRecipe, *, root: str | Path | None) -> SourceScan:
     if recipe.source == "synthetic":
         from facegan.data.synthetic import scan_synthetic
 
-        scan = scan_synthetic(count=recipe.count, seed=recipe.seed,
+        num = min(recipe.count, recipe.limit) if recipe.limit else recipe.count
+        check_memory(num * SCAN_BYTES_PER_ITEM, what=f"count {recipe.count:,}",
+                     hint="build fewer synthetic faces")
+        scan = scan_synthetic(count=num, seed=recipe.seed,
                               val_fraction=recipe.val_fraction, test_fraction=recipe.test_fraction)
     else:
         if root is None:
@@ -72,6 +102,8 @@ def scan_source(recipe: ShardRecipe, *, root: str | Path | None) -> SourceScan:
 
 @dataclass
 class ShardJob:
+    """One shard to build: its items in order, and hashes that say what it was built from."""
+
     name: str
     split: str
     items: list[SourceItem]
@@ -101,66 +133,246 @@ def plan_shards(recipe: ShardRecipe, items: list[SourceItem]) -> list[ShardJob]:
     return jobs
 
 
-# ----------------------------------------------------------------------------- writing
+# ----------------------------------------------------------------------------- the per-chunk work
 
-class _HashingWriter(io.RawIOBase):
-    """Write-through wrapper that counts bytes and hashes them (tar streams through it)."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.f = f
-        self.sha = hashlib.sha256()
-        self.nbytes = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: bytes) -> int:  # type: ignore[override]
-        self.f.write(data)
-        self.sha.update(data)
-        self.nbytes += len(data)
-        return len(data)
+def labels_json(labels_text: bytes, img_crc32: int) -> bytes:
+    """A sample's .json from its labels' canonical JSON (`canonical_json(labels)`): the labels
+    plus `img_crc32` (the image's) and `labels_crc32` (crc32 of `labels_text`), added last."""
+    tail = b'"img_crc32": %d, "labels_crc32": %d}' % (img_crc32, crc32(labels_text))
+    return labels_text[:-1] + (b", " + tail if labels_text != b"{}" else tail)
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    # Fixed metadata so the same inputs give byte-identical shards (and the same sha256).
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0
-    info.mode = 0o444
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
+def canonical_json(labels: dict[str, Any]) -> bytes:
+    return json.dumps(labels, sort_keys=True).encode()
 
 
-def _render(item: SourceItem, recipe: ShardRecipe) -> np.ndarray:
+def parse_labels(raw: bytes, *, strict: bool = False) -> dict[str, Any]:
+    """Labels of a sample's .json (with its `img_crc32`); ValueError if it is not JSON or fails
+    its `labels_crc32` (over the canonical JSON of everything but the two checksums).
+
+    strict (sets of format_version >= 2): both checksums must be there. Otherwise a flipped bit
+    in the name "labels_crc32" or "img_crc32" would switch its check off and let a second
+    flip through unseen.
+    """
+    labels = json.loads(raw)
+    if not isinstance(labels, dict):
+        raise ValueError("labels are not a JSON object")
+    stored = labels.pop("labels_crc32", None)
+    img = labels.pop("img_crc32", None)
+    if stored is None:
+        if strict:
+            raise ValueError("labels carry no labels_crc32")
+    elif crc32(canonical_json(labels)) != stored:
+        raise ValueError("labels do not match their crc32")
+    if img is not None:
+        labels["img_crc32"] = img
+    elif strict:
+        raise ValueError("labels carry no img_crc32")
+    return labels
+
+
+def sample_labels(sample: dict[str, Any], *, ext: str, strict: bool) -> dict[str, Any]:
+    """The labels of a sample whose image and labels pass their crc32s; ValueError (ImageError for
+    the image) saying why not. Cheap: nothing is decoded."""
+    data = sample.get(ext)
+    if data is None:
+        raise ImageError(f"no .{ext} image")
+    raw = sample.get("json")
+    if raw is None:
+        raise ValueError("no .json labels")
+    labels = parse_labels(raw, strict=strict)
+    if "img_crc32" in labels and crc32(data) != labels["img_crc32"]:
+        raise ImageError("image bytes do not match their crc32")
+    return labels
+
+
+def strict_checks(manifest: dict[str, Any]) -> bool:
+    """Whether a set's samples must carry both checksums (written by this version or later)."""
+    version = manifest.get("format_version", 1)
+    return isinstance(version, int) and version >= 2
+
+
+@dataclass
+class Chunk:
+    """Some consecutive samples of one shard, laid out as tar members (no end marker), and the
+    digest of the inputs they were made from (see `chunk_inputs_digest`)."""
+
+    members: bytes
+    count: int
+    skipped: list[dict[str, str]]
+    seconds: dict[str, float]
+    inputs_digest: bytes = b""
+
+
+def chunk_size(recipe: ShardRecipe) -> int:
+    per_image = recipe.height * recipe.width * 3
+    return max(1, min(CHUNK, CHUNK_BYTES // per_image))
+
+
+def chunks_of(items: list[SourceItem], recipe: ShardRecipe) -> list[list[SourceItem]]:
+    n = chunk_size(recipe)
+    return [items[i:i + n] for i in range(0, len(items), n)]
+
+
+def worker_bytes(recipe: ShardRecipe) -> int:
+    """Peak memory of one build worker: a chunk of output images in flight (raw pixels, encoded
+    bytes and tar members) or, for synthetic faces, the 4x supersampled canvas it draws on."""
+    pixels = recipe.height * recipe.width * 3
+    if recipe.source == "synthetic":
+        return 16 * pixels * 2 + 4 * pixels
+    return chunk_size(recipe) * pixels * 4 + (256 << 20)   # + a decoded source image
+
+
+def _describe(item: SourceItem, labels_text: bytes, stat: tuple[int, int] | None = None) -> bytes:
+    """What a sample's bytes depend on besides the recipe: key, labels and the source file's
+    path, size and mtime (synthetic items: their index). `stat`: (size, mtime_ns) if known."""
     if item.path is None:
-        from facegan.data.synthetic import render_face
-
-        return render_face(seed=recipe.seed, index=item.index, height=recipe.height, width=recipe.width)
-    return load_and_prepare(item.path, crop=recipe.crop_hw, out_h=recipe.height, out_w=recipe.width)
-
-
-# Items per task handed to a worker: small enough to balance load across workers even when a
-# set has fewer shards than workers, large enough to keep inter-process traffic negligible.
-CHUNK = 32
-
-
-def _encode_chunk(args: tuple[list[SourceItem], dict[str, Any]]) -> tuple[list[tuple[str, bytes, bytes]], list[dict[str, str]]]:
-    """Worker: read/render, crop, resize and encode some items -> (samples, skipped inputs)."""
-    items, recipe_dict = args
-    recipe = ShardRecipe(**recipe_dict)
-    samples: list[tuple[str, bytes, bytes]] = []
-    skipped: list[dict[str, str]] = []
-    for item in items:
+        return b"%s\0%d\0%s\n" % (item.key.encode(), item.index, labels_text)
+    if stat is None:
         try:
-            img = _render(item, recipe)
+            st = os.stat(item.path)
+            stat = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            stat = (-1, -1)
+    return b"%s\0%s\0%d\0%d\0%s\n" % (item.key.encode(), os.fsencode(item.path), stat[0], stat[1], labels_text)
+
+
+def chunk_inputs_digest(items: list[SourceItem]) -> bytes:
+    return hashlib.sha256(b"".join(_describe(it, canonical_json(it.labels)) for it in items)).digest()
+
+
+def inputs_sha256(digests: Iterable[bytes], fingerprint: str) -> str:
+    """A shard's inputs: the recipe's fingerprint and its chunks' input digests, in order. A
+    changed, replaced or touched source file, or changed labels, change it."""
+    h = hashlib.sha256(fingerprint.encode())
+    for d in digests:
+        h.update(d)
+    return h.hexdigest()
+
+
+def job_inputs_sha256(job: "ShardJob", recipe: ShardRecipe, fingerprint: str) -> str:
+    """The inputs hash a build of `job` would record (computed without building it)."""
+    return inputs_sha256((chunk_inputs_digest(c) for c in chunks_of(job.items, recipe)), fingerprint)
+
+
+def encode_chunk(items: list[SourceItem], recipe: ShardRecipe) -> Chunk:
+    """Read/render, crop, resize and encode items into tar members; unusable inputs are skipped.
+
+    The inputs digest is taken here, each file's size and mtime just before it is read: a file
+    that changes later gets a new digest on the next run, so it is never trusted stale.
+    """
+    ext = IMAGE_EXT[recipe.format]
+    stats: dict[str, float] = {}
+    parts: list[bytes] = []
+    described: list[bytes] = []
+    skipped: list[dict[str, str]] = []
+    perf = time.perf_counter
+    t_encode = t_tar = 0.0
+    count = 0
+    for item in items:
+        labels_text = canonical_json(item.labels)
+        try:
+            if item.path is None:
+                from facegan.data.synthetic import render_face
+
+                described.append(_describe(item, labels_text))
+                t0 = perf()
+                img: Any = render_face(seed=recipe.seed, index=item.index, height=recipe.height,
+                                       width=recipe.width)
+                stats["render"] = stats.get("render", 0.0) + perf() - t0
+            else:
+                stat = (-1, -1)   # unreadable: described as such, and skipped below
+                try:
+                    raw, stat = read_file_stat(item.path, stats=stats)
+                finally:
+                    described.append(_describe(item, labels_text, stat))
+                img = prepare(raw, crop=recipe.crop_hw, out_h=recipe.height, out_w=recipe.width,
+                              min_side=recipe.min_side, max_aspect=recipe.max_aspect, stats=stats)
         except ImageError as exc:
             skipped.append({"input": item.path or item.key, "reason": str(exc)})
             continue
+        t0 = perf()
         data = encode(img, fmt=recipe.format, quality=recipe.quality)
-        meta = dict(item.labels, img_crc32=crc32(data))
-        samples.append((item.key, data, json.dumps(meta, sort_keys=True).encode()))
-    return samples, skipped
+        t1 = perf()
+        add_member(parts, f"{item.key}.{ext}", data)
+        add_member(parts, f"{item.key}.json", labels_json(labels_text, crc32(data)))
+        count += 1
+        t_encode += t1 - t0
+        t_tar += perf() - t1
+    stats["encode"] = t_encode
+    stats["tar"] = t_tar
+    return Chunk(members=b"".join(parts), count=count, skipped=skipped, seconds=stats,
+                 inputs_digest=hashlib.sha256(b"".join(described)).digest())
+
+
+def _encode_task(args: tuple[list[SourceItem], ShardRecipe]) -> Chunk:
+    return encode_chunk(*args)
+
+
+def _write_error(store: Store, name: str, exc: OSError) -> DataError:
+    where = f"--out {store.location}"
+    if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
+        return DataError(f"{where}: disk full while writing {name}; the build stopped and any earlier "
+                         "shard set there is unchanged (free space, then rerun to resume)")
+    return DataError(f"{where}: cannot write {name}: {exc.strerror or exc}")
+
+
+def write_shard(store: Store, name: str, chunks: Iterable[Chunk]) -> dict[str, Any]:
+    """Write a shard from its chunks (in order) under `name`; a shard with no samples is not written.
+
+    Returns count, bytes, sha256, skipped inputs and per-stage seconds (the chunks' + "write", "hash").
+    """
+    count = nbytes = 0
+    sha = hashlib.sha256()
+    skipped: list[dict[str, str]] = []
+    digests: list[bytes] = []
+    seconds: dict[str, float] = {}
+    stack: Any = None
+    f: BinaryIO | None = None
+    try:
+        for chunk in chunks:
+            skipped += chunk.skipped
+            digests.append(chunk.inputs_digest)
+            for k, v in chunk.seconds.items():
+                seconds[k] = seconds.get(k, 0.0) + v
+            if not chunk.count:
+                continue
+            if f is None:
+                stack = store.open_write(name)
+                f = stack.__enter__()
+            t0 = time.perf_counter()
+            sha.update(chunk.members)
+            t1 = time.perf_counter()
+            f.write(chunk.members)
+            seconds["hash"] = seconds.get("hash", 0.0) + t1 - t0
+            seconds["write"] = seconds.get("write", 0.0) + time.perf_counter() - t1
+            count += chunk.count
+            nbytes += len(chunk.members)
+        if f is not None:
+            f.write(TAR_END)
+            sha.update(TAR_END)
+            nbytes += len(TAR_END)
+            t0 = time.perf_counter()
+            f, s = None, stack
+            stack = None
+            s.__exit__(None, None, None)   # flush, fsync and rename into place
+            seconds["write"] = seconds.get("write", 0.0) + time.perf_counter() - t0
+    except OSError as exc:
+        if stack is not None:
+            stack.__exit__(*sys.exc_info())
+        raise _write_error(store, name, exc) from None
+    except BaseException:
+        if stack is not None:
+            stack.__exit__(*sys.exc_info())
+        raise
+    return {"count": count, "bytes": nbytes, "sha256": sha.hexdigest() if count else None,
+            "skipped": skipped, "seconds": seconds, "inputs_digests": digests}
+
+
+def build_one_shard(job: ShardJob, recipe: ShardRecipe, location: str, name: str) -> dict[str, Any]:
+    """Build one whole shard into `location`/`name` (a Ray task's work; the same bytes as locally)."""
+    store = open_store(location)
+    return write_shard(store, name, (encode_chunk(items, recipe) for items in chunks_of(job.items, recipe)))
 
 
 def _worker_init() -> None:
@@ -171,59 +383,28 @@ def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _write_shard(store: Store, job: ShardJob, recipe: ShardRecipe,
-                 chunks: Iterator[tuple[list[tuple[str, bytes, bytes]], list[dict[str, str]]]]) -> dict[str, Any]:
-    """Write one shard from its encoded chunks (in order); return its record."""
-    ext = IMAGE_EXT[recipe.format]
-    skipped: list[dict[str, str]] = []
-    count = 0
-    with store.open_write(job.name) as f:
-        hw = _HashingWriter(f)
-        with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for samples, chunk_skipped in chunks:
-                skipped += chunk_skipped
-                for key, data, meta in samples:
-                    _add_member(tar, f"{key}.{ext}", data)
-                    _add_member(tar, f"{key}.json", meta)
-                    count += 1
-    return {"name": job.name, "split": job.split, "count": count, "bytes": hw.nbytes,
-            "sha256": hw.sha.hexdigest(), "keys_sha256": job.keys_sha256,
-            "fingerprint": recipe.fingerprint(), "skipped": skipped, "num_items": len(job.items)}
+def _ordered(pool: Any, tasks: Iterable[Any], window: int) -> Iterator[Chunk]:
+    """Results of `_encode_task` over tasks, in order, with at most `window` tasks in flight (so
+    memory stays bounded however far the workers could run ahead of the writer)."""
+    if pool is None:
+        yield from map(_encode_task, tasks)
+        return
+    it = iter(tasks)
+    pending = collections.deque(pool.apply_async(_encode_task, (t,)) for t in itertools.islice(it, window))
+    while pending:
+        result = pending.popleft().get()
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append(pool.apply_async(_encode_task, (nxt,)))
+        yield result
 
 
-def _sha256_of(store: Store, name: str) -> str | None:
-    if not store.readable or not store.exists(name):
-        return None
-    h = hashlib.sha256()
-    with store.open_read(name) as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+# ----------------------------------------------------------------------------- a build
 
-
-def _previous_records(store: Store, fingerprint: str) -> dict[str, dict[str, Any]]:
-    """Shard records from an earlier (maybe interrupted) build with the same settings."""
-    if not store.readable:
-        return {}
-    records: dict[str, dict[str, Any]] = {}
-    raw = store.read_bytes(MANIFEST)
-    if raw:
-        try:
-            manifest = json.loads(raw)
-            if manifest.get("fingerprint") == fingerprint:
-                for rec in manifest.get("shards", []):
-                    records[rec["name"]] = dict(rec, fingerprint=fingerprint)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            pass
-    if isinstance(store, LocalStore) and (store.root / PARTIAL).is_dir():
-        for p in sorted((store.root / PARTIAL).glob("*.json")):
-            try:
-                rec = json.loads(p.read_text())
-            except json.JSONDecodeError:
-                continue
-            if rec.get("fingerprint") == fingerprint:
-                records[rec["name"]] = rec
-    return records
+def _shard_record(job: ShardJob, rec: dict[str, Any], fingerprint: str) -> dict[str, Any]:
+    return {"name": job.name, "split": job.split, "count": rec["count"], "bytes": rec["bytes"],
+            "sha256": rec["sha256"], "keys_sha256": job.keys_sha256,
+            "inputs_sha256": inputs_sha256(rec["inputs_digests"], fingerprint), "skipped": rec["skipped"]}
 
 
 @dataclass
@@ -232,57 +413,258 @@ class BuildResult:
     built: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)   # summed over all processes
 
 
-def build_shards(recipe: ShardRecipe, *, root: str | Path | None, out: str | Path,
-                 progress: bool = True) -> BuildResult:
-    """Scan the source, write shards in parallel, then manifest.json. Resumes where it can."""
-    t0 = time.time()
-    store = open_store(out)
-    if isinstance(store, LocalStore):
-        store.clean_temp()
-    scan = scan_source(recipe, root=root)
-    jobs = plan_shards(recipe, scan.items)
-    if not jobs:
-        raise DataError(f"no usable images in {root or 'the synthetic source'}: "
-                        f"{len(scan.skipped)} inputs skipped")
-    fingerprint = recipe.fingerprint()
-    previous = _previous_records(store, fingerprint)
+class ShardBuild:
+    """One build of a shard set, from plan to manifest; `build_shards` drives it with local
+    processes, facegan.launch.shards with Ray tasks.
 
-    kept: dict[str, dict[str, Any]] = {}
-    todo: list[ShardJob] = []
-    for job in jobs:
-        rec = previous.get(job.name)
-        if rec and rec.get("keys_sha256") == job.keys_sha256 and _sha256_of(store, job.name) == rec["sha256"]:
-            kept[job.name] = rec
+        build = ShardBuild(recipe, root=root, out=out)   # checks everything, writes nothing
+        with build.running():                            # cleans up if the body fails
+            for job in build.todo:
+                build.done(job, write_shard(build.store, build.staged_name(job.name), chunks))
+            result = build.finish()
+    """
+
+    def __init__(self, recipe: ShardRecipe, *, root: str | Path | None, out: str | Path,
+                 overwrite: bool = False) -> None:
+        self.t0 = time.time()
+        self.recipe, self.root, self.out = recipe, root, str(out)
+        self.store = open_store(out)
+        self.staging = self.store.readable
+        self.fingerprint = recipe.fingerprint()
+        self._check_out(overwrite=overwrite)
+        self.scan = scan_source(recipe, root=root)
+        self.jobs = plan_shards(recipe, self.scan.items)
+        if not self.jobs:
+            raise DataError(f"no usable images in {root or 'the synthetic source'}: "
+                            f"{len(self.scan.skipped)} inputs skipped")
+        check_memory(worker_bytes(recipe) * max(1, recipe.num_workers), what=f"resolution {recipe.height}x{recipe.width}",
+                     hint=f"{max(1, recipe.num_workers)} workers; use a smaller resolution or fewer --workers")
+        self._preflight()
+        self.records: dict[str, dict[str, Any]] = {}
+        self.kept: list[str] = []
+        self.todo: list[ShardJob] = []
+        previous = self._previous_records()
+        for job in self.jobs:
+            rec = previous.get(job.name)
+            if rec is not None and self._still_good(job, rec):
+                self.records[job.name] = rec
+                self.kept.append(job.name)
+            else:
+                self.todo.append(job)
+        self.stage_seconds: dict[str, float] = {}
+        self._created_out = False
+
+    # -- checks before anything is written ---------------------------------------------------
+    def _check_out(self, *, overwrite: bool) -> None:
+        store, where = self.store, f"--out {self.out}"
+        if isinstance(store, LocalStore):
+            if store.root.exists() and not store.root.is_dir():
+                raise DataError(f"{where}: is a file; expected a folder (new, empty, or an earlier shard set)")
+            if not store.root.is_dir():
+                return
+            entries = sorted(p.name for p in store.root.iterdir())
+        elif isinstance(store, FsspecStore):
+            try:
+                if store.fs.isfile(store.path):
+                    raise DataError(f"{where}: is a file; expected a folder (new, empty, or an earlier shard set)")
+                entries = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in store.fs.ls(store.path)) \
+                    if store.fs.isdir(store.path) else []
+            except OSError as exc:
+                raise DataError(f"{where}: cannot list: {exc}") from None
         else:
-            todo.append(job)
+            return
+        ours = MANIFEST in entries or PARTIAL in entries
+        if entries and not ours and not overwrite:
+            raise DataError(f"{where}: folder is not empty and holds no shard set (no {MANIFEST}): "
+                            f"{len(entries)} entries, e.g. {entries[0]!r}; choose a new folder or pass "
+                            "--overwrite (its .tar files not in the new manifest are then removed)")
 
-    records = dict(kept)
-    recipe_dict = recipe.as_dict()
-    total = sum(len(j.items) for j in todo)
-    bar = _progress(total=total, enabled=progress and total > 0)
-    # Workers encode chunks of items; this process writes them into shards in order (an ordered
-    # imap keeps every worker busy while the tar stream stays sequential and deterministic).
-    tasks = [(job.items[i:i + CHUNK], recipe_dict) for job in todo for i in range(0, len(job.items), CHUNK)]
+    def _preflight(self) -> None:
+        """Read the headers of a few inputs: refuse a recipe that fits none of them (a crop larger
+        than every image, a min_side above them all) before writing anything."""
+        files = [it for it in self.scan.items if it.path is not None]
+        if not files:
+            return
+        step = max(1, len(files) // PREFLIGHT_SAMPLES)
+        sample = files[::step][:PREFLIGHT_SAMPLES]
+        reasons: list[str] = []
+        from PIL import Image
+
+        r = self.recipe
+        for item in sample:
+            try:
+                with Image.open(item.path) as img:  # type: ignore[arg-type]
+                    w, h = img.size
+            except Exception:  # noqa: BLE001  (unreadable files are the workers' business)
+                return
+            try:
+                check_source_size(w, h, min_side=r.min_side, max_aspect=r.max_aspect)
+                crop_box(w, h, r.crop_hw, r.height, r.width)
+                return
+            except ImageError as exc:
+                reasons.append(f"{Path(item.path).name}: {exc}")  # type: ignore[arg-type]
+        raise DataError(f"nothing would be built: the recipe fits none of the {len(sample)} inputs checked "
+                        f"(of {len(files)}; crop {r.crop}, min_side {r.min_side}, max_aspect {r.max_aspect:g}), "
+                        f"e.g. {reasons[0]}")
+
+    # -- resume ---------------------------------------------------------------------------------
+    def _previous_records(self) -> dict[str, dict[str, Any]]:
+        """Shard records from an earlier (maybe interrupted) build into the same place."""
+        if not self.staging:
+            return {}
+        records: dict[str, dict[str, Any]] = {}
+        try:
+            raw = self.store.read_bytes(MANIFEST)
+            if raw:
+                manifest = json.loads(raw)
+                for rec in list(manifest.get("shards", [])) + list(manifest.get("empty_shards", [])):
+                    records[rec["name"]] = dict(rec, staged=False)
+            for name in self.store.listdir(PARTIAL):
+                if name.endswith(".json") and not name.startswith("."):
+                    rec = json.loads(self.store.read_bytes(f"{PARTIAL}/{name}") or b"{}")
+                    records[rec["name"]] = dict(rec, staged=True)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return records  # an unreadable record means rebuilding, never trusting it
+        return records
+
+    def _still_good(self, job: ShardJob, rec: dict[str, Any]) -> bool:
+        if rec.get("keys_sha256") != job.keys_sha256:
+            return False
+        if rec.get("inputs_sha256") != job_inputs_sha256(job, self.recipe, self.fingerprint):
+            return False
+        if rec.get("count") == 0:
+            return True
+        for staged in ((True, False) if rec.get("staged") else (False,)):
+            name = f"{PARTIAL}/{job.name}" if staged else job.name
+            if _sha256_of(self.store, name) == rec.get("sha256"):
+                rec["staged"] = staged
+                return True
+        return False
+
+    # -- running --------------------------------------------------------------------------------
+    def staged_name(self, name: str) -> str:
+        return f"{PARTIAL}/{name}" if self.staging else name
+
+    def start(self) -> None:
+        """Create the output folder (remembering whether this build made it)."""
+        try:
+            if isinstance(self.store, LocalStore):
+                self._created_out = not self.store.root.exists()
+                (self.store.root / PARTIAL).mkdir(parents=True, exist_ok=True)
+                self.store.clean_temp()
+        except OSError as exc:
+            raise _write_error(self.store, PARTIAL, exc) from None
+
+    def done(self, job: ShardJob, result: dict[str, Any]) -> None:
+        """Record a finished shard (what a resumed build trusts)."""
+        rec = _shard_record(job, result, self.fingerprint)
+        for k, v in result.get("seconds", {}).items():
+            self.stage_seconds[k] = self.stage_seconds.get(k, 0.0) + v
+        if self.staging:
+            try:
+                self.store.write_bytes(f"{PARTIAL}/{job.name}.json", json.dumps(rec).encode())
+            except OSError as exc:
+                raise _write_error(self.store, f"{PARTIAL}/{job.name}.json", exc) from None
+        self.records[job.name] = dict(rec, staged=self.staging)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator["ShardBuild"]:
+        """Create the output folder; on any failure (Ctrl-C included) clean up, then re-raise."""
+        self.start()
+        try:
+            yield self
+        except BaseException:
+            self.cleanup(failed=True)
+            raise
+
+    def cleanup(self, *, failed: bool) -> None:
+        """After a failure: no temp files; finished shards stay in .partial/ for a rerun, and a
+        folder this build created goes if nothing in it is worth resuming."""
+        if not isinstance(self.store, LocalStore) or not self.store.root.is_dir():
+            return
+        self.store.clean_temp()
+        partial = self.store.root / PARTIAL
+        if partial.is_dir() and not any(partial.iterdir()):
+            partial.rmdir()
+        if failed and self._created_out and not any(self.store.root.iterdir()):
+            self.store.root.rmdir()
+
+    def _discard_staged(self) -> None:
+        for name in self.store.listdir(PARTIAL):
+            self.store.remove(f"{PARTIAL}/{name}")
+        if isinstance(self.store, LocalStore) and (self.store.root / PARTIAL).is_dir():
+            (self.store.root / PARTIAL).rmdir()
+
+    def finish(self) -> BuildResult:
+        """Write the manifest and put the new set in place of any earlier one."""
+        records = [self.records[j.name] for j in self.jobs]
+        total = sum(r["count"] for r in records)
+        if total == 0:
+            skipped = list(self.scan.skipped) + [s for r in records for s in r["skipped"]]
+            if self.staging:
+                self._discard_staged()
+            first = f"{skipped[0]['input']}: {skipped[0]['reason']}" if skipped else "n/a"
+            raise DataError(f"no usable images in {self.root or 'the synthetic source'}: all "
+                            f"{len(skipped)} inputs were skipped (first: {first})")
+        manifest = make_manifest(self.recipe, self.scan, records, root=self.root)
+        text = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+        store = self.store
+        try:
+            if not self.staging:
+                store.write_bytes(MANIFEST, text)
+            else:
+                # The new manifest is complete on disk before any old shard is replaced: a full
+                # disk or a crash up to here leaves the earlier set as it was.
+                store.write_bytes(f"{PARTIAL}/{MANIFEST}", text)
+                for rec in records:
+                    if rec["count"] and rec.get("staged"):
+                        store.rename(f"{PARTIAL}/{rec['name']}", rec["name"])
+                store.rename(f"{PARTIAL}/{MANIFEST}", MANIFEST)
+                listed = {r["name"] for r in records if r["count"]}
+                for name in store.listdir():
+                    if name.endswith(".tar") and name not in listed:
+                        store.remove(name)   # the manifest is the truth: stale shards go
+                self._discard_staged()
+        except OSError as exc:
+            raise _write_error(store, MANIFEST, exc) from None
+        return BuildResult(manifest=manifest, built=[j.name for j in self.todo], kept=sorted(self.kept),
+                           seconds=time.time() - self.t0, stage_seconds=dict(self.stage_seconds))
+
+
+def build_shards(recipe: ShardRecipe, *, root: str | Path | None, out: str | Path, progress: bool = True,
+                 overwrite: bool = False) -> BuildResult:
+    """Scan the source, write shards with local worker processes, then manifest.json. Resumes."""
+    build = ShardBuild(recipe, root=root, out=out, overwrite=overwrite)
+    with build.running():
+        _run_local(build, progress=progress)
+        return build.finish()
+
+
+def _run_local(build: ShardBuild, *, progress: bool) -> None:
+    recipe = build.recipe
+    total = sum(len(j.items) for j in build.todo)
+    bar = make_progress(total=total, enabled=progress and total > 0)
+    # Workers encode chunks; this process joins them into shards in order (the ordered, bounded
+    # window keeps every worker busy while the tar stream stays sequential and deterministic).
+    per_job = [chunks_of(job.items, recipe) for job in build.todo]
+    tasks = [(items, recipe) for chunks in per_job for items in chunks]
     workers = max(1, min(recipe.num_workers, len(tasks)))
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     pool = ctx.Pool(workers, initializer=_worker_init) if workers > 1 else None
     try:
-        results = iter(pool.imap(_encode_chunk, tasks, chunksize=1) if pool else map(_encode_chunk, tasks))
+        results = _ordered(pool, tasks, window=2 * workers + 2)
 
-        def take(num_chunks: int) -> Iterator[Any]:
+        def take(num_chunks: int) -> Iterator[Chunk]:
             for _ in range(num_chunks):
                 chunk = next(results)
-                bar.update(len(chunk[0]) + len(chunk[1]))
+                bar.update(chunk.count + len(chunk.skipped))
                 yield chunk
 
-        for job in todo:
-            rec = _write_shard(store, job, recipe, take(-(-len(job.items) // CHUNK)))
-            records[rec["name"]] = rec
-            if isinstance(store, LocalStore):
-                # Record each finished shard at once: this is what a resumed build trusts.
-                store.write_bytes(f"{PARTIAL}/{rec['name']}.json", json.dumps(rec).encode())
+        for job, chunks in zip(build.todo, per_job):
+            build.done(job, write_shard(build.store, build.staged_name(job.name), take(len(chunks))))
         if pool:
             pool.close()  # a normal exit: the workers finish on their own
     finally:
@@ -291,19 +673,18 @@ def build_shards(recipe: ShardRecipe, *, root: str | Path | None, out: str | Pat
             pool.join()
         bar.close()
 
-    manifest = make_manifest(recipe, scan, [records[j.name] for j in jobs], root=root)
-    if manifest["counts"]["total"] == 0:
-        raise DataError(f"no usable images in {root or 'the synthetic source'}: "
-                        f"all {len(manifest['skipped'])} inputs were skipped "
-                        f"(first: {manifest['skipped'][0] if manifest['skipped'] else 'n/a'})")
-    store.write_bytes(MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
-    if isinstance(store, LocalStore):
-        for p in (store.root / PARTIAL).glob("*.json") if (store.root / PARTIAL).is_dir() else []:
-            p.unlink()
-        if (store.root / PARTIAL).is_dir():
-            (store.root / PARTIAL).rmdir()
-    return BuildResult(manifest=manifest, built=[j.name for j in todo], kept=sorted(kept),
-                       seconds=time.time() - t0)
+
+def _sha256_of(store: Store, name: str) -> str | None:
+    try:
+        if not store.readable or not store.exists(name):
+            return None
+        h = hashlib.sha256()
+        with store.open_read(name) as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    except OSError:
+        return None
 
 
 def make_manifest(recipe: ShardRecipe, scan: SourceScan, records: list[dict[str, Any]], *,
@@ -314,9 +695,11 @@ def make_manifest(recipe: ShardRecipe, scan: SourceScan, records: list[dict[str,
     counts = {split: 0 for split in SPLITS}
     shards_per_split = {split: 0 for split in SPLITS}
     for rec in records:
-        counts[rec["split"]] += rec["count"]
-        shards_per_split[rec["split"]] += 1
+        if rec["count"]:
+            counts[rec["split"]] += rec["count"]
+            shards_per_split[rec["split"]] += 1
     partial = sorted(it.key for it in scan.items if it.labels.get("partial_name"))
+    fields = ("name", "split", "count", "bytes", "sha256", "keys_sha256", "inputs_sha256", "skipped")
     return {
         "format_version": FORMAT_VERSION,
         "source": scan.source,
@@ -329,8 +712,10 @@ def make_manifest(recipe: ShardRecipe, scan: SourceScan, records: list[dict[str,
         "label_fields": list(scan.label_fields),
         "counts": dict(counts, total=sum(counts.values())),
         "shards_per_split": shards_per_split,
-        "shards": [{k: rec[k] for k in ("name", "split", "count", "bytes", "sha256", "keys_sha256")}
-                   for rec in records],
+        "shards": [{k: rec[k] for k in fields} for rec in records if rec["count"]],
+        # Shards whose every input was skipped: no file, but remembered so a rerun need not retry them.
+        "empty_shards": [{k: rec[k] for k in fields if k not in ("bytes", "sha256")}
+                         for rec in records if not rec["count"]],
         "num_skipped": len(skipped),
         "skipped": skipped,
         "rows_without_image": scan.rows_without_image,
@@ -347,7 +732,7 @@ class _NullBar:
         pass
 
 
-def _progress(*, total: int, enabled: bool) -> Any:
+def make_progress(*, total: int, enabled: bool) -> Any:
     if not enabled:
         return _NullBar()
     from tqdm import tqdm
@@ -361,94 +746,169 @@ def load_manifest(location: str | Path) -> dict[str, Any]:
     store = open_store(location)
     if not store.readable:
         raise DataError(f"{location}: cannot read a manifest from a pipe: destination")
-    raw = store.read_bytes(MANIFEST)
+    try:
+        raw = store.read_bytes(MANIFEST)
+    except OSError as exc:
+        raise DataError(f"{store.url(MANIFEST)}: cannot read: {exc.strerror or exc}") from None
     if raw is None:
         raise DataError(f"{location}: no {MANIFEST} (is this a shard set built by `facegan shards build`?)")
     try:
         manifest = json.loads(raw)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{store.url(MANIFEST)}: not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"{store.url(MANIFEST)}: expected a JSON object")
     for key in ("shards", "resolution", "image_ext", "attr_names"):
         if key not in manifest:
             raise DataError(f"{store.url(MANIFEST)}: missing field {key!r}")
     return manifest
 
 
-def check_sample(sample: dict[str, Any], *, ext: str, height: int, width: int) -> dict[str, Any]:
-    """Validate one sample; returns its labels. Raises ImageError/ValueError naming the problem."""
-    if ext not in sample:
-        raise ImageError(f"sample {sample['__key__']}: no .{ext} image")
-    if "json" not in sample:
-        raise ValueError(f"sample {sample['__key__']}: no .json labels")
-    labels = json.loads(sample["json"])
-    data = sample[ext]
-    if "img_crc32" in labels and crc32(data) != labels["img_crc32"]:
-        raise ImageError(f"sample {sample['__key__']}: image bytes do not match their crc32")
-    decode_chw(data, ext=ext, height=height, width=width)
+def check_sample(sample: dict[str, Any], *, ext: str, height: int, width: int, strict: bool = True
+                 ) -> dict[str, Any]:
+    """Validate one sample (checksums, then a full decode); returns its labels. Raises
+    ImageError/ValueError naming the sample and the problem."""
+    try:
+        labels = sample_labels(sample, ext=ext, strict=strict)
+        decode_chw(sample[ext], ext=ext, height=height, width=width)
+    except ValueError as exc:   # JSONDecodeError and UnicodeDecodeError included
+        raise (ImageError if isinstance(exc, ImageError) else ValueError)(
+            f"sample {sample.get('__key__')}: {exc}") from None
     return labels
 
 
+class _HashingReader(io.RawIOBase):
+    """Read-through wrapper that hashes and counts what is read (verify streams shards once)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.nbytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+        data = self.f.read(n)
+        self.sha.update(data)
+        self.nbytes += len(data)
+        return data
+
+    def drain(self) -> None:
+        for _ in iter(lambda: self.read(1 << 20), b""):
+            pass
+
+
+def unlisted_tars(store: Store, manifest: dict[str, Any]) -> list[str]:
+    listed = {rec["name"] for rec in manifest["shards"]}
+    try:
+        return [n for n in store.listdir() if n.endswith(".tar") and n not in listed]
+    except OSError:
+        return []
+
+
 def verify_shards(location: str | Path, *, progress: bool = False) -> list[str]:
-    """Check every shard's size and sha256 and decode every sample; returns the problems found."""
+    """Check every shard's size and sha256 and decode every sample; returns the problems found.
+
+    Shards are streamed (hashed while parsed), never loaded whole. A .tar file beside the set
+    that the manifest does not list is a problem too: it is not part of the set.
+    """
     manifest = load_manifest(location)
     store = open_store(location)
     height, width = manifest["resolution"]
     ext = manifest["image_ext"]
+    strict = strict_checks(manifest)
     problems: list[str] = []
     for rec in manifest["shards"]:
         name = rec["name"]
         if not store.exists(name):
             problems.append(f"{name}: missing")
             continue
-        data = store.read_bytes(name) or b""
-        if len(data) != rec["bytes"]:
-            problems.append(f"{name}: {len(data)} bytes, manifest says {rec['bytes']}")
-        if hashlib.sha256(data).hexdigest() != rec["sha256"]:
-            problems.append(f"{name}: sha256 mismatch (file changed or corrupt)")
         count = 0
         try:
-            for sample in iter_samples(io.BytesIO(data)):
+            with store.open_read(name) as f:
+                reader = _HashingReader(f)
                 try:
-                    check_sample(sample, ext=ext, height=height, width=width)
-                    count += 1
-                except (ImageError, ValueError) as exc:
-                    problems.append(f"{name}: {exc}")
-        except TarFormatError as exc:
-            problems.append(f"{name}: unreadable tar after {count} samples: {exc}")
+                    for sample in iter_samples(reader):
+                        try:
+                            check_sample(sample, ext=ext, height=height, width=width, strict=strict)
+                            count += 1
+                        except (ImageError, ValueError) as exc:
+                            problems.append(f"{name}: {exc}")
+                except TarFormatError as exc:
+                    problems.append(f"{name}: unreadable tar after {count} samples: {exc}")
+                reader.drain()
+        except OSError as exc:
+            problems.append(f"{name}: cannot read: {exc.strerror or exc}")
+            continue
+        if reader.nbytes != rec["bytes"]:
+            problems.append(f"{name}: {reader.nbytes} bytes, manifest says {rec['bytes']}")
+        if reader.sha.hexdigest() != rec["sha256"]:
+            problems.append(f"{name}: sha256 mismatch (file changed or corrupt)")
         if count != rec["count"]:
             problems.append(f"{name}: {count} good samples, manifest says {rec['count']}")
+    for name in unlisted_tars(store, manifest):
+        problems.append(f"{name}: not listed in {MANIFEST} (left from another build? not part of this set)")
     return problems
 
 
 def inspect_shards(location: str | Path, *, preview: str | Path | None = None, num_preview: int = 64
                    ) -> dict[str, Any]:
-    """Counts, attribute frequencies (from the stored labels) and an optional preview grid PNG."""
+    """Counts, attribute frequencies (from the stored labels) and an optional preview grid PNG.
+
+    Frequencies are over the samples actually read and checked (crc32 of image and labels);
+    `problems` lists every missing or truncated shard and every damaged sample, so a report of a
+    damaged set says so instead of quietly counting less.
+    """
     manifest = load_manifest(location)
     store = open_store(location)
     height, width = manifest["resolution"]
     ext = manifest["image_ext"]
     attr_names = manifest["attr_names"]
+    strict = strict_checks(manifest)
     sums = np.zeros(len(attr_names), dtype=np.int64)
     n_attr = 0
+    n_read = 0
     other: dict[str, dict[str, int]] = {}
     images: list[np.ndarray] = []
+    problems: list[str] = []
     for rec in manifest["shards"]:
-        with store.open_read(rec["name"]) as f:
-            for sample in iter_samples(f):
-                labels = json.loads(sample.get("json", b"{}"))
-                if "attrs" in labels and len(labels["attrs"]) == len(attr_names):
-                    sums += np.asarray(labels["attrs"], dtype=np.int64) > 0
-                    n_attr += 1
-                for k in ("gender", "race"):
-                    if k in labels:
-                        bucket = other.setdefault(k, {})
-                        bucket[str(labels[k])] = bucket.get(str(labels[k]), 0) + 1
-                if preview and len(images) < num_preview and rec["split"] == "train" and ext in sample:
-                    images.append(decode_chw(sample[ext], ext=ext, height=height, width=width).numpy())
+        name = rec["name"]
+        good = 0
+        try:
+            with store.open_read(name) as f:
+                for sample in iter_samples(f):
+                    try:
+                        labels = sample_labels(sample, ext=ext, strict=strict)
+                    except ValueError as exc:
+                        problems.append(f"{name}: sample {sample.get('__key__')}: {exc}")
+                        continue
+                    good += 1
+                    attrs = labels.get("attrs")
+                    if isinstance(attrs, list) and len(attrs) == len(attr_names):
+                        sums += np.asarray(attrs, dtype=np.float64) > 0
+                        n_attr += 1
+                    for k in ("gender", "race"):
+                        if k in labels:
+                            bucket = other.setdefault(k, {})
+                            bucket[str(labels[k])] = bucket.get(str(labels[k]), 0) + 1
+                    if preview and len(images) < num_preview and rec["split"] == "train":
+                        try:
+                            images.append(decode_chw(sample[ext], ext=ext, height=height, width=width).numpy())
+                        except ImageError as exc:
+                            problems.append(f"{name}: sample {sample.get('__key__')}: {exc}")
+        except FileNotFoundError:
+            problems.append(f"{name}: missing")
+        except TarFormatError as exc:
+            problems.append(f"{name}: truncated or corrupt after {good} of {rec['count']} samples ({exc})")
+        except OSError as exc:
+            problems.append(f"{name}: cannot read: {exc.strerror or exc}")
+        n_read += good
     freqs = {name: float(s) / n_attr for name, s in zip(attr_names, sums)} if n_attr else {}
     report = {"counts": manifest["counts"], "resolution": manifest["resolution"],
               "num_skipped": manifest["num_skipped"], "rows_without_image": manifest["rows_without_image"],
-              "attr_frequencies": freqs, "label_histograms": other}
+              "samples_read": n_read, "attr_frequencies": freqs, "label_histograms": other,
+              "problems": problems}
     if preview and images:
         save_grid(np.stack(images), preview)
         report["preview"] = str(preview)
@@ -470,3 +930,8 @@ def save_grid(imgs_NCHW: np.ndarray, path: str | Path, *, nrow: int | None = Non
             imgs_NCHW[i].transpose(1, 2, 0)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).save(path)
+
+
+__all__ = ["BuildResult", "ShardBuild", "ShardJob", "build_shards", "build_one_shard", "check_sample",
+           "encode_chunk", "inspect_shards", "load_manifest", "make_manifest", "parse_labels", "plan_shards", "sample_labels",
+           "save_grid", "scan_source", "verify_shards", "write_shard", "human", "PipeStore"]
