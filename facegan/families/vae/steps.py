@@ -3,8 +3,9 @@
     fit(ctx):   mu, logvar = E(x); z = mu + exp(logvar / 2) * eps; loss = mean_b [BCE_b + beta * KL_b]
                 with BCE_b summed over pixels between G's Bernoulli logits and x mapped to [0, 1], and
                 KL_b = -1/2 sum_z (1 + logvar - mu^2 - exp(logvar)) (closed form against N(0, I))
-    evaluate:   at eval.every_kimg and at the end, -(BCE + KL) per val image (one z per image, eps
-                from a generator seeded by train.seed and the rank), summed over all ranks' shares
+    evaluate:   at eval.every_kimg and at the end, -(BCE + KL) per val image (one z per image, its
+                eps seeded by train.seed and the sample's key), summed over all ranks' shares: the
+                same value on any number of ranks
     tick_images: decoder samples on the fixed latents, and each real of a fixed batch beside its
                 reconstruction G(mu(x))
 
@@ -18,6 +19,7 @@ Tests: .venv/bin/python -m pytest tests/test_vae.py -q
 from __future__ import annotations
 
 import math
+import zlib
 from typing import Any
 
 import torch
@@ -66,6 +68,14 @@ def vae_loss(E: nn.Module, G: nn.Module, img_BCHW: Tensor, eps_BZ: Tensor, *,
     bce, kl = bce_B.mean(), kl_B.mean()
     loss = bce + beta * kl
     return loss, {"loss/vae": loss.detach(), "loss/bce": bce.detach(), "loss/kl": kl.detach()}
+
+
+def key_normal(keys: list[str], dim: int, *, seed: int) -> Tensor:
+    """One standard-normal row per sample, seeded by (seed, the sample's key): the same eps for a
+    sample whichever rank, batch or order it comes in, so the ELBO does not depend on the split."""
+    seeds = [(seed * 2**32 + zlib.crc32(k.encode())) % 2**63 for k in keys]
+    rows = [torch.randn(dim, generator=torch.Generator().manual_seed(s)) for s in seeds]
+    return torch.stack(rows) if rows else torch.empty(0, dim)
 
 
 def normal_like(n: int, dim: int, *, generator: torch.Generator | None, device: torch.device | str) -> Tensor:
@@ -126,7 +136,6 @@ class VAESteps(Steps):
         shards = ShardSet.open(self.cfg.data.shards)
         ec = self.cfg.eval
         cap = ec.elbo_images // world_size + (1 if rank < ec.elbo_images % world_size else 0)
-        gen = torch.Generator().manual_seed(self.cfg.train.seed * 1000 + rank + 17)
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)   # BCE, KL, images
         states = [E.training, G.training]
         E.eval(), G.eval()
@@ -137,7 +146,7 @@ class VAESteps(Steps):
                     img = batch["image"][: cap - int(sums[2])].to(self.device)
                     if not len(img):
                         break
-                    eps = normal_like(len(img), self.latent_dim, generator=gen, device=self.device)
+                    eps = key_normal(batch["key"][: len(img)], self.latent_dim, seed=self.cfg.train.seed).to(self.device)
                     with autocast if autocast is not None else torch.autocast(self.device.type, enabled=False):
                         bce_B, kl_B, _ = vae_terms(E, G, img, eps)
                     sums += torch.stack([bce_B.double().sum(), kl_B.double().sum(),
