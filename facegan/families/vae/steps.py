@@ -120,6 +120,7 @@ class VAESteps(Steps):
             grids["recon"] = torch.stack([real[:m], recon[:m]], dim=1).reshape(-1, *real.shape[1:])
         return grids
 
+    @torch.no_grad()
     def evaluate(self, nets: dict[str, nn.Module], *, final: bool, rank: int, world_size: int, out_dir: Any,
                  kimg: float, step: int = 0, images_seen: int = 0, checkpoint: Any = None,
                  autocast: Any = None) -> dict[str, float]:
