@@ -164,8 +164,13 @@ def test_bad_requests_are_refused_before_any_scoring(runs: dict[str, Path], tmp_
         compare_request(runs, num_samples=10**9)
     with pytest.raises(ConfigError, match="grid_size"):
         compare_request(runs, grid_size=100)
+    with pytest.raises(ConfigError, match="num_real .*at least 10"):
+        compare_request(runs, num_real=5)
     with pytest.raises(CheckpointError, match="has no generator"):
         compare_runs(compare_request(runs, runs=[str(runs["dcgan"]), str(runs["clf"])]))
     assert main(["compare", str(tmp_path / "nope"), "--shards", str(runs["shards"]), "--classifier",
                  str(runs["clf"])]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["compare", str(runs["dcgan"]), "--shards", str(runs["shards"]), "--classifier", str(runs["clf"]),
+                 "--out", str(tmp_path / "page.txt")]) == 2
+    assert "--out: expected a .html file" in capsys.readouterr().err

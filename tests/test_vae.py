@@ -171,6 +171,10 @@ def test_tick_images_pair_reals_with_reconstructions_and_leave_training_state_al
     torch.testing.assert_close(grids["recon"][0::2], real[:8])
     torch.testing.assert_close(grids["recon"][1::2], steps.reconstruct(nets["E"].eval(), nets["G"], real[:8]))
     nets["E"].train()
+    # encode (GAN inversion's start): the posterior mean, in eval mode, leaving the mode as it was.
+    torch.testing.assert_close(steps.encode(nets, real), nets["E"].eval()(real)[0])
+    nets["E"].train()
+    steps.encode(nets, real)
     assert nets["E"].training
     for k, v in nets["E"].state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)   # batch-norm statistics untouched

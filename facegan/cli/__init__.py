@@ -7,6 +7,7 @@
     facegan eval --checkpoint runs/dcgan --shards data/shards --classifier runs/classifier   # facegan.cli.eval
     facegan sweep sweeps/dcgan_lr_labels.yaml --check                           # facegan.cli.sweep
     facegan blend a.jpg b.jpg --checkpoint runs/overlay --out blend.png          # facegan.cli.control
+    facegan compare runs/dcgan runs/wgangp runs/vae --shards data/celeba64 --classifier runs/classifier  # .compare
 
 Subcommand modules import torch, Ray and the rest only inside their commands, so `facegan --help`
 answers at once. A user's mistake (facegan.errors.UserError) prints one line and exits 2.

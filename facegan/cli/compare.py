@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from facegan.errors import ConfigError
 
 
 def register(sub: Any) -> None:
@@ -16,16 +19,16 @@ def register(sub: Any) -> None:
     c.add_argument("--shards", required=True, help="real shard set the runs are scored against")
     c.add_argument("--classifier", required=True, help="attribute classifier checkpoint (or its run folder): "
                                                       "features for fid_attr & co. and the attribute rates")
-    c.add_argument("--out", default="compare.html", help="HTML path; .json, .csv and a _grids folder beside it")
+    c.add_argument("--out", default="compare.html", help="HTML path (.html); .json, .csv and a _grids folder beside it")
     c.add_argument("--num-samples", type=int, default=1000, help="generated images per run")
     c.add_argument("--num-real", type=int, default=2000, help="at most this many real images per split")
     c.add_argument("--grid-size", type=int, default=36, help="images in each run's grid")
     c.add_argument("--attrs", default="", help="comma-separated attributes whose rates are compared (default: the "
                                                 "CelebA report's Eyeglasses,Bangs,Wearing_Hat,Wavy_Hair)")
     c.add_argument("--labels", default="", help="comma-separated display names, one per run (default: folder names)")
-    c.add_argument("--eval-split", default="val")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--batch-size", type=int, default=64)
+    c.add_argument("--eval-split", default="val", help="real split the runs are compared with (default val)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the latents (the same for every run)")
+    c.add_argument("--batch-size", type=int, default=64, help="images per generation/feature batch")
     c.add_argument("--no-ema", action="store_true", help="score the raw generators instead of their EMA")
     c.set_defaults(func=cmd_compare)
 
@@ -34,6 +37,8 @@ def cmd_compare(args: Any) -> int:
     from facegan.evaluation.compare import (REPORT_ATTRS, CompareRequest, compare_runs, format_compare_table,
                                             write_compare)
 
+    if not str(args.out).endswith(".html") or Path(args.out).is_dir():
+        raise ConfigError(f"--out: expected a .html file, got {args.out}")
     attrs = [a.strip() for a in args.attrs.split(",") if a.strip()] or list(REPORT_ATTRS)
     req = CompareRequest(runs=list(args.runs), shards=args.shards, classifier=args.classifier,
                          num_samples=args.num_samples, num_real=args.num_real, grid_size=args.grid_size,

@@ -28,6 +28,7 @@ import csv
 import html
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ SCORE_COLUMNS = (("fid_attr", "FID (attr)", True), ("kid_attr", "KID (attr)", Tr
                  ("precision_attr", "precision", False), ("recall_attr", "recall", False),
                  ("ms_ssim", "MS-SSIM", True), ("memorisation_ratio_attr", "memorisation ratio", None))
 MAX_RUNS = 32
+MIN_IMAGES = 10                   # precision/recall needs k + 1 = 4 neighbours, FID a covariance
 MAX_SAMPLES = 50_000
 MAX_REAL = 200_000
 PROB_THRESHOLD = 0.5
@@ -78,8 +80,12 @@ class CompareRequest:
                                  ("grid_size", self.grid_size, 256), ("batch_size", self.batch_size, 4096)):
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
                 raise ConfigError(f"compare.{name}: expected an integer in 1..{top}, got {value!r}")
-        if self.num_samples < 2:
-            raise ConfigError("compare.num_samples: at least 2 images are needed for any statistic")
+        for name in ("num_samples", "num_real"):
+            if getattr(self, name) < MIN_IMAGES:
+                raise ConfigError(f"compare.{name} (--{name.replace('_', '-')}): expected at least {MIN_IMAGES} images "
+                                  f"(precision/recall and FID need them), got {getattr(self, name)}")
+        if not self.attrs:
+            raise ConfigError("compare.attrs: expected at least one attribute name")
         if self.grid_size > self.num_samples:
             raise ConfigError(f"compare.grid_size: {self.grid_size} is more than num_samples ({self.num_samples})")
         if self.labels and len(self.labels) != len(self.runs):
@@ -99,6 +105,11 @@ class CompareRequest:
 
 
 # ============================================================================ scoring
+
+def physical_memory() -> int:
+    """Bytes of RAM on this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
 
 def attribute_rates(classifier: torch.nn.Module, images_u8: torch.Tensor, attrs: list[str], *,
                     batch_size: int) -> dict[str, float | None]:
@@ -147,8 +158,16 @@ def compare_runs(req: CompareRequest) -> dict[str, Any]:
 
     shard_set = ShardSet.open(req.shards)
     height, width = shard_set.resolution
-    if not shard_set.count(req.eval_split):
-        raise ConfigError(f"compare: {req.shards} has no {req.eval_split} split to compare with")
+    for split in (req.eval_split, "train"):
+        if shard_set.count(split) < MIN_IMAGES:
+            raise ConfigError(f"compare: the {split} split of {req.shards} holds {shard_set.count(split)} images; "
+                              f"comparing needs at least {MIN_IMAGES}")
+    # Every run's generated set and the real val images are kept as uint8 while it is scored.
+    need = (req.num_samples + req.num_real + req.grid_size * len(req.runs)) * 3 * height * width
+    if need > physical_memory() // 2:
+        raise ConfigError(f"compare: --num-samples {req.num_samples} and --num-real {req.num_real} at {height}x{width} "
+                          f"need {need / 2**30:.1f} GiB of images in memory; this machine has "
+                          f"{physical_memory() / 2**30:.1f} GiB: ask for fewer")
     classifier = load_classifier(resolve_classifier(req.classifier))
     extractor = attr_extractor(classifier=classifier)
     checkpoints = [find_checkpoint(r) for r in req.runs]

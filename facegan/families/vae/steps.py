@@ -97,6 +97,18 @@ class VAESteps(Steps):
         return G(latent)
 
     @torch.no_grad()
+    def encode(self, nets: dict[str, nn.Module], img_BCHW: Tensor) -> Tensor:
+        """The posterior mean mu(x) of each image: a latent G maps back near it (GAN inversion's start)."""
+        E = nets["E"]
+        was_training = E.training
+        E.eval()
+        try:
+            mu_BZ, _ = E(img_BCHW)
+        finally:
+            E.train(was_training)
+        return mu_BZ
+
+    @torch.no_grad()
     def reconstruct(self, E: nn.Module, G: nn.Module, img_BCHW: Tensor) -> Tensor:
         """G(mu(x)): the decoder's image of each input's posterior mean, in [-1, 1]."""
         mu_BZ, _ = E(img_BCHW)
