@@ -3,10 +3,11 @@
     .venv/bin/python benchmarks/bench_loop.py                        # 64x64, batch 64, 2 threads, ~2 min idle
     .venv/bin/python benchmarks/bench_loop.py --steps 160            # longer, steadier
     .venv/bin/python benchmarks/bench_loop.py --profile              # + where facegan's step time goes
+    .venv/bin/python benchmarks/bench_loop.py --family wgangp        # WGAN-GP (n_critic 5) against a bare loop
 
 The baseline is pytorch/examples dcgan/main.py: D on a real batch, D on fake.detach(), optimizer
 step, then the G step on the same fakes; Adam(2e-4, betas 0.5/0.999), BCE (with logits: all loops
-use the same nets, FAMILIES["dcgan"].build + init_weights from seed 0, which end in a raw logit).
+use the same nets, facegan.families.dcgan.nets.build_dcgan + dcgan_init_ from seed 0, which end in a raw logit).
 Its three `.item()` logging calls per step are kept, its periodic image saving is not. Every loop
 streams the same synthetic 64x64 JPEG shards through its own `facegan.data.stream.train_loader`
 with the same batch size, seed, shuffle buffer and loader workers (0 by default: decoding runs in
@@ -29,6 +30,10 @@ plot (`--count` keeps an epoch longer than the run) fall outside the window. Per
 and all-tick figures are printed, but the target is judged on each loop's best (fastest) tick,
 the one least slowed by other processes (the usual minimum-time estimate on a shared machine).
 
+`--family wgangp` runs the wgangp family (n_critic 5, lambda 10) against `BareWGANGP`, a plain
+loop computing the same critic and G updates; a "step" is then n_critic critic updates and one G
+update, and images count the real batches of every critic update, as facegan counts them.
+
 Target: facegan >= 0.95x the bare loop.
 """
 
@@ -47,27 +52,27 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from facegan.config import RunConfig, from_dict
+from facegan.config import from_dict
 from facegan.data.recipe import ShardRecipe
 from facegan.data.stream import ShardSet, train_loader
 from facegan.data.writer import build_shards
+from facegan.families import RunConfig
+from facegan.families.dcgan.nets import DCGANGenerator, build_dcgan, dcgan_init_
 from facegan.hooks import Hooks
 from facegan.loop import train
-from facegan.models import FAMILIES
-from facegan.models.dcgan import DCGANGenerator
 
 TARGET = 0.95
+BARE = "bare (reference loop)"
 
 
 class BareDCGAN:
     """The pytorch/examples dcgan/main.py training step on facegan's nets and loader."""
 
     def __init__(self, shard_set: ShardSet, args: argparse.Namespace, *, fresh_z: bool) -> None:
-        spec = FAMILIES["dcgan"]
         torch.manual_seed(0)
-        nets = spec.build(resolution=args.resolution, z_dim=args.z_dim, base_channels=args.base_channels)
+        nets = build_dcgan(resolution=args.resolution, z_dim=args.z_dim, base_channels=args.base_channels)
         for net in nets.values():
-            spec.init_weights(net)
+            dcgan_init_(net)
         self.G, self.D = nets["G"].train(), nets["D"].train()
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=2e-4, betas=(0.5, 0.999))
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=2e-4, betas=(0.5, 0.999))
@@ -114,16 +119,67 @@ class BareDCGAN:
         return images, time.perf_counter() - t0
 
 
+class BareWGANGP:
+    """A plain WGAN-GP step (Gulrajani et al.'s algorithm 1) on facegan's nets and loader: n_critic
+    critic updates, each on a fresh real batch, then one G update. It computes exactly what the
+    wgangp family computes (one critic forward on reals, fakes and interpolates; the penalty's
+    gradient with respect to the interpolates; Adam(1e-4, betas (0, 0.9))), so the ratio measures
+    the loop, not the maths; one `.item()` per critic update logs the Wasserstein estimate."""
+
+    def __init__(self, shard_set: ShardSet, args: argparse.Namespace) -> None:
+        from facegan.families.wgangp.nets import build_wgangp
+
+        torch.manual_seed(0)
+        nets = build_wgangp(resolution=args.resolution, z_dim=args.z_dim, base_channels=args.base_channels)
+        self.G, self.D = nets["G"].train(), nets["D"].train()
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=1e-4, betas=(0.0, 0.9))
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=1e-4, betas=(0.0, 0.9))
+        self.loader = train_loader(shard_set, batch_size=args.batch_size, num_workers=args.workers, seed=0,
+                                   shuffle_buffer=args.shuffle_buffer)
+        self.z_dim, self.n_critic = args.z_dim, args.n_critic
+
+    def run(self, num_steps: int) -> tuple[int, float]:
+        G, D, z_dim = self.G, self.D, self.z_dim
+        images, t0 = 0, time.perf_counter()
+        for _ in range(num_steps):
+            for _ in range(self.n_critic):
+                real = next(self.loader)["image"]
+                b = real.shape[0]
+                with torch.no_grad():
+                    fake = G(torch.randn(b, z_dim))
+                eps = torch.rand(b, 1, 1, 1)
+                x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+                scores = D(torch.cat([real, fake, x_hat]))
+                (grad,) = torch.autograd.grad(scores[2 * b:].sum(), x_hat, create_graph=True)
+                gp = 10.0 * ((grad.flatten(1).square().sum(1) + 1e-12).sqrt() - 1).square().mean()
+                w = scores[:b].mean() - scores[b:2 * b].mean()
+                self.opt_D.zero_grad()
+                (gp - w).backward()
+                self.opt_D.step()
+                w.item()
+                images += b
+            self.opt_G.zero_grad()
+            (-D(G(torch.randn(b, z_dim))).mean()).backward()
+            self.opt_G.step()
+        return images, time.perf_counter() - t0
+
+
 def facegan_config(shards: Path, out: Path, args: argparse.Namespace) -> RunConfig:
-    tick_images = args.tick_steps * args.batch_size
+    per_step = args.batch_size * (args.n_critic if args.family == "wgangp" else 1)   # real images per step
+    tick_images = args.tick_steps * per_step
+    if args.family == "wgangp":
+        optim = {"g_lr": 1e-4, "d_lr": 1e-4, "beta1": 0.0, "beta2": 0.9}
+        gan = {"lambda_gp": 10.0, "n_critic": args.n_critic}
+    else:
+        optim, gan = {"g_lr": 2e-4, "d_lr": 2e-4, "beta1": 0.5, "beta2": 0.999}, {}
     return from_dict(RunConfig, {
         "data": {"shards": str(shards), "batch_size": args.batch_size, "num_workers": args.workers,
                  "shuffle_buffer": args.shuffle_buffer},
-        "model": {"family": "dcgan", "resolution": args.resolution, "z_dim": args.z_dim,
+        "model": {"family": args.family, "resolution": args.resolution, "z_dim": args.z_dim,
                   "base_channels": args.base_channels},
-        "optim": {"g_lr": 2e-4, "d_lr": 2e-4, "beta1": 0.5, "beta2": 0.999},
+        "optim": optim, "gan": gan,
         # total_kimg lies beyond the window: should_stop ends the run, so no final checkpoint.
-        "train": {"total_kimg": (args.tick_steps + args.steps) * args.batch_size * 2 / 1000,
+        "train": {"total_kimg": (args.tick_steps + args.steps) * per_step * 2 / 1000,
                   "tick_kimg": tick_images / 1000, "checkpoint_kimg": 1e6, "device": "cpu",
                   "num_threads": args.threads, "seed": 0, "out_dir": str(out)},
         "wandb": {"enabled": False},
@@ -131,7 +187,7 @@ def facegan_config(shards: Path, out: Path, args: argparse.Namespace) -> RunConf
 
 
 def interleaved(shards: Path, out: Path, args: argparse.Namespace,
-                baselines: dict[str, BareDCGAN]) -> dict[str, list[tuple[int, float]]]:
+                baselines: dict[str, BareDCGAN | BareWGANGP]) -> dict[str, list[tuple[int, float]]]:
     """facegan.loop.train, with every baseline run for one tick's steps inside each Hooks.report.
 
     Returns (images, seconds) per tick for each loop. facegan's tick k is the time from leaving
@@ -160,9 +216,9 @@ def interleaved(shards: Path, out: Path, args: argparse.Namespace,
 
 PROFILE_ROWS = [  # (label, file suffix, function): facegan step parts by cumulative time
     ("loader next()", "facegan/data/stream.py", "__next__"),
-    ("d_step forwards (G + 2x D)", "facegan/steps/dcgan.py", "d_step"),
-    ("g_step forward (D on the carried fakes)", "facegan/steps/dcgan.py", "g_step"),
-    ("  G forward (all calls)", "facegan/models/dcgan.py", "forward@G"),
+    ("d_step forwards (G + 2x D)", "facegan/families/dcgan/steps.py", "d_step"),
+    ("g_step forward (D on the carried fakes)", "facegan/families/dcgan/steps.py", "g_step"),
+    ("  G forward (all calls)", "facegan/families/dcgan/nets.py", "forward@G"),
     ("backward (both phases)", "torch/_tensor.py", "backward"),
     ("Adam steps", "torch/optim/adam.py", "step"),
     ("finite checks (all_ranks_finite)", "facegan/runtime.py", "all_ranks_finite"),
@@ -194,6 +250,9 @@ def print_profile(prof: cProfile.Profile, *, steps: int) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", default="dcgan", choices=["dcgan", "wgangp"],
+                    help="dcgan: against pytorch/examples' loop; wgangp: against a bare WGAN-GP loop")
+    ap.add_argument("--n-critic", type=int, default=5, help="wgangp: critic steps per G step")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--base-channels", type=int, default=64)
@@ -212,7 +271,8 @@ def main() -> int:
     if args.steps < args.tick_steps or args.steps % args.tick_steps:
         ap.error(f"--steps must be a positive multiple of --tick-steps ({args.tick_steps}), got {args.steps}")
     torch.set_num_threads(args.threads)
-    count = args.count or int((args.tick_steps + args.steps + 8) * args.batch_size / 0.75)
+    per_step = args.n_critic if args.family == "wgangp" else 1
+    count = args.count or int((args.tick_steps + args.steps + 8) * per_step * args.batch_size / 0.75)
 
     with tempfile.TemporaryDirectory() as tmp:
         shards = Path(tmp) / "shards"
@@ -220,17 +280,21 @@ def main() -> int:
                                          "shard_size": 250, "format": args.format})
         build_shards(recipe, root=None, out=shards, progress=False)
         shard_set = ShardSet.open(str(shards))
-        per_epoch = shard_set.count("train") // args.batch_size
-        print(f"{args.resolution}x{args.resolution} DCGAN (base {args.base_channels}, z {args.z_dim}), batch "
+        per_epoch = shard_set.count("train") // (args.batch_size * per_step)
+        name = "DCGAN" if args.family == "dcgan" else f"WGAN-GP (n_critic {args.n_critic})"
+        print(f"{args.resolution}x{args.resolution} {name} (base {args.base_channels}, z {args.z_dim}), batch "
               f"{args.batch_size}, {args.threads} torch threads, {args.workers} loader workers, "
               f"{shard_set.count('train')} synthetic {args.format} train images ({per_epoch} steps/epoch); "
               f"{args.tick_steps} warm-up + {args.steps} measured steps per loop, interleaved per tick")
         if per_epoch <= args.tick_steps + args.steps:
             print(f"note: an epoch ({per_epoch} steps) ends inside the run: facegan's loss plot is in the window")
 
-        baselines = {"bare (pytorch examples)": BareDCGAN(shard_set, args, fresh_z=False)}
-        if not args.no_fresh_z:
-            baselines["bare + fresh z"] = BareDCGAN(shard_set, args, fresh_z=True)
+        if args.family == "wgangp":
+            baselines: dict[str, BareDCGAN | BareWGANGP] = {BARE: BareWGANGP(shard_set, args)}
+        else:
+            baselines = {BARE: BareDCGAN(shard_set, args, fresh_z=False)}
+            if not args.no_fresh_z:
+                baselines["bare + fresh z"] = BareDCGAN(shard_set, args, fresh_z=True)
         times = interleaved(shards, Path(tmp) / "run", args, baselines)
         del baselines
 
@@ -248,8 +312,9 @@ def main() -> int:
         n, dt = sum(s[0] for s in segs), sum(s[1] for s in segs)
         rate[name], best[name] = n / dt, max(sn / sdt for sn, sdt in segs)
         print(f"{name:<24} " + " ".join(f"{sn / sdt:6.1f}" for sn, sdt in segs)
-              + f" {n:>7} {dt:8.2f} {n / dt:7.1f} {1000 * dt / (n / args.batch_size):8.1f} {best[name]:6.1f}")
-    base, fresh, ours = "bare (pytorch examples)", "bare + fresh z", "facegan.loop.train"
+              + f" {n:>7} {dt:8.2f} {n / dt:7.1f} {1000 * dt / (n / args.batch_size / per_step):8.1f} "
+              f"{best[name]:6.1f}")
+    base, fresh, ours = BARE, "bare + fresh z", "facegan.loop.train"
     per_tick = sorted(f[0] / f[1] / (b[0] / b[1]) for f, b in zip(times[ours], times[base]))
     verdict = best[ours] / best[base]
     print(f"\nfacegan vs bare: {verdict:.3f}x on best ticks, target >= {TARGET}x: "
@@ -263,7 +328,7 @@ def main() -> int:
     if abs(verdict - rate[ours] / rate[base]) > 0.03:
         print("note: best and all ticks disagree by > 0.03: other processes took CPU; rerun with a larger --steps")
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-    if args.profile:
+    if args.profile and args.family == "dcgan":
         print_profile(prof, steps=args.tick_steps + args.steps)
     return 0
 

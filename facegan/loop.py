@@ -207,7 +207,9 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
         grid_real = fixed_reals(shards, min(grid_size, 64)).to(device)
 
     periodic_eval = None
-    if family.generator is not None and cfg.eval.every_kimg > 0:
+    # Sample metrics (fid_attr, ...) when eval.metrics names any; a family's own scoring
+    # (steps.evaluate) runs at the same ticks either way.
+    if family.generator is not None and cfg.eval.every_kimg > 0 and cfg.eval.metrics:
         from facegan.evaluation.periodic import PeriodicEval
 
         periodic_eval = PeriodicEval(cfg.eval, shards=cfg.data.shards, seed=tc.seed)

@@ -127,7 +127,9 @@ def toy_sweep_overrides(path: Path, shards: Path, out: Path) -> list[str]:
         sets.append("scheduler.grace_kimg=0.016")
     if kind == "pbt":  # a population of 2 where the worse one copies the better at the first perturbation
         sets += ["scheduler.perturbation_kimg=0.016", "scheduler.quantile_fraction=0.5", "budget.max_trials=2"]
-    if raw["objective"]["metric"] not in ("loss/g", "loss/d"):  # an eval metric needs a classifier: not at toy size
+    if raw["objective"]["metric"].startswith("eval/"):  # the family's own scoring (the VAE's ELBO): every tick
+        sets.append("config.eval.every_kimg=0.016")
+    elif raw["objective"]["metric"] not in ("loss/g", "loss/d"):  # an eval metric needs a classifier: not at toy size
         sets += ["objective.metric=loss/g", "config.eval.every_kimg=0"]
     if raw["family"] == "overlay":  # the attributes from the shards' labels: no classifier checkpoint needed
         sets.append("config.gan.attr_source=labels")
