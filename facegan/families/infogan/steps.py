@@ -27,15 +27,14 @@ from facegan.families.steps import StepContext
 from facegan.losses import bce_logits, d_accuracy, d_targets, instance_noise
 
 
-class InfoGANSteps(DCGANSteps):
-    """InfoGAN's phases on DCGAN's tricks; `layout` describes G's input."""
+class LatentCodes:
+    """Latents with InfoGAN's codes, for Steps classes with an `options` holding the info-loss weights
+    (InfoGAN's, InfoBEGAN's): sampling, building latents from codes, L_info, traversal grids, meta.
+    Set `self.layout` in __init__ and list this class before the Steps base."""
 
-    def __init__(self, cfg, data: DataInfo | None = None):
-        super().__init__(cfg, data)
-        m = cfg.model
-        self.layout = LatentLayout(z_dim=m.z_dim, cat_dim=m.cat_dim, cont_dim=m.cont_dim)
+    layout: LatentLayout
+    options: Any
 
-    # --- latents
     @property
     def latent_dim(self) -> int:
         return self.layout.dim
@@ -54,9 +53,36 @@ class InfoGANSteps(DCGANSteps):
         return self.layout.set_codes(latent_BL, values)
 
     def info(self, q_BQ: Tensor, latent_BL: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """L_info of Q's predictions for these latents, and the mi/* scalars."""
         o = self.options
         return info_loss(q_BQ, latent_BL, self.layout, cat_weight=o.cat_weight, cont_weight=o.cont_weight,
                          z_weight=o.noise_recovery)
+
+    def traversal_images(self, G: nn.Module, latent: Tensor) -> dict[str, Tensor]:
+        """The code traversal grids (InfoGAN Fig. 2: rows = categories, columns = one continuous code
+        from -1 to 1, z fixed to the first grid latent's)."""
+        return {name: G(lat) for name, lat in
+                self.layout.traversals(latent[0, :self.layout.z_dim], base_BL=latent).items()}
+
+    def meta(self) -> dict[str, Any]:
+        return {"latent_layout": self.layout.describe(), "noise_recovery_head": self.options.noise_recovery > 0}
+
+    def check_resume(self, meta: dict[str, Any], *, where: Any) -> None:
+        super().check_resume(meta, where=where)  # type: ignore[misc]
+        saved = bool(meta.get("noise_recovery_head", False))
+        if saved != (self.options.noise_recovery > 0):
+            raise CheckpointError(f"{where} was trained {'with' if saved else 'without'} the noise-recovery (z) "
+                                  f"output; this run has gan.noise_recovery={self.options.noise_recovery:g} "
+                                  f"(0 removes it, > 0 adds it: set it {'> 0' if saved else 'to 0'})")
+
+
+class InfoGANSteps(LatentCodes, DCGANSteps):
+    """InfoGAN's phases on DCGAN's tricks; `layout` describes G's input."""
+
+    def __init__(self, cfg, data: DataInfo | None = None):
+        super().__init__(cfg, data)
+        m = cfg.model
+        self.layout = LatentLayout(z_dim=m.z_dim, cat_dim=m.cat_dim, cont_dim=m.cont_dim)
 
     # --- the phases
     def d(self, ctx: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
@@ -102,24 +128,8 @@ class InfoGANSteps(DCGANSteps):
         return loss, {"loss/g": adv.detach(), "loss/g_info": info.detach(),
                       "D(G(z))_g": torch.sigmoid(fake_logits_B.detach()).mean()}
 
-    # --- grids, meta
+    # --- grids
     def tick_images(self, nets: dict[str, nn.Module], *, latent: Tensor, attrs: Tensor | None,
                     real: Tensor | None) -> dict[str, Tensor]:
-        """The fixed-latent samples and the code traversal grids (InfoGAN Fig. 2: rows = categories,
-        columns = one continuous code from -1 to 1, z fixed to the first grid latent's)."""
-        G = nets["G"]
-        grids = {"samples": G(latent)}
-        for name, lat in self.layout.traversals(latent[0, :self.layout.z_dim], base_BL=latent).items():
-            grids[name] = G(lat)
-        return grids
-
-    def meta(self) -> dict[str, Any]:
-        return {"latent_layout": self.layout.describe(), "noise_recovery_head": self.options.noise_recovery > 0}
-
-    def check_resume(self, meta: dict[str, Any], *, where: Any) -> None:
-        super().check_resume(meta, where=where)
-        saved = bool(meta.get("noise_recovery_head", False))
-        if saved != (self.options.noise_recovery > 0):
-            raise CheckpointError(f"{where} was trained {'with' if saved else 'without'} the noise-recovery head; "
-                                  f"this run has gan.noise_recovery={self.options.noise_recovery:g} "
-                                  f"(0 removes the head, > 0 adds it: set it {'> 0' if saved else 'to 0'})")
+        """The fixed-latent samples and the code traversal grids."""
+        return {"samples": nets["G"](latent), **self.traversal_images(nets["G"], latent)}
