@@ -22,13 +22,13 @@ from facegan.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from facegan.cli import classifier, control, eval as eval_cmd, shards, sweep, train
+    from facegan.cli import classifier, control, eval as eval_cmd, predictor, shards, sweep, train
 
     parser = argparse.ArgumentParser(prog="facegan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (shards, train, classifier, eval_cmd, sweep, control):
+    for module in (shards, train, classifier, eval_cmd, sweep, control, predictor):
         module.register(sub)
     return parser
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from facegan.config import ConfigError, DataConfig, RayConfig, WandbConfig, apply_overrides, from_dict, read_yaml, require
-from facegan.families import began, classifier, conditional, dcgan, infobegan, infogan, overlay
+from facegan.families import began, classifier, conditional, dcgan, infobegan, infogan, overlay, predictor
 from facegan.families.base import (DataInfo, Family, OptimizerSpec, Phase, option_keys,  # noqa: F401 (API)
                                    section_fields)
 
@@ -32,6 +32,7 @@ FAMILIES: dict[str, Family] = {
     "infogan": infogan.FAMILY,
     "began": began.FAMILY,
     "infobegan": infobegan.FAMILY,
+    "predictor": predictor.FAMILY,
 }
 
 
