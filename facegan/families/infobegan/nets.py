@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from facegan.families.began.nets import BEGANEncoder
+from facegan.families.began.nets import BEGANEncoder, began_init_
 from facegan.families.infogan.nets import VectorHead
 
 
@@ -24,6 +24,7 @@ class LatentPredictorQ(nn.Module):
             raise ValueError(f"out_dim must be >= 1, got {out_dim}")
         self.encoder = BEGANEncoder(resolution=resolution, base_channels=base_channels, h_dim=h_dim, channels=channels)
         self.head = VectorHead(h_dim, hidden, out_dim)
+        began_init_(self)
 
     def forward(self, img_BCHW: Tensor) -> Tensor:
         return self.head(self.encoder(img_BCHW))

@@ -5,14 +5,14 @@
 
 `dcgan`: DCGAN's discriminator trunk (stride-2 4x4 convs, LeakyReLU, optional batch norm) and a
 4x4 conv to latent_dim where D has its one logit. `began`: BEGAN's encoder whose embedding is the
-latent. Architecture only (DCGAN's init for dcgan, PyTorch's for began).
+latent. Architecture and init (DCGAN's for dcgan, BEGAN's Xavier for began).
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from facegan.families.began.nets import BEGANEncoder
+from facegan.families.began.nets import BEGANEncoder, began_init_
 from facegan.families.dcgan.nets import d_downsampling_layers, dcgan_init_, num_octaves
 
 
@@ -34,6 +34,7 @@ class LatentPredictor(nn.Module):
         elif arch == "began":
             self.net = BEGANEncoder(resolution=resolution, base_channels=base_channels, h_dim=latent_dim,
                                     channels=channels)
+            began_init_(self.net)
         else:
             raise ValueError(f"arch must be 'dcgan' or 'began', got {arch!r}")
 
