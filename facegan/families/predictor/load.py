@@ -24,12 +24,22 @@ from facegan.families.predictor import UNTRAINED
 from facegan.families.predictor.nets import LatentPredictor
 
 
+def _check_target(family: Any, *, where: str) -> None:
+    if family.generator is None or family.name == "predictor":
+        raise ConfigError(f"gan.generator: {where} is a {family.name} run, not a GAN; give the GAN's checkpoint or "
+                          "run folder")
+    if family.takes_attrs:
+        raise ConfigError(f"gan.generator: the {family.name} family's generator takes attribute rows; the predictor "
+                          "inverts generators whose input is the latent alone")
+
+
 def _untrained(family_name: str, *, resolution: int, shards: str) -> Generator:
     """A freshly initialised generator of `family_name` at its smoke size and this resolution (seeded)."""
     if family_name not in FAMILIES:
         raise ConfigError(f"gan.generator: {UNTRAINED}{family_name}: no such family (families: "
                           f"{', '.join(sorted(FAMILIES))})")
     family = FAMILIES[family_name]
+    _check_target(family, where=f"{UNTRAINED}{family_name}")
     data: dict[str, Any] = {"data": {"shards": shards or "unused"}}
     for section, values in family.smoke.items():
         data[section] = dict(values)
@@ -58,11 +68,7 @@ def load_gan(spec: str, *, resolution: int, shards: str = "") -> Generator:
         # Loading seeds torch's RNG; keep the caller's stream (the loop's seeded init of P) untouched.
         with torch.random.fork_rng(devices=[]):
             gan = load_generator(spec)
-    if gan.family.name == "predictor":
-        raise ConfigError(f"gan.generator: {spec} is a predictor run; give the GAN's checkpoint or run folder")
-    if gan.family.takes_attrs:
-        raise ConfigError(f"gan.generator: the {gan.family.name} family's generator takes attribute rows; the "
-                          "predictor inverts generators whose input is the latent alone")
+    _check_target(gan.family, where=spec)
     if tuple(gan.resolution) != (resolution, resolution):
         raise ConfigError(f"model.resolution: {resolution} is not the GAN's ({gan.resolution[0]}x{gan.resolution[1]}, "
                           f"{spec})")
