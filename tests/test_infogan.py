@@ -276,16 +276,18 @@ def test_two_worker_ray_train_run(name: str, ray_cluster: Any, synthetic_shards:
         assert 0 <= float(state["family"]["k"]) <= 1 and result["metrics"]["began/M"] > 0
 
 
-def test_grid_sweep_ties_latent_size_and_shards_to_image_size() -> None:
+def test_grid_sweep_ties_latent_size_and_shards_to_image_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from facegan.sweeps.spec import load_sweep
 
+    monkeypatch.chdir(tmp_path)
     plan = load_sweep(REPO / "sweeps" / "infogan_grid.yaml")
     assert plan.num_trials == 64 and plan.spec.objective.metric == "mi/cat_acc"
     for point in plan.points:
         cfg = from_dict(RunConfig, plan.trial_config(point, trial_id="t"))
         assert cfg.model.family == "infogan"
         assert cfg.model.z_dim == {32: 64, 64: 128}[cfg.model.resolution]
-        assert cfg.data.shards.endswith({32: "celeba32", 64: "celeba64"}[cfg.model.resolution])
+        # Both shard sets absolute, relative to where the sweep starts: Tune runs trials elsewhere.
+        assert cfg.data.shards == str(tmp_path / "data" / {32: "celeba32", 64: "celeba64"}[cfg.model.resolution])
         assert cfg.optim.g_lr == cfg.optim.d_lr and cfg.gan.d_noise_power in (pytest.approx(1 / 15), pytest.approx(1 / 20))
     assert {p["data.batch_size"] for p in plan.points} == {8, 64, 128, 512}
     assert {p["model.cat_dim"] for p in plan.points} == {8, 10}
