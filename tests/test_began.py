@@ -164,6 +164,21 @@ def test_bad_options_are_refused(values: dict, message: str) -> None:
         run_cfg(gan=values)
 
 
+def test_parameter_counts_are_known_before_building_and_huge_nets_are_refused() -> None:
+    from facegan.families.began import decoder_params, encoder_params
+    from facegan.families.began.nets import BEGANDecoder, BEGANEncoder
+
+    for res, n, h in [(16, 4, 8), (64, 16, 64)]:
+        assert encoder_params(resolution=res, base_channels=n, h_dim=h) == \
+            sum(p.numel() for p in BEGANEncoder(resolution=res, base_channels=n, h_dim=h).parameters())
+        assert decoder_params(resolution=res, base_channels=n, in_dim=h) == \
+            sum(p.numel() for p in BEGANDecoder(resolution=res, base_channels=n, in_dim=h).parameters())
+    with pytest.raises(ConfigError, match="model.base_channels, model.h_dim, model.resolution: .* more than 150M"):
+        run_cfg(model={"resolution": 1024, "base_channels": 512, "h_dim": 4096})
+    with pytest.raises(ConfigError, match="more than 150M"):
+        run_cfg(family="infobegan", model={"resolution": 512, "base_channels": 256, "h_dim": 1024})
+
+
 def test_model_options_of_dcgan_are_refused() -> None:
     with pytest.raises(ConfigError, match="unknown key model.g_batchnorm"):
         run_cfg(model={"g_batchnorm": True})

@@ -194,6 +194,7 @@ def test_tick_images_write_traversal_grids(tmp_path: Path) -> None:
     ("model", {"cat_dim": 0, "cont_dim": 0}, "an InfoGAN needs at least one code"),
     ("model", {"cont_dim": 65}, "model.cont_dim: expected 0..64"),
     ("model", {"q_hidden": 10**6}, "model.q_hidden: expected 1..4096"),
+    ("model", {"resolution": 1024, "base_channels": 1024}, "1024 at 1024 px gives nets of about .* more than 150M"),
     ("gan", {"noise_recovery": -0.1}, "noise_recovery must be >= 0"),
     ("gan", {"info_weight": float("nan")}, "info_weight must be a finite number"),
     ("gan", {"d_noise_power": -1}, "d_noise_power must be >= 0"),

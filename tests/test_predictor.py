@@ -80,6 +80,12 @@ def test_image_losses_are_zero_on_equal_images_and_differentiable(kind: str) -> 
     assert far > loss
 
 
+def test_huge_predictors_are_refused_before_building() -> None:
+    with pytest.raises(ConfigError, match="model.base_channels, model.resolution: 512 at 1024 px gives .* more than 150M"):
+        from_dict(RunConfig, {"data": {"shards": "x"}, "gan": {"generator": "untrained:dcgan"},
+                              "model": {"family": "predictor", "resolution": 1024, "base_channels": 512}})
+
+
 # ============================================================================ the GAN it loads
 
 def test_load_gan_refuses_what_it_cannot_invert(gan_run: Path) -> None:

@@ -30,9 +30,41 @@ from dataclasses import dataclass
 from facegan.config import ConfigError, require
 from facegan.families.base import DataInfo, Family, Phase, TwoTimescaleOptim, finite_number
 
+MAX_NET_PARAMS = 150_000_000    # per encoder / decoder: refused before anything is allocated
 BEGAN_METRICS = ("loss/d", "loss/d_real", "loss/d_fake", "loss/g", "began/k", "began/M", "began/balance",
                  "began/lr_factor")
 BEGAN_CURVES = (("loss/d_real", "loss/d_fake", "loss/g"), ("began/k",), ("began/M",))
+
+
+def began_octaves(resolution: int) -> int:
+    return resolution.bit_length() - 1 - 3
+
+
+def encoder_params(*, resolution: int, base_channels: int, h_dim: int, channels: int = 3) -> int:
+    """Parameters of BEGAN's encoder (facegan.families.began.nets.BEGANEncoder), without torch."""
+    n, octaves = base_channels, began_octaves(resolution)
+    total = 9 * channels * n + n
+    for i in range(octaves):
+        ch, nxt = n * (i + 1), n * (i + 2)
+        total += 2 * (9 * ch * ch + ch) + 9 * ch * nxt + nxt
+    ch = n * (octaves + 1)
+    return total + 2 * (9 * ch * ch + ch) + 64 * ch * h_dim + h_dim
+
+
+def decoder_params(*, resolution: int, base_channels: int, in_dim: int, channels: int = 3) -> int:
+    """Parameters of BEGAN's decoder (and G), without torch."""
+    n, octaves = base_channels, began_octaves(resolution)
+    return in_dim * 64 * n + 64 * n + (octaves + 1) * 2 * (9 * n * n + n) + 9 * n * channels + channels
+
+
+def check_began_size(m: object, *, in_dim: int) -> None:
+    """ConfigError (naming the fields) when an encoder or decoder would exceed MAX_NET_PARAMS."""
+    enc = encoder_params(resolution=m.resolution, base_channels=m.base_channels, h_dim=m.h_dim)
+    dec = decoder_params(resolution=m.resolution, base_channels=m.base_channels, in_dim=max(in_dim, m.h_dim))
+    biggest = max(enc, dec)
+    require(biggest <= MAX_NET_PARAMS,
+            f"model.base_channels, model.h_dim, model.resolution: {m.base_channels}, {m.h_dim} and {m.resolution} "
+            f"give a net of {biggest / 1e6:.0f}M parameters, more than {MAX_NET_PARAMS / 1e6:.0f}M: lower them")
 
 
 @dataclass(kw_only=True)
@@ -52,6 +84,7 @@ class BEGANModelConfig:
         require(1 <= self.z_dim <= 4096, f"model.z_dim: expected 1..4096, got {self.z_dim}")
         require(1 <= self.h_dim <= 4096, f"model.h_dim: expected 1..4096, got {self.h_dim}")
         require(1 <= self.base_channels <= 512, f"model.base_channels: expected 1..512, got {self.base_channels}")
+        check_began_size(self, in_dim=self.z_dim)
 
     @property
     def size(self) -> tuple[int, int]:

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 from facegan.config import require
 from facegan.families.base import DataInfo, Phase
-from facegan.families.began import BEGAN, BEGAN_CURVES, BEGAN_METRICS, BEGANModelConfig, BEGANOptions
+from facegan.families.began import (BEGAN, BEGAN_CURVES, BEGAN_METRICS, BEGANModelConfig, BEGANOptions,
+                                    check_began_size)
 from facegan.families.infogan import INFO_CURVES, INFO_METRICS, MAX_CAT_DIM, MAX_CONT_DIM, check_info_weights
 
 
@@ -46,6 +47,7 @@ class InfoBEGANModelConfig(BEGANModelConfig):
         require(self.cat_dim + self.cont_dim >= 1,
                 "model.cat_dim, model.cont_dim: an InfoBEGAN needs at least one code (both are 0)")
         require(1 <= self.q_hidden <= 4096, f"model.q_hidden: expected 1..4096, got {self.q_hidden}")
+        check_began_size(self, in_dim=self.z_dim + self.cat_dim + self.cont_dim)
 
 
 @dataclass(kw_only=True)

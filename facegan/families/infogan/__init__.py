@@ -45,8 +45,19 @@ from facegan.families.dcgan import DCGAN, DCGAN_CURVES, DCGAN_METRICS, DCGANOpti
 
 MAX_CAT_DIM = 256
 MAX_CONT_DIM = 64
+MAX_NET_PARAMS = 150_000_000    # per net (G, D): refused before anything is allocated
 INFO_METRICS = ("loss/info", "loss/g_info", "mi/cat_acc", "mi/cat_nats", "mi/cont_mse", "mi/cont_r2", "mi/z_mse")
 INFO_CURVES = (("mi/cat_acc", "mi/cont_r2"),)
+
+
+def dcgan_trunk_params(resolution: int, base_channels: int, channels: int = 3) -> int:
+    """Parameters of DCGAN's discriminator trunk, about (4x4 convs doubling the channels), without torch."""
+    total, in_ch = 0, channels
+    for i in range(resolution.bit_length() - 1 - 2):
+        out_ch = base_channels * 2 ** i
+        total += 16 * in_ch * out_ch + 2 * out_ch
+        in_ch = out_ch
+    return total
 
 
 @dataclass(kw_only=True)
@@ -67,6 +78,13 @@ class InfoGANModelConfig(GanModelConfig):
         require(self.cat_dim + self.cont_dim >= 1,
                 "model.cat_dim, model.cont_dim: an InfoGAN needs at least one code (both are 0)")
         require(1 <= self.q_hidden <= 4096, f"model.q_hidden: expected 1..4096, got {self.q_hidden}")
+        # G mirrors D's trunk; its first layer maps the latent to the widest channels (4x4).
+        top = self.base_channels * 2 ** (self.resolution.bit_length() - 4)
+        size = dcgan_trunk_params(self.resolution, self.base_channels) + 16 * top * (
+            self.z_dim + self.cat_dim + self.cont_dim + 2 * self.q_hidden)
+        require(size <= MAX_NET_PARAMS,
+                f"model.base_channels, model.resolution, model.z_dim: {self.base_channels} at {self.resolution} px "
+                f"gives nets of about {size / 1e6:.0f}M parameters, more than {MAX_NET_PARAMS / 1e6:.0f}M: lower them")
 
 
 def check_info_weights(opts: object) -> None:

@@ -34,8 +34,11 @@ from typing import Literal
 
 from facegan.config import TrainConfig, require
 from facegan.families.base import DataInfo, Family, OptimizerSpec, Phase, finite_number
+from facegan.families.began import encoder_params
+from facegan.families.infogan import dcgan_trunk_params
 
 ARCHS = ("auto", "dcgan", "began")
+MAX_TRUNK_PARAMS = 150_000_000  # P's convolutions (either architecture): refused before anything is allocated
 UNTRAINED = "untrained:"
 BEGAN_LIKE = ("began", "infobegan")
 PREDICTOR_METRICS = ("loss/p", "loss/latent", "loss/image", "pred/cat_acc", "pred/cont_mse",
@@ -66,6 +69,11 @@ class PredictorModelConfig:
                 f"model.resolution: expected a power of two in 16..1024 (the GAN's), got {r}")
         require(self.arch in ARCHS, f"model.arch: expected one of {list(ARCHS)}, got {self.arch!r}")
         require(1 <= self.base_channels <= 512, f"model.base_channels: expected 1..512, got {self.base_channels}")
+        trunk = max(dcgan_trunk_params(self.resolution, self.base_channels),
+                    encoder_params(resolution=self.resolution, base_channels=self.base_channels, h_dim=1))
+        require(trunk <= MAX_TRUNK_PARAMS,
+                f"model.base_channels, model.resolution: {self.base_channels} at {self.resolution} px gives "
+                f"{trunk / 1e6:.0f}M parameters, more than {MAX_TRUNK_PARAMS / 1e6:.0f}M: lower them")
 
     @property
     def size(self) -> tuple[int, int]:
