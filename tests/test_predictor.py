@@ -21,6 +21,8 @@ from facegan.families import FAMILIES, RunConfig
 from facegan.families.predictor.load import load_gan, load_predictor
 from facegan.families.predictor.steps import image_loss, ssim_settings
 
+from conftest import REPO
+
 PREDICTOR = FAMILIES["predictor"]
 
 
@@ -175,6 +177,11 @@ def test_predictor_train_command_fills_in_the_gan(gan_run: Path, synthetic_shard
     cfg = predictor_config(str(gan_run), overrides=["model.base_channels=8"])
     assert cfg.model.resolution == 32 and cfg.data.shards == str(synthetic_shards)
     assert cfg.train.out_dir == str(gan_run / "predictor") and cfg.gan.generator.startswith(str(gan_run / "checkpoints"))
+    # The shipped config is a template: the GAN's resolution, shards and folder win over it, --set over all.
+    shipped = predictor_config(str(gan_run), config=str(REPO / "configs" / "predictor_celeba64.yaml"),
+                               overrides=["model.base_channels=8", "train.out_dir=elsewhere"])
+    assert shipped.model.resolution == 32 and shipped.data.shards == str(synthetic_shards)
+    assert shipped.gan.image_loss == "ms_ssim" and shipped.train.out_dir == "elsewhere"
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {family: dcgan}\n")
     assert main(["predictor", "train", "--checkpoint", str(gan_run), "--config", str(bad), "--no-ray"]) == 2

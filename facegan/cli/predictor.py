@@ -4,7 +4,7 @@
                             [--set gan.switch_kimg=100 ...] [--no-ray]
 
 The run config is `--config` (default: the predictor family's defaults) with what the GAN's
-checkpoint says filled in: gan.generator (the checkpoint), model.resolution and data.shards (the
+checkpoint says put over it: gan.generator (the checkpoint), model.resolution and data.shards (the
 GAN's), train.out_dir (<GAN run folder>/predictor); `--set` overrides any of it. The predictor's
 checkpoints record the GAN checkpoint they belong to; facegan.families.predictor.load.load_predictor
 loads one for GAN inversion.
@@ -38,10 +38,11 @@ def predictor_config(gan_checkpoint: str, *, config: str = "", overrides: list[s
         raise ConfigError(f"{config}: model.family is {model.get('family')!r}; `facegan predictor train` trains "
                           "predictor runs")
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    data["model"] = {**model, "family": "predictor", "resolution": model.get("resolution", res)}
+    # The GAN's values win over the config file's (a template for any GAN); --set wins over both.
+    data["model"] = {**model, "family": "predictor", "resolution": res}
     data["gan"] = {**(data.get("gan") or {}), "generator": str(ckpt)}
-    data["data"] = {"shards": (gan_cfg.get("data") or {}).get("shards", ""), **(data.get("data") or {})}
-    data["train"] = {"out_dir": str(run_dir / "predictor"), **(data.get("train") or {})}
+    data["data"] = {**(data.get("data") or {}), "shards": (gan_cfg.get("data") or {}).get("shards", "")}
+    data["train"] = {**(data.get("train") or {}), "out_dir": str(run_dir / "predictor")}
     data = apply_overrides(data, overrides)
     try:
         return from_dict(RunConfig, data)
