@@ -6,6 +6,7 @@ examples:
   training:    facegan train configs/dcgan_demo.yaml --set data.shards=demo_out/shards [--no-ray]
                facegan sample --checkpoint demo_out/run -n 16 --out grid.png
   classifier:  facegan classifier train configs/classifier_demo.yaml --no-ray
+  predictor:   facegan predictor train --checkpoint runs/infogan --no-ray
   evaluation:  facegan eval --checkpoint demo_out/run --shards demo_out/shards --classifier demo_out/classifier
                facegan compare runs/dcgan runs/wgangp runs/vae --shards data/celeba64 --classifier runs/clf --out c.html
   sweeps:      facegan sweep sweeps/dcgan_lr_labels.yaml --check ; facegan sweep-report runs/sweeps/NAME
@@ -43,14 +44,15 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from facegan.cli import classifier, compare, control, eval as eval_cmd, invert, shards, sweep, train
+    from facegan.cli import (classifier, compare, control, eval as eval_cmd, invert, predictor, shards, sweep,
+                             train)
 
     parser = argparse.ArgumentParser(prog="facegan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level (per-tick lines, Ray)")
     parser.add_argument("--version", action="version", version=f"facegan {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (shards, train, classifier, eval_cmd, compare, sweep, control, invert):
+    for module in (shards, train, classifier, predictor, eval_cmd, compare, sweep, control, invert):
         module.register(sub)
     return parser
 

@@ -323,9 +323,27 @@ def _base_config(spec: SweepConfig, sweep_path: Path) -> dict[str, Any]:
     for key in LOCAL_PATH_KEYS:
         section, name = key.split(".")
         value = data.get(section, {}).get(name) if isinstance(data.get(section), dict) else None
-        if isinstance(value, str) and value and "://" not in value and not value.startswith("pipe:"):
-            set_path(data, key, str(Path(value).expanduser().resolve()))
+        if value:
+            set_path(data, key, _local_path(value))
     return data
+
+
+def _local_path(value: Any) -> Any:
+    """A local path as an absolute one (URLs, pipes and non-strings as they are)."""
+    if isinstance(value, str) and value and "://" not in value and not value.startswith("pipe:"):
+        return str(Path(value).expanduser().resolve())
+    return value
+
+
+def _localize_space(spec: SweepConfig) -> None:
+    """Path keys set by the space (a dimension's values, or its `sets`) made absolute, as the base's
+    are: Tune runs each trial in a directory of its own."""
+    for key, dim in spec.space.items():
+        if key in LOCAL_PATH_KEYS and dim.finite:
+            setattr(dim, dim.kind, [_local_path(v) for v in dim.values])
+        for extra in dim.sets.values():
+            for linked in [k for k in extra if k in LOCAL_PATH_KEYS]:
+                extra[linked] = _local_path(extra[linked])
 
 
 def corner_points(dims: dict[str, Dimension]) -> list[dict[str, Any]]:
@@ -417,6 +435,7 @@ def load_sweep(path: str | Path, *, overrides: list[str] | None = None) -> Sweep
     try:
         spec = from_dict(SweepConfig, data)
         base = _base_config(spec, path)
+        _localize_space(spec)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     out_dir = str(Path(spec.out or f"runs/sweeps/{spec.name}").expanduser().resolve())

@@ -1,0 +1,105 @@
+"""InfoBEGAN: BEGAN with InfoGAN's latent codes and a latent predictor Q (the seed-002 report's final
+architecture, its Fig. 15).
+
+    facegan train configs/infobegan_celeba64.yaml
+
+G's input is the latent [z, c_cat, c_cont] of facegan.families.infogan.codes (z ~ U(-1, 1) as in
+BEGAN). Q has D's encoder architecture (BEGAN's encoder, its own weights) and predicts the latent
+from an image: the categorical logits, the continuous codes and, with `gan.noise_recovery` > 0
+(default 0.1, the report's noise coefficient), z. How its loss enters (our decision):
+
+    L_D-phase = L(x) - k_t L(G(z))  +  info_weight * L_info(Q(G(z) detached))   (steps D's and Q's Adam)
+    L_G       = L(G(z))             +  info_weight * L_info(Q(G(z)))
+
+with L_info InfoGAN's (cross-entropy + Gaussian NLL of the codes + noise_recovery x MSE of z). Q is
+a separate net rather than a head on D's encoder because BEGAN's D is trained to reconstruct, not to
+tell real from fake: sharing its encoder would let the info term pull on the autoencoder whose
+losses drive the equilibrium. The control (k_t, M, the rate decay) sees only L(x) and L(G(z)), so
+the info term does not move the balance; Q shares D's optimizer (and its rate decay) and is used in
+both phases, so DDP never meets an unused parameter. The MI metrics are InfoGAN's (mi/cat_acc, ...),
+measured on fresh fakes in the D phase before Q trains on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from facegan.config import require
+from facegan.families.base import DataInfo, Phase
+from facegan.families.began import (BEGAN, BEGAN_CURVES, BEGAN_METRICS, BEGANModelConfig, BEGANOptions,
+                                    check_began_size)
+from facegan.families.infogan import INFO_CURVES, INFO_METRICS, MAX_CAT_DIM, MAX_CONT_DIM, check_info_weights
+
+
+@dataclass(kw_only=True)
+class InfoBEGANModelConfig(BEGANModelConfig):
+    family: str = "infobegan"
+    cat_dim: int = 10                 # categories of the categorical code; 0: none
+    cont_dim: int = 2                 # continuous codes, each U(-1, 1); 0: none
+    q_hidden: int = 128               # hidden width of Q's head on its embedding
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0 <= self.cat_dim <= MAX_CAT_DIM and self.cat_dim != 1,
+                f"model.cat_dim: expected 0 (no categorical code) or 2..{MAX_CAT_DIM}, got {self.cat_dim}")
+        require(0 <= self.cont_dim <= MAX_CONT_DIM, f"model.cont_dim: expected 0..{MAX_CONT_DIM}, got {self.cont_dim}")
+        require(self.cat_dim + self.cont_dim >= 1,
+                "model.cat_dim, model.cont_dim: an InfoBEGAN needs at least one code (both are 0)")
+        require(1 <= self.q_hidden <= 4096, f"model.q_hidden: expected 1..4096, got {self.q_hidden}")
+        check_began_size(self, in_dim=self.z_dim + self.cat_dim + self.cont_dim)
+
+
+@dataclass(kw_only=True)
+class InfoBEGANOptions(BEGANOptions):
+    """`gan:` of the infobegan family: BEGAN's control plus the predictor's loss weights."""
+
+    info_weight: float = 1.0          # lambda on L_info in both phases
+    cat_weight: float = 1.0
+    cont_weight: float = 1.0
+    noise_recovery: float = 0.1       # weight of z's recovery MSE inside L_info (the report's 0.1); 0: Q predicts codes only
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_info_weights(self)
+
+
+class InfoBEGAN(BEGAN):
+    name = "infobegan"
+    model_options = InfoBEGANModelConfig
+    gan_options = InfoBEGANOptions
+    latent_codes = True
+    metrics = BEGAN_METRICS + INFO_METRICS
+    curves = BEGAN_CURVES + INFO_CURVES
+    shape_keys = BEGAN.shape_keys + ("cat_dim", "cont_dim", "q_hidden")
+    smoke = {"model": {"resolution": 32, "z_dim": 16, "h_dim": 16, "base_channels": 8, "cat_dim": 4, "cont_dim": 2,
+                       "q_hidden": 16},
+             "gan": {"lr_patience_kimg": 0.016, "m_window_kimg": 0.008}}
+
+    def phases(self, cfg) -> list[Phase]:
+        return [Phase("d", opt="D"), Phase("g", opt="G", uses_data=False)]
+
+    def optimizers(self, cfg):
+        d = cfg.optim.spec("D", "d_lr")
+        return {"G": cfg.optim.spec("G", "g_lr"), "D": dataclasses.replace(d, nets=("D", "Q"))}
+
+    def build_nets(self, cfg, data: DataInfo):
+        from facegan.families.began.nets import build_began
+        from facegan.families.infobegan.nets import LatentPredictorQ
+        from facegan.families.infogan.codes import LatentLayout
+
+        m = cfg.model
+        layout = LatentLayout(z_dim=m.z_dim, cat_dim=m.cat_dim, cont_dim=m.cont_dim, z_dist="uniform")
+        nets = build_began(resolution=m.resolution, z_dim=layout.dim, h_dim=m.h_dim, base_channels=m.base_channels)
+        nets["Q"] = LatentPredictorQ(resolution=m.resolution, base_channels=m.base_channels, h_dim=m.h_dim,
+                                     hidden=m.q_hidden,
+                                     out_dim=layout.code_dim + (m.z_dim if cfg.gan.noise_recovery > 0 else 0))
+        return nets
+
+    def build_steps(self, cfg, data: DataInfo):
+        from facegan.families.infobegan.steps import InfoBEGANSteps
+
+        return InfoBEGANSteps(cfg, data)
+
+
+FAMILY = InfoBEGAN()
