@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from facegan.config import ConfigError, DataConfig, RayConfig, WandbConfig, apply_overrides, from_dict, read_yaml, require
-from facegan.families import classifier, conditional, dcgan, overlay
+from facegan.families import classifier, conditional, dcgan, overlay, progressive
 from facegan.families.base import (DataInfo, Family, OptimizerSpec, Phase, option_keys,  # noqa: F401 (API)
                                    section_fields)
 
@@ -29,6 +29,7 @@ FAMILIES: dict[str, Family] = {
     "overlay": overlay.FAMILY,
     "conditional": conditional.FAMILY,
     "classifier": classifier.FAMILY,
+    "progressive": progressive.FAMILY,
 }
 
 
