@@ -93,7 +93,7 @@ class ProgressiveOptions:
     noise_speed: float = 1.0          # eps change per kimg per unit of (gap - target), >= 0
     noise_max: float = 1.0            # eps never exceeds this, >= 0
     diversity: bool = True            # the pairwise diversity gradient on G's output
-    diversity_weight: float = 0.02    # its weight (per sample, like a batch-mean loss), >= 0
+    diversity_weight: float = 0.3     # its weight (diversity.py: scaled per sample and per image size), >= 0
 
     def __post_init__(self) -> None:
         require(self.latent in LATENTS, f"gan.latent: expected one of {list(LATENTS)}, got {self.latent!r}")
