@@ -301,3 +301,14 @@ def test_two_worker_ray_run_on_utkface_layout(ray_cluster: Any, tmp_path: Path) 
     state, meta = load_checkpoint(Path(result["checkpoint"]))
     assert meta["world_size"] == 2 and meta["family"] == "progressive" and state["G"]["level"].item() == 2
     assert count_frames(tmp_path / "run" / "video.mp4") == 4
+
+
+def test_discriminator_takes_full_size_images_at_a_lower_level() -> None:
+    torch.manual_seed(0)
+    D = Discriminator(resolution=32, base_size=4, width=5)
+    D.set_stage(level=2, alpha=1.0)                     # 16 px
+    img = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(D(img), D(torch.nn.functional.avg_pool2d(img, 2)))
+    for bad in (torch.rand(2, 3, 24, 24), torch.rand(2, 3, 8, 8), torch.rand(2, 3, 64, 64), torch.rand(2, 3, 16, 8)):
+        with pytest.raises(ValueError, match="expected images"):
+            D(bad)

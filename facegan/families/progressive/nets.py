@@ -111,7 +111,7 @@ class Generator(_Stage):
 
 
 class Discriminator(_Stage):
-    """img_BCHW at the current level's size -> logits_B (raw)."""
+    """img_BCHW at the current level's size (or larger, average-pooled to it) -> logits_B (raw)."""
 
     def __init__(self, *, resolution: int, base_size: int, width: int, channels: int = 3) -> None:
         num_levels = (resolution // base_size).bit_length() - 1
@@ -133,9 +133,14 @@ class Discriminator(_Stage):
     def forward(self, img_BCHW: Tensor) -> Tensor:
         level, alpha = self.stage()
         size = self.size_at(level)
-        if img_BCHW.ndim != 4 or tuple(img_BCHW.shape[1:]) != (self.channels, size, size):
-            raise ValueError(f"expected images of shape (B, {self.channels}, {size}, {size}) at level {level}, "
-                             f"got {tuple(img_BCHW.shape)}")
+        side = img_BCHW.shape[-1] if img_BCHW.ndim == 4 else 0
+        if (img_BCHW.ndim != 4 or tuple(img_BCHW.shape[1:]) != (self.channels, side, side) or side % size
+                or side > self.resolution or (side // size) & (side // size - 1)):
+            raise ValueError(f"expected images of shape (B, {self.channels}, S, S) with S = {size} (level {level}) "
+                             f"times a power of two up to {self.resolution}, got {tuple(img_BCHW.shape)}")
+        if side > size:
+            # Full-size images (evaluation, d_accuracy): D sees them average-pooled to its level, as in training.
+            img_BCHW = F.avg_pool2d(img_BCHW, side // size)
         h = self._block(level, F.leaky_relu(self.from_rgb[level - 1](img_BCHW), 0.2))
         if alpha < 1.0:
             old = F.leaky_relu(self.from_rgb[level - 2](F.avg_pool2d(img_BCHW, 2)), 0.2)
