@@ -312,3 +312,19 @@ def test_discriminator_takes_full_size_images_at_a_lower_level() -> None:
     for bad in (torch.rand(2, 3, 24, 24), torch.rand(2, 3, 8, 8), torch.rand(2, 3, 64, 64), torch.rand(2, 3, 16, 8)):
         with pytest.raises(ValueError, match="expected images"):
             D(bad)
+
+
+def test_exact_resume_at_a_growth_boundary(synthetic_shards: Path, tmp_path: Path) -> None:
+    """Split exactly where a stage begins: the resumed run must clear Adam's moments as the
+    uninterrupted one does at that step (the checkpoint holds the previous stage's)."""
+    from facegan.loop import train
+
+    gan = {"stable_kimg": 0.024, "fade_kimg": 0.016}           # stage 1 starts at the split, 0.024 kimg
+    train(family_cfg("progressive", synthetic_shards, tmp_path / "full", gan=gan))
+    train(family_cfg("progressive", synthetic_shards, tmp_path / "split", gan=gan, train={"total_kimg": 0.024}))
+    train(family_cfg("progressive", synthetic_shards, tmp_path / "split", gan=gan, train={"resume": "latest"}))
+    a, _ = final_state(tmp_path / "full")
+    b, _ = final_state(tmp_path / "split")
+    for net in ("G", "D", "G_ema"):
+        for k, t in a[net].items():
+            torch.testing.assert_close(t, b[net][k], rtol=0, atol=0, msg=f"{net}.{k}")
