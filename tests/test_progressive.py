@@ -171,7 +171,9 @@ def test_sphere_latent_and_bad_configs(tmp_path: Path, synthetic_shards: Path) -
                                    ("gan", {"noise_target": 1.0}, "gan.noise_target"),
                                    ("gan", {"noise_init": 2.0}, "gan.noise_init"),
                                    ("gan", {"diversity_weight": float("nan")}, "gan.diversity_weight"),
-                                   ("train", {"video_samples": 10_000}, "train.video_samples")]:
+                                   ("train", {"video_samples": 10_000}, "train.video_samples"),
+                                   ("model", {"resolution": 1024, "base_size": 512, "width": 512, "z_dim": 4096},
+                                    "model.base_size")]:
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
             family_cfg("progressive", synthetic_shards, tmp_path, **{section: values})
 

@@ -37,6 +37,8 @@ from facegan.config import TrainConfig, require
 from facegan.families.base import DataInfo, Family, OptimizerSpec, Phase, TwoTimescaleOptim, finite_number
 
 MAX_SIDE = 1024
+MAX_FIRST_LAYER = 2**26             # weights of G's z -> first "image" map (256 MiB in fp32)
+MAX_VIDEO_PIXELS = 64 * 256 * 256   # samples x pixels in one video frame
 LATENTS = ("sphere", "normal")
 
 
@@ -70,6 +72,10 @@ class ProgressiveModelConfig:
         # width - 2 latent channels plus x and y make the injected tensor as wide as a layer.
         require(3 <= self.width <= 512, f"model.width: expected 3..512, got {self.width}")
         require(1 <= self.z_dim <= 4096, f"model.z_dim: expected 1..4096, got {self.z_dim}")
+        first = self.z_dim * self.width * self.base_size ** 2
+        require(first <= MAX_FIRST_LAYER,
+                f"model.base_size: the first layer's map from z (z_dim x width x base_size^2) would have {first:,} "
+                f"weights, more than {MAX_FIRST_LAYER:,}; lower model.base_size, model.width or model.z_dim")
 
     @property
     def size(self) -> tuple[int, int]:
@@ -149,6 +155,12 @@ class Progressive(Family):
 
     def optimizers(self, cfg) -> dict[str, OptimizerSpec]:
         return {"G": cfg.optim.spec("G", "g_lr"), "D": cfg.optim.spec("D", "d_lr")}
+
+    def validate(self, cfg) -> None:
+        pixels = cfg.train.video_samples * cfg.model.resolution ** 2
+        require(not cfg.train.video or pixels <= MAX_VIDEO_PIXELS,
+                f"train.video_samples: {cfg.train.video_samples} samples of {cfg.model.resolution}x"
+                f"{cfg.model.resolution} make a {pixels:,}-pixel frame, more than {MAX_VIDEO_PIXELS:,}")
 
     def build_nets(self, cfg, data: DataInfo):
         from facegan.families.progressive.nets import build_progressive
