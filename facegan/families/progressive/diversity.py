@@ -39,7 +39,7 @@ def diversity_push(x_B: Tensor) -> tuple[Tensor, Tensor]:
     and the mean |x_i - x_j| over all pairs i != j and values (a 0-dim diversity measure).
     One partner at a time: memory stays O(B x values) instead of O(B^2 x values)."""
     n = x_B.shape[0]
-    x = x_B.detach()
+    x = x_B.detach().float()   # fp32 even under bf16 autocast: phi is steep near 0
     push = torch.zeros_like(x)
     if n < 2:
         return push, x.new_zeros(())
@@ -57,6 +57,6 @@ def diversity_term(x_B: Tensor, *, weight: float, push: Tensor | None = None) ->
     `push` is diversity_push(x_B)[0] when the caller has it already."""
     if push is None:
         push, _ = diversity_push(x_B)
-    grad = -(weight / (x_B.shape[0] * math.sqrt(x_B[0].numel()))) * push
+    grad = (-(weight / (x_B.shape[0] * math.sqrt(x_B[0].numel()))) * push).to(x_B.dtype)
     # (x - x.detach()) is 0 in value but carries x's graph: the term only injects the gradient.
     return ((x_B - x_B.detach()) * grad).sum()
