@@ -151,6 +151,7 @@ class ProgressiveSteps(Steps):
             "acc/d_real": d_accuracy(real_logits_B.detach(), real=True),
             "acc/d_fake": d_accuracy(fake_logits_B.detach(), real=False),
             "noise/eps": self.eps.detach().clone(), "noise/gap": self._gap,
+            "progressive/alpha": torch.tensor(alpha), "progressive/resolution": torch.tensor(float(real_BCHW.shape[-1])),
         }
         return loss, scalars
 
