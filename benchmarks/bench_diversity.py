@@ -59,9 +59,13 @@ def train_variant(config: str, overrides: list[str], out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def last_tick(run: Path) -> dict[str, float]:
+def last_tick(path: Path, kimg: float) -> dict[str, float]:
+    """The logged tick at `kimg` (the checkpoint's) of a run folder or of a checkpoint inside one."""
+    run = path if (path / "losses.jsonl").is_file() else path.parent.parent
+    if not (run / "losses.jsonl").is_file():
+        return {}
     rows = [json.loads(line) for line in (run / "losses.jsonl").read_text().splitlines() if line.strip()]
-    ticks = [r for r in rows if r.get("kind") == "tick"]
+    ticks = [r for r in rows if r.get("kind") == "tick" and r.get("kimg", 0) <= kimg + 1e-9]
     return {k: ticks[-1][k] for k in LOG_KEYS if ticks and k in ticks[-1]}
 
 
@@ -73,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", help="run config to train the variants from (with --variants)")
     ap.add_argument("--variants", default="div_on,div_off", help=f"comma-separated, of {list(VARIANTS)}")
     ap.add_argument("--set", action="append", default=[], dest="overrides", help="key=value for every variant")
-    ap.add_argument("--runs", nargs="*", default=[], help="NAME=RUN_FOLDER: score existing runs instead of training")
+    ap.add_argument("--runs", nargs="*", default=[],
+                    help="NAME=RUN_OR_CHECKPOINT_FOLDER: score existing runs (their latest checkpoint) instead of training")
     ap.add_argument("--num-samples", type=int, default=1000)
     ap.add_argument("--num-real", type=int, default=1000)
     ap.add_argument("--ms-ssim-pairs", type=int, default=500)
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate(EvalRequest(checkpoint=str(run), **common))
         result["source"] = f"{name} ({result['kimg']:.1f} kimg)"
         results.append(result)
-        logs[name] = last_tick(run)
+        logs[name] = last_tick(run, float(result["kimg"]))
     for baseline in ("real", "random"):
         result = evaluate(EvalRequest(baseline=baseline, **{**common, "num_samples": min(args.num_samples, 384)}))
         result["source"] = f"baseline {baseline}"
