@@ -149,6 +149,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
 
     step, images_seen, batches, bad_total = 0, 0, 0, 0
     trained_seconds = 0.0  # training time before this attempt (from the checkpoint): max_minutes spans restarts
+    saved_stage: int | None = None  # the stage the checkpoint's last step ran in
     resume = resume_dir(cfg.train.resume, hooks, ckpt_root)
     if resume is not None:
         state, meta, saved_family, _ = read_checkpoint(resume)
@@ -168,6 +169,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
         step, images_seen, bad_total = meta["step"], meta["images_seen"], meta.get("bad_steps", 0)
         batches = int(meta.get("loader", {}).get("start_batch", step))
         trained_seconds = float(meta.get("train_seconds", 0.0))
+        saved_stage = meta.get("stage")
         rng = state.get("rng", {})
         if meta.get("world_size") == world and f"torch_rank{rank}" in rng:
             torch.set_rng_state(rng[f"torch_rank{rank}"])
@@ -189,6 +191,10 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
     # when it wraps, so a structure change (progressive growing) re-wraps on every rank at once.
     stage = steps.stage(images_seen / 1000)
     steps.enter_stage(nets, stage)
+    if family.reset_optimizers_on_stage and saved_stage is not None and saved_stage != stage:
+        # The checkpoint ends where a stage begins: clear the moments as an uninterrupted run does there.
+        for opt in opts.values():
+            opt.state.clear()
 
     def wrap_all() -> dict[str, nn.Module]:
         return {name: hooks.wrap_model(net, device) if any(p.requires_grad for p in net.parameters()) else net
@@ -253,6 +259,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
                 "loader": {"seed": tc.seed, "start_batch": batches, "num_workers": cfg.data.num_workers,
                            "batch_size": cfg.data.batch_size},
                 "bad_steps": bad.total, "train_seconds": time.perf_counter() - t_start, "config": to_dict(cfg),
+                "stage": stage,
                 **data.to_meta(), **steps.meta()}
         state = {**{name: bare(net).state_dict() for name, net in wrapped.items()},
                  **{name: ema.state_dict() for name, ema in emas.items()},

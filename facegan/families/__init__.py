@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from facegan.config import ConfigError, DataConfig, RayConfig, WandbConfig, apply_overrides, from_dict, read_yaml, require
-from facegan.families import (began, classifier, conditional, dcgan, infobegan, infogan, overlay, predictor, vae,
-                              wgangp)
+from facegan.families import (began, classifier, conditional, dcgan, infobegan, infogan, overlay, predictor,
+                              progressive, vae, wgangp)
 from facegan.families.base import (DataInfo, Family, OptimizerSpec, Phase, option_keys,  # noqa: F401 (API)
                                    section_fields)
 
@@ -36,6 +36,7 @@ FAMILIES: dict[str, Family] = {
     "began": began.FAMILY,
     "infobegan": infobegan.FAMILY,
     "predictor": predictor.FAMILY,
+    "progressive": progressive.FAMILY,
 }
 
 
