@@ -9,7 +9,8 @@ Nothing a local facegan Ray cluster runs may send traffic off the machine (`offl
 Ray's usage-stats reporter is switched off and pointed at a closed loopback port; Ray's dashboard
 probes the cloud-metadata endpoints (169.254.169.254, metadata.google.internal) unless
 `$HOME/ray_bootstrap_config.yaml` exists, so a minimal one is written (never over one a cluster
-launcher left); W&B runs offline unless the user set an API key; and the resolver makes no DNS
+launcher left); W&B runs offline unless the user set an API key (which never enters a runtime_env, see
+`runtime_env_vars`); and the resolver makes no DNS
 queries, because torch's c10d rendezvous reverse-resolves every peer. Servers bind to 127.0.0.1
 where Ray lets us choose (dashboard, job server); Ray names a node by this machine's own address.
 When joining a real cluster only the usage-stats and W&B settings are passed on.
@@ -86,10 +87,12 @@ def offline_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
 def runtime_env_vars(env: Mapping[str, str]) -> dict[str, str]:
     """The part of an offline env that Ray should set in every worker of a job.
 
-    A W&B key the user set travels with it (rank 0 may be on another node). HOME and LOCAL_VARS
-    do not: on a real cluster each node has its own HOME, and its workers need DNS.
+    HOME and LOCAL_VARS do not travel: on a real cluster each node has its own HOME, and its workers
+    need DNS. Nor does any secret: Ray records a job's runtime_env where anyone with dashboard
+    access reads it, so a W&B key goes to rank 0 through the object store instead
+    (facegan.launch.trainer.ship_wandb_key).
     """
-    return {k: env[k] for k in (*OFFLINE_VARS, "WANDB_API_KEY") if env.get(k)}
+    return {k: env[k] for k in OFFLINE_VARS if env.get(k)}
 
 
 def _apply_to_process(env: Mapping[str, str], *, local: bool) -> None:

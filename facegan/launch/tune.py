@@ -305,10 +305,10 @@ def _write_done(out: Path, metrics: dict[str, Any]) -> None:
 
 def _fit(cfg: RunConfig, *, callbacks: list[Any]) -> Any:
     """The trial's Train run: facegan.launch.trainer's TorchTrainer, with the reports forwarded."""
-    from facegan.launch.trainer import make_trainer, prepare
+    from facegan.launch.trainer import fit, make_trainer, prepare
 
     cfg, config_dict = prepare(cfg, to_dict(cfg))
-    return make_trainer(cfg, config_dict=config_dict, callbacks=callbacks).fit()
+    return fit(make_trainer(cfg, config_dict=config_dict, callbacks=callbacks), cfg)
 
 
 def _clear_train_run(cfg: RunConfig) -> None:
