@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from facegan.config import ConfigError, from_dict
+from facegan.errors import UserError
 from facegan.families import RunConfig
 from facegan.hooks import Hooks
 from facegan.launch.cluster import ensure_ray
@@ -150,13 +151,14 @@ def fit(trainer: Any, cfg: RunConfig) -> Any:
         return trainer.fit()
 
 
-def ship_wandb_key(cfg: RunConfig) -> Any:
-    """An ObjectRef to the driver's W&B key when rank 0 may need it (W&B on, a key set), else None.
+def ship_wandb_key(cfg: RunConfig, key: str | None = None) -> Any:
+    """An ObjectRef to the W&B key (default: this driver's WANDB_API_KEY) when rank 0 may need it
+    (W&B on, a key given), else None.
 
     The object store is not shown on the dashboard, unlike a job's or an actor's runtime_env and a
     Train run's train_loop_config; the ref lives as long as this driver. Without a key here, rank 0
     uses its own node's environment (or `wandb login`)."""
-    key = os.environ.get(WANDB_KEY, "")
+    key = os.environ.get(WANDB_KEY, "") if key is None else key
     if not key or not cfg.wandb.enabled or cfg.wandb.mode == "disabled":
         return None
     import ray
@@ -165,11 +167,12 @@ def ship_wandb_key(cfg: RunConfig) -> Any:
 
 
 def make_trainer(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: TrainFn | None = None,
-                 callbacks: list[Any] | None = None) -> Any:
+                 callbacks: list[Any] | None = None, wandb_key: str | None = None) -> Any:
     """The TorchTrainer of a run: `ray.num_workers` DDP workers (NCCL with GPUs, gloo on CPU), each
     running `train_fn` (default facegan.loop.train) on the config rebuilt from `config_dict`; Ray
     keeps `train.keep_checkpoints` and restarts the group up to `ray.max_failures` times, also when
-    a rank hangs for `ray.collective_timeout_s` (run it with `fit`). Needs a connected Ray."""
+    a rank hangs for `ray.collective_timeout_s` (run it with `fit`). `wandb_key` (default: this
+    process's WANDB_API_KEY) reaches rank 0 through the object store. Needs a connected Ray."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -178,7 +181,7 @@ def make_trainer(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: Train
     backend = rc.backend if rc.backend != "auto" else ("nccl" if rc.use_gpu else "gloo")
     return TorchTrainer(
         functools.partial(train_loop_per_worker, train_fn=train_fn or default_train_fn(),
-                          wandb_key=ship_wandb_key(cfg)),
+                          wandb_key=ship_wandb_key(cfg, wandb_key)),
         train_loop_config=config_dict,
         # The process group's timeout bounds every gloo/NCCL collective: a rank whose peer froze
         # mid-step raises after it instead of after torch's default 30 min.
@@ -250,6 +253,11 @@ def run_training(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: Train
     log.info("Ray Train run %r: %d workers, checkpoints in %s/%s", name, cfg.ray.num_workers, storage, name)
     try:
         result = fit(trainer, cfg)
+    except Exception as exc:
+        mistake = user_error(exc)
+        if mistake is None:
+            raise
+        raise mistake from None
     finally:
         if watcher is not None:
             watcher.stop()
@@ -287,6 +295,17 @@ class _ProgressWatcher:
         self.queue.put(self._DONE)
         self.thread.join(timeout=10)
         self.sink.close()
+
+
+def user_error(exc: BaseException) -> UserError | None:
+    """The first rank's UserError inside a failed Train run (a full disk, a bad checkpoint), as one
+    line naming the rank, so `facegan train` and the job entry exit 2 with it, not a Ray traceback."""
+    for rank, failure in sorted((getattr(exc, "worker_failures", None) or {}).items()):
+        # Ray wraps a worker's exception with its traceback string; the exception itself is kept.
+        cause = getattr(failure, "_base_exc", failure)
+        if isinstance(cause, UserError):
+            return type(cause)(f"rank {rank}: {cause}")
+    return None
 
 
 def wandb_run_id(cfg: RunConfig) -> str:
@@ -391,7 +410,6 @@ def job_entry(argv: list[str] | None, *, description: str, default_family: str =
 
     from facegan.families import load_run_config
     from facegan.config import to_dict
-    from facegan.errors import UserError
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="run config YAML (configs/*.yaml)")
