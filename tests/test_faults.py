@@ -47,12 +47,12 @@ from facegan.config import from_dict, to_dict
 from facegan.errors import CheckpointError
 from facegan.families import RunConfig
 from facegan.families.loading import load_run
-from test_launch import attempts, check_recovery, observed_train, tiny_config, wait_for
+from test_launch import attempts, observed_train, tiny_config, wait_for
 
 CHAOS_SEED = 2024
 FAULT_KINDS = ("sigkill", "node_removal", "sigstop")
-STEPS, TICK, EVERY = 30, 2, 6        # per chaos run: 30 steps of 2 x 8 images, a checkpoint every 6
-HANG_TIMEOUT_S = 20                  # ray.collective_timeout_s of the chaos runs
+STEPS, TICK, EVERY = 42, 2, 6        # the chaos run: 42 steps of 2 x 8 images, a checkpoint every 6
+HANG_TIMEOUT_S = 20                  # its ray.collective_timeout_s
 BATCH = 8                            # in-process runs: one rank, 8 images per step
 
 
@@ -91,7 +91,7 @@ def check_step_rows(out: Path, *, total_steps: int, resumed_from: set[int]) -> i
 def check_checkpoints(out: Path, *, run_dir: Path | None = None) -> int:
     """Every checkpoint left loads with load_run; no temporary folder is left. Returns the count."""
     root = out / "checkpoints"
-    left = list_checkpoints(root) + (sorted(run_dir.glob("checkpoint_*")) if run_dir else [])
+    left = list_checkpoints(root) + (sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir()) if run_dir else [])
     assert left
     for ckpt in left:
         run = load_run(ckpt)
@@ -159,6 +159,12 @@ def _one_line_error(stderr: str, *needles: str) -> str:
     return errors[0]
 
 
+def _is_state_file(f: Any) -> bool:
+    """A checkpoint's state.pt (a path or an open file): torch.save also serializes into buffers
+    (all_gather_object pickles tensors through it), which never touch the disk."""
+    return str(getattr(f, "name", f)).endswith("state.pt")
+
+
 def test_full_disk_at_the_second_checkpoint_stops_cleanly_and_resumes(
         synthetic_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -172,7 +178,8 @@ def test_full_disk_at_the_second_checkpoint_stops_cleanly_and_resumes(
     calls: list[int] = []
 
     def full_disk_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-        calls.append(1)
+        if _is_state_file(f):
+            calls.append(1)
         if len(calls) < 2:
             return real_save(obj, f, *args, **kwargs)
         with open(f, "wb") if isinstance(f, (str, Path)) else contextlib.nullcontext(f) as file:
@@ -241,10 +248,10 @@ def test_full_disk_on_a_real_tmpfs(synthetic_shards: Path, tmp_path: Path) -> No
 
 # ==================================================================== inside each chaos rank
 
-def chaos_train(cfg: RunConfig, *, hooks: Any, fault: dict[str, Any]) -> dict[str, float]:
-    """observed_train, plus one fault: midway through step fault["step"] (after that step's first
-    optimizer step), on the victim rank (fault["rank"], or the rank on fault["node"]), once per run.
-    Faults and errors are logged to <out_dir>/faults.jsonl."""
+def chaos_train(cfg: RunConfig, *, hooks: Any, faults: list[dict[str, Any]]) -> dict[str, float]:
+    """observed_train, plus the run's faults: each fires once per run, midway through its step
+    (after that step's first optimizer step), on its victim rank (fault["rank"], or the rank on
+    fault["node"]). Faults and errors are logged to <out_dir>/faults.jsonl."""
     import ray
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -257,20 +264,23 @@ def chaos_train(cfg: RunConfig, *, hooks: Any, fault: dict[str, Any]) -> dict[st
             f.write(json.dumps(dict(row, rank=hooks.rank, pid=os.getpid(), time=time.time())) + "\n")
 
     node = ray.get_runtime_context().get_node_id()
-    victim = hooks.rank == fault.get("rank") or node == fault.get("node")
+    resume = hooks.resume_from()
+    start = json.loads((Path(resume) / "meta.json").read_text())["step"] if resume else 0
     per_step = sum(p.repeat for p in FAMILIES[cfg.model.family].phases(cfg))
-    fire_at = (fault["step"] - 1) * per_step + 1
+    mine = {(f["step"] - 1 - start) * per_step + 1: f for f in faults
+            if f["step"] > start and (hooks.rank == f.get("rank") or node == f.get("node"))}
     count = [0]
 
     def after_optimizer_step(*_: Any) -> None:
         count[0] += 1
-        if count[0] != fire_at:
+        fault = mine.get(count[0])
+        if fault is None:
             return
-        try:  # once per run, whatever the attempt
-            os.close(os.open(out / "fault-fired", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        try:  # once per run: a later attempt passes this step again
+            os.close(os.open(out / f"fault-{fault['index']}-fired", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
             return
-        log(event="fault", kind=fault["kind"], step=fault["step"], node=node)
+        log(event="fault", index=fault["index"], kind=fault["kind"], step=fault["step"], node=node)
         if fault["kind"] == "sigkill":
             os.kill(os.getpid(), signal.SIGKILL)
         elif fault["kind"] == "sigstop":
@@ -278,7 +288,7 @@ def chaos_train(cfg: RunConfig, *, hooks: Any, fault: dict[str, Any]) -> dict[st
         else:  # node_removal: stay in the step until the test removes this node (and this process)
             time.sleep(300)
 
-    handle = register_optimizer_step_post_hook(after_optimizer_step) if victim else None
+    handle = register_optimizer_step_post_hook(after_optimizer_step) if mine else None
     try:
         return observed_train(cfg, hooks=hooks)
     except BaseException as exc:
@@ -299,13 +309,16 @@ def fault_events(out: Path) -> list[dict[str, Any]]:
 
 
 def chaos_plan(seed: int) -> list[dict[str, Any]]:
-    """One fault of each kind, in a seeded order, each at a seeded step after the first checkpoint
-    has been reported twice over (steps 11..27 of 30), on a seeded victim rank."""
+    """One fault of each kind, in a seeded order; fault i at a seeded step of window i (each window
+    starts 5 steps past a checkpoint, so the previous attempt has reported one twice over), on a
+    seeded victim rank."""
     rng = random.Random(seed)
     plan = []
-    for kind in rng.sample(FAULT_KINDS, len(FAULT_KINDS)):
-        plan.append({"kind": kind, "step": rng.randint(EVERY + 5, STEPS - 3),
+    for i, kind in enumerate(rng.sample(FAULT_KINDS, len(FAULT_KINDS))):
+        low = (2 * i + 1) * EVERY + 5
+        plan.append({"index": i, "kind": kind, "step": rng.randint(low, low + EVERY - 2),
                      "rank": rng.randrange(2) if kind != "node_removal" else None})
+    assert plan[-1]["step"] < STEPS
     return plan
 
 
@@ -319,11 +332,11 @@ def _ship_by_value() -> None:
     ray.cloudpickle.register_pickle_by_value(test_launch)
 
 
-def _durable_before(first_rank0_reports: list[dict[str, Any]]) -> int:
-    """The newest checkpoint step rank 0 had reported with two more reports after it (registered
-    by Ray, so the restart must not go back past it); see test_launch.durable_checkpoint."""
-    rows = first_rank0_reports
-    return max(r["step"] for i, r in enumerate(rows) if r["checkpoint"] and i + 2 < len(rows))
+def _durable(rank0_reports: list[dict[str, Any]]) -> int | None:
+    """The newest checkpoint step rank 0 reported with two more reports after it (so Ray had
+    registered it, and a restart must not go back past it); see test_launch.durable_checkpoint."""
+    rows = rank0_reports
+    return max((r["step"] for i, r in enumerate(rows) if r["checkpoint"] and i + 2 < len(rows)), default=None)
 
 
 def _gone(pid: int) -> bool:
@@ -334,140 +347,150 @@ def _gone(pid: int) -> bool:
     return status == "Z"
 
 
-def run_chaos(cluster: Any, shards: Path, out: Path, fault: dict[str, Any]) -> dict[str, Any]:
-    """One run with one fault; asserts it finished exactly. Returns its figures."""
+def check_restarts(out: Path, faults: list[dict[str, Any]], fired: list[dict[str, Any]]) -> list[int]:
+    """test_launch.check_recovery for a run with several restarts; returns each restart's resume step.
+
+    Attempt i+1 resumes (both ranks alike) from a checkpoint an earlier attempt wrote, no older
+    than the last one durable when fault i struck and no newer than the step attempt i reached;
+    its reports continue at the next tick; every step any attempt ran has the same parameters in
+    every attempt and on both ranks (exact resume, DDP in sync); no process survives a restart."""
+    runs = attempts(out)
+    assert len(runs) == len(faults) + 1, f"{len(faults)} faults, {len(runs)} attempts"
+    written: set[int] = set()
+    resumes = []
+    digests: dict[int, set[str]] = {}
+    for i, (before, after) in enumerate(zip(runs, runs[1:])):
+        assert sorted(before) == sorted(after) == [0, 1]
+        rows = before[0]["reports"]
+        written |= {r["step"] for r in rows if r["checkpoint"]}
+        reached = max((r["step"] for r in rows), default=0)
+        assert reached < fired[i]["step"], "the fault came after the step it was planned for"
+        (r,) = {info["start"]["resume_step"] for info in after.values()}
+        floor = _durable(rows) or before[0]["start"]["resume_step"] or 0
+        assert r in written and r % EVERY == 0 and floor <= r <= reached, (i, r, floor, reached, sorted(written))
+        for info in after.values():
+            steps = [x["step"] for x in info["reports"]]
+            assert steps[0] == r + TICK - r % TICK and all(b > a for a, b in zip(steps, steps[1:])), steps
+        assert {x["start"]["pid"] for x in before.values()}.isdisjoint(x["start"]["pid"] for x in after.values())
+        resumes.append(r)
+    for run in runs:
+        for info in run.values():
+            for x in info["reports"]:
+                digests.setdefault(x["step"], set()).add(x["digest"])
+    assert sorted(digests) == list(range(TICK, STEPS + 1, TICK))
+    assert all(len(d) == 1 for d in digests.values()), "a step came out differently in two attempts or ranks"
+    return resumes
+
+
+@pytest.mark.slow
+def test_chaos_series_every_fault_is_survived_exactly(ray_cluster: Any, synthetic_shards: Path,
+                                                      tmp_path: Path) -> None:
+    """A seeded series of faults on the two-node cluster, one run of 42 steps: a worker SIGKILLed,
+    the worker node removed (and replaced), a worker SIGSTOPped (hung: detected within
+    ray.collective_timeout_s=20), each at a seeded step. After each, Ray Train restarts the group
+    from the last checkpoint; the run finishes with exact accounting (module docstring).
+
+    One run rather than one per fault: each run's first worker-group start costs ~20-30 s here,
+    and a restart after a restart is the harder case."""
     from facegan.launch.trainer import run_training
 
-    cfg = tiny_config(shards, out, steps=STEPS, tick_steps=TICK, ckpt_steps=EVERY, train={"keep_checkpoints": 3},
-                      ray={"placement_strategy": "STRICT_SPREAD", "max_failures": 1,
+    _ship_by_value()
+    out = tmp_path / "run"
+    cfg = tiny_config(synthetic_shards, out, steps=STEPS, tick_steps=TICK, ckpt_steps=EVERY,
+                      train={"keep_checkpoints": 3},
+                      ray={"placement_strategy": "STRICT_SPREAD", "max_failures": len(FAULT_KINDS),
                            "collective_timeout_s": HANG_TIMEOUT_S})
-    (worker_node,) = cluster.worker_nodes
-    if fault["kind"] == "node_removal":
-        fault = dict(fault, node=worker_node.node_id)
+    (worker_node,) = ray_cluster.worker_nodes
+    faults = [dict(f, node=worker_node.node_id) if f["kind"] == "node_removal" else f for f in chaos_plan(CHAOS_SEED)]
+    assert sorted(f["kind"] for f in faults) == sorted(FAULT_KINDS)
     outcome: dict[str, Any] = {}
 
     def target() -> None:
         try:
             outcome["result"] = run_training(cfg, config_dict=to_dict(cfg),
-                                             train_fn=functools.partial(chaos_train, fault=fault))
+                                             train_fn=functools.partial(chaos_train, faults=faults))
         except BaseException as exc:  # reported below
             outcome["error"] = exc
 
     t0 = time.monotonic()
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
-    fired = wait_for(lambda: [e for e in fault_events(out) if e["event"] == "fault"], timeout=180,
-                     what=f"the {fault['kind']} fault at step {fault['step']}")[0]
-    victim_pid = fired["pid"]
+    fired: list[dict[str, Any]] = []
     try:
-        if fault["kind"] == "node_removal":
-            # Cluster changes happen on the main thread; the run is in the other one.
-            cluster.remove_node(worker_node, allow_graceful=False)
-            cluster.add_node(**node_args())
-        thread.join(timeout=240)
+        for fault in faults:
+            event = wait_for(lambda: [e for e in fault_events(out) if e.get("index") == fault["index"]],
+                             timeout=240, what=f"fault {fault}")[0]
+            fired.append(event)
+            if fault["kind"] == "node_removal":
+                # Cluster changes happen on the main thread; the run is in the other one.
+                ray_cluster.remove_node(worker_node, allow_graceful=False)
+                ray_cluster.add_node(**node_args())
+        thread.join(timeout=300)
         seconds = time.monotonic() - t0
         deadline = time.monotonic() + 15
-        while not _gone(victim_pid) and time.monotonic() < deadline:
+        while not all(_gone(e["pid"]) for e in fired) and time.monotonic() < deadline:
             time.sleep(0.2)
-        victim_ended = _gone(victim_pid)
+        survivors = [e for e in fired if not _gone(e["pid"])]
     finally:
-        if not _gone(victim_pid):  # never leave a stopped worker behind, even when failing
-            os.kill(victim_pid, signal.SIGKILL)
-    assert victim_ended, f"Ray left the {fault['kind']} victim (pid {victim_pid}) alive"
-    assert not thread.is_alive(), f"the run did not finish after the {fault['kind']} fault"
+        for e in fired:  # never leave a stopped worker behind, even when failing
+            if not _gone(e["pid"]):
+                os.kill(e["pid"], signal.SIGKILL)
+    assert not survivors, f"Ray left these victims alive: {survivors}"
+    assert not thread.is_alive(), "the run did not finish"
     assert "error" not in outcome, outcome.get("error")
     result = outcome["result"]
 
-    runs = attempts(out)
-    first_rank0 = runs[0][0]["reports"]
-    c_durable = _durable_before(first_rank0)
-    reached = max(r["step"] for r in first_rank0)
-    second = check_recovery(out, c_durable=c_durable, reached=reached, total_steps=STEPS, tick_steps=TICK,
-                            ckpt_steps=EVERY, result=result)
-    (resume_step,) = {info["start"]["resume_step"] for info in second.values()}
-    assert fired["step"] == fault["step"] and reached < fault["step"] <= STEPS
-
-    # Images-seen accounting, per-step rows, checkpoints.
-    total = expected_steps(cfg, world_size=2)
+    resumes = check_restarts(out, faults, fired)
+    assert result["metrics"]["step"] == STEPS
     final = load_run(Path(result["checkpoint"]))
-    assert total == STEPS and final.meta["images_seen"] == total * 2 * cfg.data.batch_size
-    redone = check_step_rows(out, total_steps=total, resumed_from={resume_step})
+    total = expected_steps(cfg, world_size=2)
+    assert total == STEPS == final.meta["step"] and final.meta["world_size"] == 2
+    assert final.meta["images_seen"] == total * 2 * cfg.data.batch_size
+    redone = check_step_rows(out, total_steps=total, resumed_from=set(resumes))
     num_ckpts = check_checkpoints(out, run_dir=Path(result["run_dir"]))
 
-    figures = {"kind": fault["kind"], "step": fault["step"], "victim_rank": fired["rank"],
-               "resumed_from": resume_step, "redone_steps": redone, "checkpoints_loaded": num_ckpts,
-               "run_seconds": round(seconds, 1)}
-    restart = min(info["start"]["time"] for info in second.values()) - fired["time"]
-    figures["restart_seconds"] = round(restart, 1)
-    if fault["kind"] == "sigstop":
-        # Detected: the healthy rank's collective timed out (or Ray's health check gave up on the
-        # frozen worker, which ends the attempt the same way), within ray.collective_timeout_s.
-        errors = [e for e in fault_events(out) if e["event"] == "error" and e["pid"] != victim_pid]
-        assert errors, "the healthy rank never raised: the hang was not detected"
-        detection = min(e["time"] for e in errors) - fired["time"]
-        assert detection <= min(HANG_TIMEOUT_S + 10, 60), detection
-        figures["detection_seconds"] = round(detection, 1)
-    if fault["kind"] == "node_removal":
-        nodes_after = {info["start"]["node"] for info in second.values()}
-        assert worker_node.node_id not in nodes_after and len(nodes_after) == 2
-    return figures
+    runs = attempts(out)
+    figures = []
+    for i, (fault, event) in enumerate(zip(faults, fired)):
+        row = {"kind": fault["kind"], "step": fault["step"], "victim_rank": event["rank"],
+               "resumed_from": resumes[i],
+               "restart_s": round(min(x["start"]["time"] for x in runs[i + 1].values()) - event["time"], 1)}
+        if fault["kind"] == "sigstop":
+            # Detected when the healthy rank's collective timed out (Ray's health check of the
+            # frozen worker gives up at the same ray.collective_timeout_s).
+            errors = [e["time"] for e in fault_events(out) if e["event"] == "error" and e["pid"] != event["pid"]
+                      and e["time"] > event["time"]]
+            assert errors, "the healthy rank never raised: the hang went undetected"
+            row["detection_s"] = round(min(errors) - event["time"], 1)
+            assert row["detection_s"] <= min(HANG_TIMEOUT_S + 10, 60), row
+        if fault["kind"] == "node_removal":
+            nodes_after = {x["start"]["node"] for x in runs[i + 1].values()}
+            assert worker_node.node_id not in nodes_after and len(nodes_after) == 2
+        figures.append(row)
+    print(f"\nchaos series (seed {CHAOS_SEED}): {len(fired)} faults survived in {seconds:.0f} s; "
+          f"{redone} steps redone; {num_ckpts} checkpoints load")
+    for row in figures:
+        print("  " + json.dumps(row))
+    (tmp_path / "chaos.json").write_text(json.dumps(figures, indent=1))
 
 
-@pytest.mark.slow
-def test_chaos_series_every_run_finishes_exactly(ray_cluster: Any, synthetic_shards: Path, tmp_path: Path) -> None:
-    """Three seeded runs on the two-node cluster, each with one fault at a seeded step: a worker
-    SIGKILLed, the worker node removed (and replaced), a worker SIGSTOPped (hung, detected within
-    ray.collective_timeout_s=20). Each run restarts once from its last checkpoint and finishes."""
-    _ship_by_value()
-    plan = chaos_plan(CHAOS_SEED)
-    assert sorted(f["kind"] for f in plan) == sorted(FAULT_KINDS)
-    survived = []
-    for i, fault in enumerate(plan):
-        survived.append(run_chaos(ray_cluster, synthetic_shards, tmp_path / f"run{i}-{fault['kind']}", fault))
-    print(f"\nchaos series (seed {CHAOS_SEED}): {len(survived)} faults survived")
-    for figures in survived:
-        print("  " + json.dumps(figures))
-    (tmp_path / "chaos.json").write_text(json.dumps(survived, indent=1))
-    assert len(survived) == len(FAULT_KINDS)
+def test_a_ranks_user_error_ends_a_ray_run_as_one_line() -> None:
+    """run_training re-raises a rank's UserError (a full disk at a checkpoint) from Ray's
+    WorkerGroupError, so `facegan train` and ray_jobs/ exit 2 with one line."""
+    from ray.train import WorkerGroupError
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
 
+    from facegan.launch.trainer import user_error
 
-@pytest.mark.slow
-def test_full_disk_on_a_ray_worker_fails_the_run_with_one_error(
-        ray_cluster: Any, synthetic_shards: Path, tmp_path: Path) -> None:
-    """Rank 0's second checkpoint hits a full disk; with ray.max_failures 0 run_training raises the
-    CheckpointError itself (one line naming the rank), not Ray's traceback, and the first stays."""
-    from facegan.launch.trainer import run_training
-
-    _ship_by_value()
-    out = tmp_path / "run"
-    cfg = tiny_config(synthetic_shards, out, steps=12, tick_steps=2, ckpt_steps=4, ray={"max_failures": 0})
-    with pytest.raises(CheckpointError, match=r"^rank 0: cannot write checkpoint .*No space left on device"):
-        run_training(cfg, config_dict=to_dict(cfg), train_fn=full_disk_train)
-    (first,) = list_checkpoints(out / "checkpoints")
-    assert load_run(first).meta["step"] == 4
-    check_checkpoints(out)
-
-
-def full_disk_train(cfg: RunConfig, *, hooks: Any) -> dict[str, float]:
-    """facegan.loop.train with a disk that fills up at the second checkpoint (rank 0 writes them)."""
-    import torch as torch_in_worker
-
-    from facegan.loop import train
-
-    real_save = torch_in_worker.save
-    calls: list[int] = []
-
-    def full_disk_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-        calls.append(1)
-        if len(calls) < 2:
-            return real_save(obj, f, *args, **kwargs)
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    torch_in_worker.save = full_disk_save
-    try:
-        return train(cfg, hooks=hooks)
-    finally:
-        torch_in_worker.save = real_save
+    full = CheckpointError("cannot write checkpoint /r/ckpt-2: No space left on device; earlier checkpoints "
+                           "in /r are intact")
+    failed = WorkerGroupError("rank 0 and 1 failed", {
+        1: UserExceptionWithTraceback(RuntimeError("Connection closed by peer"), "Traceback ..."),
+        0: UserExceptionWithTraceback(full, "Traceback ...")})
+    found = user_error(failed)
+    assert isinstance(found, CheckpointError) and str(found) == f"rank 0: {full}"
+    assert user_error(WorkerGroupError("x", {0: UserExceptionWithTraceback(RuntimeError("bug"), "tb")})) is None
+    assert user_error(RuntimeError("not Ray's")) is None
 
 
 # ============================================================================ the config knob
