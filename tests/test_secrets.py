@@ -184,6 +184,7 @@ def test_sweep_and_its_report_record_no_secret(ray_cluster: Any, planted: dict[s
     records and logs hold no secret."""
     import ray
 
+    from facegan.launch.trainer import KEY_RECEIVED
     from facegan.launch.tune import run_sweep
     from facegan.sweeps.spec import load_sweep
     from test_readme import toy_sweep_overrides
@@ -203,4 +204,7 @@ def test_sweep_and_its_report_record_no_secret(ray_cluster: Any, planted: dict[s
         assert (out / name).is_file(), name
     records = ray_records("http://" + ray._private.worker.get_dashboard_url())
     assert not leaks(roots=[tmp_path, session_dir()], texts={"summary": json.dumps(summary, default=str), **records})
+    # The sweep driver's key reached the trial's rank 0 (the trial's actor has none of its own).
+    logs = [p for p in (session_dir() / "logs").rglob("*") if p.is_file() and KEY_RECEIVED.encode() in p.read_bytes()]
+    assert logs, "no trial's rank 0 received the W&B key"
 

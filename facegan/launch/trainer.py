@@ -115,6 +115,7 @@ def _check_local_capacity(cfg: RunConfig, resources: dict[str, float]) -> None:
 
 
 WANDB_KEY = "WANDB_API_KEY"
+KEY_RECEIVED = "rank 0: W&B key received from the driver through the object store"
 # Ray Train V2 reads these in its controller, which takes them from the driver's environment when
 # fit() starts (ray.train.v2._internal.constants.ENV_VARS_TO_PROPAGATE).
 HEALTH_CHECK_TIMEOUT_VAR = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S"   # a worker that stops answering
@@ -380,6 +381,7 @@ def train_loop_per_worker(config_dict: dict[str, Any], *, train_fn: TrainFn | No
     rank = ctx.get_world_rank()
     if rank == 0 and wandb_key is not None:
         os.environ[WANDB_KEY] = ray.get(wandb_key)
+        log.info(KEY_RECEIVED)
     resume = _Resume()
     hooks = Hooks(
         rank=rank,
