@@ -112,7 +112,11 @@ def preflight_sweep(plan: SweepPlan) -> None:
 
     checked: set[str] = set()
     for params in plan.points or corner_points(plan.spec.space):
-        cfg = from_dict(RunConfig, plan.trial_config(params, trial_id="preflight"))
+        data = plan.trial_config(params, trial_id="preflight")
+        # preflight proves train.out_dir writable by creating it: probe the sweep folder the trials
+        # go under, not a trial folder of its own that would stay behind among the real trials.
+        data["train"]["out_dir"] = str(plan.out_dir)
+        cfg = from_dict(RunConfig, data)
         key = json.dumps([cfg.data.shards, cfg.model.resolution, cfg.data.batch_size, cfg.ray.num_workers])
         if key not in checked:
             checked.add(key)
