@@ -6,8 +6,10 @@
     ckpt-000040/meta.json   family, model, step, images seen, stream position, config, world size,
                             what the family knows of its data (attribute names and rates, shard recipe)
 
-Written under a temporary name and renamed, so a crash never leaves a half checkpoint behind a
-valid name; loaded with `torch.load(weights_only=True)`, so a checkpoint can hold no code.
+Written under a temporary name, flushed to disk and renamed, so a crash never leaves a half
+checkpoint behind a valid name (a killed writer's temporary folder is removed by the next
+`prune_checkpoints`); a full disk raises CheckpointError and leaves the earlier checkpoints as they
+were. Loaded with `torch.load(weights_only=True)`, so a checkpoint can hold no code.
 """
 
 from __future__ import annotations
@@ -33,17 +35,51 @@ FORMAT_VERSION = 2
 
 
 
+def _tmp_name(name: str) -> str:
+    return f".{name}.tmp-{os.getpid()}"
+
+
+def _write_durably(path: Path, write: Any) -> None:
+    """write(f) into a new file at `path`, then fsync it: a rename after this never exposes a file
+    whose data is still only in the page cache (a crash would leave it empty or short)."""
+    with open(path, "wb") as f:
+        try:
+            write(f)
+        except RuntimeError as exc:
+            # torch's zip writer reports a failed write (ENOSPC, EDQUOT) as "unexpected pos ..."
+            # raised while the file object's OSError was being handled: surface the OSError.
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, OSError):
+                raise cause from None
+            raise
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on directories; the rename itself is still atomic
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(directory: Path, *, state: dict[str, Any], meta: dict[str, Any]) -> Path:
     """Write state + meta atomically into `directory` (which must not exist yet)."""
     directory = Path(directory)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    tmp = directory.with_name(_tmp_name(directory.name))
     if tmp.exists():
         shutil.rmtree(tmp)
     meta = dict(meta, format_version=FORMAT_VERSION, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
     try:
         tmp.mkdir(parents=True)
-        torch.save(state, tmp / STATE)
-        (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        _write_durably(tmp / STATE, lambda f: torch.save(state, f))
+        _write_durably(tmp / META, lambda f: f.write(json.dumps(meta, indent=1, sort_keys=True).encode()))
     except OSError as exc:  # disk full, read-only, quota: earlier checkpoints stay as they were
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"cannot write checkpoint {directory}: {exc.strerror or exc}; earlier checkpoints "
@@ -55,6 +91,7 @@ def save_checkpoint(directory: Path, *, state: dict[str, Any], meta: dict[str, A
                                   "refusing to overwrite it (move it away or choose another train.out_dir)")
         shutil.rmtree(directory)
     os.replace(tmp, directory)
+    _fsync_dir(directory.parent)
     return directory
 
 
@@ -113,5 +150,11 @@ def find_checkpoint(path: str | Path) -> Path:
 
 
 def prune_checkpoints(root: Path, *, keep: int) -> None:
+    """Keep the newest `keep` checkpoints under root; remove the temporary folders of writers that
+    died mid-save (a run has one writer, rank 0, and it calls this after its own save)."""
+    root = Path(root)
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".ckpt-*.tmp-*") if root.is_dir() else ():
+        if stale.is_dir() and not stale.name.endswith(f".tmp-{os.getpid()}"):
+            shutil.rmtree(stale, ignore_errors=True)

@@ -320,6 +320,11 @@ class RayConfig:
     storage_path: str = ""                 # Ray RunConfig storage (local path or URI); "" = out_dir/ray
     max_failures: int = 3
     address: str = ""                      # "" starts a local cluster; "auto" or host:port joins one
+    # Seconds a rank may wait on another before the group counts as hung and restarts from the last
+    # checkpoint: torch collectives (the process group's timeout), Ray Train's report barrier, and a
+    # worker that stops answering Ray's health check (a frozen process). Must exceed rank 0's longest
+    # stretch alone: writing and uploading a checkpoint, scoring a periodic eval, grids and videos.
+    collective_timeout_s: int = 300
 
     def __post_init__(self) -> None:
         require(self.num_workers >= 1, f"ray.num_workers: expected >= 1, got {self.num_workers}")
@@ -327,6 +332,8 @@ class RayConfig:
         require(self.gpus_per_worker > 0, f"ray.gpus_per_worker: expected > 0, got {self.gpus_per_worker}")
         require(self.max_failures >= -1, f"ray.max_failures: expected >= -1 (-1: unlimited), got {self.max_failures}")
         require(not (self.backend == "nccl" and not self.use_gpu), "ray.backend: nccl needs ray.use_gpu: true")
+        require(10 <= self.collective_timeout_s <= 86400,
+                f"ray.collective_timeout_s: expected 10..86400 seconds, got {self.collective_timeout_s}")
 
 
 @dataclass(kw_only=True)

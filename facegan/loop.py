@@ -339,7 +339,9 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
         out_of_time = at_tick and tc.max_minutes > 0 and agree(time.perf_counter() - t_start > tc.max_minutes * 60)
         finishing = images_seen >= total_images or out_of_time
         at_ckpt = images_seen >= next_ckpt or finishing
-        if at_tick or at_epoch:
+        # Per-step rows reach the log by every checkpoint too: a run resumed from one never redoes
+        # the steps before it, so rows still held back then would be lost for good.
+        if at_tick or at_epoch or at_ckpt:
             rows = stats.pop_steps()
             if rank == 0:
                 first = step - len(rows) + 1

@@ -9,10 +9,11 @@ Nothing a local facegan Ray cluster runs may send traffic off the machine (`offl
 Ray's usage-stats reporter is switched off and pointed at a closed loopback port; Ray's dashboard
 probes the cloud-metadata endpoints (169.254.169.254, metadata.google.internal) unless
 `$HOME/ray_bootstrap_config.yaml` exists, so a minimal one is written (never over one a cluster
-launcher left); W&B runs offline unless the user set an API key; and the resolver makes no DNS
+launcher left); W&B runs offline unless the user set an API key (which never enters a runtime_env, see
+`runtime_env_vars`); and the resolver makes no DNS
 queries, because torch's c10d rendezvous reverse-resolves every peer. Servers bind to 127.0.0.1
 where Ray lets us choose (dashboard, job server); Ray names a node by this machine's own address.
-When joining a real cluster only the usage-stats and W&B settings are passed on.
+When joining a real cluster only the usage-stats and W&B mode settings and JOB_VARS are passed on.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ LOCAL_VARS = {
     # nothing (names in /etc/hosts still resolve) and torch falls back to printing the address.
     "RES_OPTIONS": "attempts:0",
 }
+# Settings for every Ray Train controller of a facegan job (job-level runtime_env; a value the user
+# set in the environment wins). After a failure Ray Train first waits for every worker to destroy
+# its torch process group: a frozen (hung) worker never does, and Ray's default wait is 30 s of
+# dead time before each restart; a healthy worker's destroy takes milliseconds.
+JOB_VARS = {"TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S": "5"}
 DEFAULT_PORT = 6379
 DEFAULT_DASHBOARD_PORT = 8265
 
@@ -86,10 +92,12 @@ def offline_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
 def runtime_env_vars(env: Mapping[str, str]) -> dict[str, str]:
     """The part of an offline env that Ray should set in every worker of a job.
 
-    A W&B key the user set travels with it (rank 0 may be on another node). HOME and LOCAL_VARS
-    do not: on a real cluster each node has its own HOME, and its workers need DNS.
+    With JOB_VARS. HOME and LOCAL_VARS do not travel: on a real cluster each node has its own HOME, and its workers
+    need DNS. Nor does any secret: Ray records a job's runtime_env where anyone with dashboard
+    access reads it, so a W&B key goes to rank 0 through the object store instead
+    (facegan.launch.trainer.ship_wandb_key).
     """
-    return {k: env[k] for k in (*OFFLINE_VARS, "WANDB_API_KEY") if env.get(k)}
+    return {**{k: env[k] for k in OFFLINE_VARS if env.get(k)}, **{k: env.get(k) or v for k, v in JOB_VARS.items()}}
 
 
 def _apply_to_process(env: Mapping[str, str], *, local: bool) -> None:

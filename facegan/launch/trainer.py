@@ -9,24 +9,33 @@ the config from the plain dict and runs the same loop as in-process training, wi
 out, wrap models with `ray.train.torch.prepare_model` and turn the loop's ticks into
 `ray.train.report` calls (all ranks report; only rank 0 attaches the checkpoint it wrote). When a
 worker or a node dies, Ray restarts the whole group from the latest reported checkpoint, up to
-`ray.max_failures` times. Checkpoints persist under `ray.storage_path` (default <out_dir>/ray);
-starting a run whose name and storage already hold one continues it.
+`ray.max_failures` times. A rank that hangs (a frozen process, a peer that never joins a collective)
+counts as failed after `ray.collective_timeout_s` (`hang_timeouts`). Checkpoints persist under
+`ray.storage_path` (default <out_dir>/ray); starting a run whose name and storage already hold one
+continues it.
+
+Secrets stay out of Ray's records: a W&B key in the driver's environment reaches rank 0 through
+the object store (`ray.put`, an ObjectRef in the train function's arguments), never through a
+runtime_env or the train_loop_config, which Ray shows to anyone with dashboard access.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
 from facegan.config import ConfigError, from_dict
+from facegan.errors import UserError
 from facegan.families import RunConfig
 from facegan.hooks import Hooks
 from facegan.launch.cluster import ensure_ray
@@ -105,11 +114,66 @@ def _check_local_capacity(cfg: RunConfig, resources: dict[str, float]) -> None:
                               f"this machine's {have.get(key, 0):g} {key}")
 
 
+WANDB_KEY = "WANDB_API_KEY"
+KEY_RECEIVED = "rank 0: W&B key received from the driver through the object store"
+# Ray Train V2 reads these in its controller, which takes them from the driver's environment when
+# fit() starts (ray.train.v2._internal.constants.ENV_VARS_TO_PROPAGATE).
+HEALTH_CHECK_TIMEOUT_VAR = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S"   # a worker that stops answering
+REPORT_TIMEOUT_VAR = "RAY_TRAIN_COLLECTIVE_TIMEOUT_S"                # ray.train.report's barrier
+
+
+@contextlib.contextmanager
+def hang_timeouts(cfg: RunConfig) -> Iterator[None]:
+    """Around `trainer.fit()`: Ray Train's own hang timeouts set to `ray.collective_timeout_s`.
+
+    A SIGSTOPped (or otherwise frozen) rank answers nothing: its peers wait in a torch collective
+    (bounded by TorchConfig.timeout_s, see make_trainer) or in ray.train.report's barrier, and
+    Ray's health check of the frozen worker hangs; by default the last two wait 10 min and forever.
+    """
+    value = str(cfg.ray.collective_timeout_s)
+    saved = {k: os.environ.get(k) for k in (HEALTH_CHECK_TIMEOUT_VAR, REPORT_TIMEOUT_VAR)}
+    for key, before in saved.items():
+        if before is not None and before != value:
+            log.info("%s=%s in the environment: using ray.collective_timeout_s=%s for this run", key, before, value)
+        os.environ[key] = value
+    try:
+        yield
+    finally:
+        for key, before in saved.items():
+            if before is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = before
+
+
+def fit(trainer: Any, cfg: RunConfig) -> Any:
+    """trainer.fit() with the run's hang timeouts (`hang_timeouts`)."""
+    with hang_timeouts(cfg):
+        return trainer.fit()
+
+
+def ship_wandb_key(cfg: RunConfig, key: str | None = None) -> Any:
+    """An ObjectRef to the W&B key (default: this driver's WANDB_API_KEY) when rank 0 may need it
+    (W&B on, a key given), else None.
+
+    The object store is not shown on the dashboard, unlike a job's or an actor's runtime_env and a
+    Train run's train_loop_config; the ref lives as long as this driver. Without a key here, rank 0
+    uses its own node's environment (or `wandb login`)."""
+    key = os.environ.get(WANDB_KEY, "") if key is None else key
+    if not key or not cfg.wandb.enabled or cfg.wandb.mode == "disabled":
+        return None
+    import ray
+
+    return ray.put(key)
+
+
 def make_trainer(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: TrainFn | None = None,
-                 callbacks: list[Any] | None = None) -> Any:
+                 callbacks: list[Any] | None = None, wandb_key: str | None = None) -> Any:
     """The TorchTrainer of a run: `ray.num_workers` DDP workers (NCCL with GPUs, gloo on CPU), each
     running `train_fn` (default facegan.loop.train) on the config rebuilt from `config_dict`; Ray
-    keeps `train.keep_checkpoints` and restarts the group up to `ray.max_failures` times."""
+    keeps `train.keep_checkpoints` and restarts the group up to `ray.max_failures` times, also when
+    a rank hangs for `ray.collective_timeout_s` (run it with `fit`). `wandb_key` (default: this
+    process's WANDB_API_KEY) reaches rank 0 through the object store. Needs a connected Ray."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -117,9 +181,12 @@ def make_trainer(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: Train
     rc = cfg.ray
     backend = rc.backend if rc.backend != "auto" else ("nccl" if rc.use_gpu else "gloo")
     return TorchTrainer(
-        functools.partial(train_loop_per_worker, train_fn=train_fn or default_train_fn()),
+        functools.partial(train_loop_per_worker, train_fn=train_fn or default_train_fn(),
+                          wandb_key=ship_wandb_key(cfg, wandb_key)),
         train_loop_config=config_dict,
-        torch_config=TorchConfig(backend=backend),
+        # The process group's timeout bounds every gloo/NCCL collective: a rank whose peer froze
+        # mid-step raises after it instead of after torch's default 30 min.
+        torch_config=TorchConfig(backend=backend, timeout_s=rc.collective_timeout_s),
         scaling_config=ScalingConfig(num_workers=rc.num_workers, use_gpu=rc.use_gpu,
                                      resources_per_worker=worker_resources(cfg),
                                      placement_strategy=rc.placement_strategy),
@@ -186,7 +253,12 @@ def run_training(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: Train
     trainer = make_trainer(cfg, config_dict=config_dict, train_fn=train_fn, callbacks=callbacks)
     log.info("Ray Train run %r: %d workers, checkpoints in %s/%s", name, cfg.ray.num_workers, storage, name)
     try:
-        result = trainer.fit()
+        result = fit(trainer, cfg)
+    except Exception as exc:
+        mistake = user_error(exc)
+        if mistake is None:
+            raise
+        raise mistake from None
     finally:
         if watcher is not None:
             watcher.stop()
@@ -224,6 +296,17 @@ class _ProgressWatcher:
         self.queue.put(self._DONE)
         self.thread.join(timeout=10)
         self.sink.close()
+
+
+def user_error(exc: BaseException) -> UserError | None:
+    """The first rank's UserError inside a failed Train run (a full disk, a bad checkpoint), as one
+    line naming the rank, so `facegan train` and the job entry exit 2 with it, not a Ray traceback."""
+    for rank, failure in sorted((getattr(exc, "worker_failures", None) or {}).items()):
+        # Ray wraps a worker's exception with its traceback string; the exception itself is kept.
+        cause = getattr(failure, "_base_exc", failure)
+        if isinstance(cause, UserError):
+            return type(cause)(f"rank {rank}: {cause}")
+    return None
 
 
 def wandb_run_id(cfg: RunConfig) -> str:
@@ -281,8 +364,13 @@ def _report(metrics: dict[str, float], checkpoint_dir: Path | None, *, rank: int
     ray.train.report(dict(metrics), checkpoint=checkpoint)
 
 
-def train_loop_per_worker(config_dict: dict[str, Any], *, train_fn: TrainFn | None = None) -> None:
-    """One DDP rank: rebuild the config, build Ray-backed hooks, run the loop."""
+def train_loop_per_worker(config_dict: dict[str, Any], *, train_fn: TrainFn | None = None,
+                          wandb_key: Any = None) -> None:
+    """One DDP rank: rebuild the config, build Ray-backed hooks, run the loop.
+
+    `wandb_key`: an ObjectRef to the driver's W&B key (ship_wandb_key); only rank 0 fetches it, into
+    its own process's environment, where W&B looks for it."""
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -291,6 +379,9 @@ def train_loop_per_worker(config_dict: dict[str, Any], *, train_fn: TrainFn | No
     cfg = from_dict(RunConfig, config_dict)
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
+    if rank == 0 and wandb_key is not None:
+        os.environ[WANDB_KEY] = ray.get(wandb_key)
+        log.info(KEY_RECEIVED)
     resume = _Resume()
     hooks = Hooks(
         rank=rank,
@@ -321,7 +412,6 @@ def job_entry(argv: list[str] | None, *, description: str, default_family: str =
 
     from facegan.families import load_run_config
     from facegan.config import to_dict
-    from facegan.errors import UserError
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="run config YAML (configs/*.yaml)")

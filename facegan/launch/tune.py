@@ -31,6 +31,7 @@ import copy
 import json
 import logging
 import math
+import os
 import shutil
 import threading
 import time
@@ -64,15 +65,21 @@ def run_sweep(plan: SweepPlan, *, resume: bool = False, address: str = "",
     `callbacks`: extra `ray.tune.Callback`s for a new sweep's Tuner (picklable: the sweep folder
     keeps them for a resume); tests use one to interrupt a sweep.
     """
+    import ray
     from ray import tune
 
     from facegan.launch.cluster import ensure_ray
+    from facegan.launch.trainer import WANDB_KEY
 
     out = Path(plan.out_dir)
     preflight_sweep(plan)
     started_local = ensure_ray(address or plan.base.get("ray", {}).get("address", ""))
     max_concurrent = _max_concurrent(plan, strict=started_local)
-    trainable = tune.with_resources(tune.with_parameters(_trial, plan=plan), DRIVER_RESOURCES)
+    # A W&B key goes to the trials' drivers as an ObjectRef (ray.put), never in a runtime_env or a
+    # trial's config, which Ray and Tune record; each trial hands it on to its rank 0 the same way.
+    key = os.environ.get(WANDB_KEY, "")
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, plan=plan, wandb_key=ray.put(key) if key else None), DRIVER_RESOURCES)
     t0 = time.time()
     if resume:
         if not tune.Tuner.can_restore(str(out)):
@@ -105,7 +112,11 @@ def preflight_sweep(plan: SweepPlan) -> None:
 
     checked: set[str] = set()
     for params in plan.points or corner_points(plan.spec.space):
-        cfg = from_dict(RunConfig, plan.trial_config(params, trial_id="preflight"))
+        data = plan.trial_config(params, trial_id="preflight")
+        # preflight proves train.out_dir writable by creating it: probe the sweep folder the trials
+        # go under, not a trial folder of its own that would stay behind among the real trials.
+        data["train"]["out_dir"] = str(plan.out_dir)
+        cfg = from_dict(RunConfig, data)
         key = json.dumps([cfg.data.shards, cfg.model.resolution, cfg.data.batch_size, cfg.ray.num_workers])
         if key not in checked:
             checked.add(key)
@@ -241,8 +252,9 @@ def _summarize(plan: SweepPlan, grid: Any, *, seconds: float) -> dict[str, Any]:
 
 # ============================================================================ inside each trial
 
-def _trial(config: dict[str, Any], plan: SweepPlan) -> None:
-    """The Tune trainable: one trial = one TorchTrainer run of the training loop."""
+def _trial(config: dict[str, Any], plan: SweepPlan, wandb_key: str | None = None) -> None:
+    """The Tune trainable: one trial = one TorchTrainer run of the training loop (`wandb_key`: the
+    sweep driver's W&B key, for the trial's rank 0)."""
     from ray import tune
     from ray.util.queue import Queue
 
@@ -272,7 +284,7 @@ def _trial(config: dict[str, Any], plan: SweepPlan) -> None:
 
     def fit() -> None:
         try:
-            _fit(cfg, callbacks=[forward_reports(queue)])
+            _fit(cfg, callbacks=[forward_reports(queue)], wandb_key=wandb_key)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the trial's thread below
             failure.append(exc)
         finally:
@@ -303,12 +315,12 @@ def _write_done(out: Path, metrics: dict[str, Any]) -> None:
     (out / "done.json").write_text(json.dumps({"time": time.time(), "metrics": metrics}, indent=1))
 
 
-def _fit(cfg: RunConfig, *, callbacks: list[Any]) -> Any:
+def _fit(cfg: RunConfig, *, callbacks: list[Any], wandb_key: str | None = None) -> Any:
     """The trial's Train run: facegan.launch.trainer's TorchTrainer, with the reports forwarded."""
-    from facegan.launch.trainer import make_trainer, prepare
+    from facegan.launch.trainer import fit, make_trainer, prepare
 
     cfg, config_dict = prepare(cfg, to_dict(cfg))
-    return make_trainer(cfg, config_dict=config_dict, callbacks=callbacks).fit()
+    return fit(make_trainer(cfg, config_dict=config_dict, callbacks=callbacks, wandb_key=wandb_key), cfg)
 
 
 def _clear_train_run(cfg: RunConfig) -> None:
