@@ -352,7 +352,8 @@ def apply_edit(gen: Generator, latent: Tensor, attrs: Tensor | None, edit: Edit,
     if edit.codes:
         if not gen.family.latent_codes:
             raise ConfigError(f"--set: a {gen.family.name} generator has no latent codes (InfoGAN and InfoBEGAN do)")
-        latent = gen.steps.set_codes(latent, **edit.codes)
+        gen.steps.check_codes(edit.codes)
+        latent = gen.steps.set_codes(latent, edit.codes)
     if edit.attrs:
         if not gen.family.takes_attrs or attrs is None:
             raise ConfigError(f"--attrs: a {gen.family.name} generator does not take attributes "
@@ -387,7 +388,7 @@ def parse_edit(*, sets: list[str], attrs: str, directions: list[str], gen: Gener
     if codes:
         if not gen.family.latent_codes:
             raise ConfigError(f"--set: a {gen.family.name} generator has no latent codes (InfoGAN and InfoBEGAN do)")
-        gen.steps.check_codes(**codes)
+        gen.steps.check_codes(codes)
     if attrs and not gen.family.takes_attrs:
         raise ConfigError(f"--attrs: a {gen.family.name} generator does not take attributes (overlay and conditional "
                           "do); use --direction NAME=SCALE instead")
@@ -403,19 +404,23 @@ def parse_edit(*, sets: list[str], attrs: str, directions: list[str], gen: Gener
     return Edit(name=",".join(parts) or "reconstruction", codes=codes, attrs=attr_values, directions=dirs)
 
 
-def load_predictor_fn(path: str | Path | None) -> Callable[[Tensor], Tensor] | None:
-    """A latent predictor's images -> latents function, from its checkpoint (or run folder): any
-    run whose family encodes images (`Steps.encode`). None for an empty path."""
+def load_predictor_fn(path: str | Path | None, *, gen: Generator | None = None) -> Callable[[Tensor], Tensor] | None:
+    """A latent predictor's images -> latents function (seed 002's network, `facegan predictor
+    train`), from its checkpoint or run folder. None for an empty path. With `gen`, the predictor
+    must have been trained for a latent of that generator's size."""
     if not path:
         return None
-    from facegan.families.loading import load_run
+    from facegan.families.predictor.load import load_predictor
 
-    run = load_run(path)
+    P = load_predictor(path)
+    if gen is not None:
+        probe = P(torch.zeros(1, 3, *gen.resolution))
+        if probe.shape[1] != gen.latent_dim:
+            raise ConfigError(f"--predictor: {path} predicts {probe.shape[1]}-d latents; {gen.checkpoint} takes "
+                              f"{gen.latent_dim}-d ones (train it with `facegan predictor train --checkpoint` on this run)")
 
+    @torch.no_grad()
     def predict(img: Tensor) -> Tensor:
-        latent = run.steps.encode(run.nets, img)
-        if latent is None:
-            raise CheckpointError(f"{run.checkpoint}: a {run.family.name} run does not map images to latents")
-        return latent
+        return P(img)
 
     return predict

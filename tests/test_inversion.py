@@ -242,3 +242,39 @@ def test_unreadable_photo_is_a_data_error(tiny_run: dict[str, Path], tmp_path: P
     (tmp_path / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     with pytest.raises(DataError, match="x.png"):
         load_photos([str(tmp_path / "x.png")], crop="square", height=32, width=32)
+
+
+def _smoke_run(name: str, shards: Path, out: Path) -> Path:
+    from facegan.families import FAMILIES
+
+    family = FAMILIES[name]
+    data: dict[str, Any] = {"data": {"shards": str(shards), "batch_size": 8, "num_workers": 0},
+                            "train": {"total_kimg": 0.016, "tick_kimg": 0.016, "checkpoint_kimg": 0.016,
+                                      "out_dir": str(out), "num_threads": 1, "grid_size": 4},
+                            "wandb": {"enabled": False}}
+    for section, values in family.smoke.items():
+        data[section] = {**data.get(section, {}), **values}
+    data["model"] = {**data.get("model", {}), "family": name}
+    train(from_dict(RunConfig, data))
+    return out
+
+
+def test_infogan_codes_are_edited_and_vae_inversion_starts_from_its_encoder(synthetic_shards: Path,
+                                                                           tmp_path: Path, capsys: Any) -> None:
+    info = _smoke_run("infogan", synthetic_shards, tmp_path / "infogan")
+    gen = load_generator(info)
+    photos = gen.sample(2, seed=3)
+    from facegan.images import save_pngs
+
+    paths = [str(p) for p in save_pngs(photos, tmp_path / "photos", prefix="p")]
+    assert _cli(["edit", *paths, "--checkpoint", str(info), "--set", "cat=1", "--set", "c1=0.5", "--steps", "5",
+                 "--out", str(tmp_path / "codes.png"), "--no-progress"]) == 0
+    edited, _ = apply_edit(gen, gen.latent(2, seed=0), None, Edit(name="x", codes={"cat": 1, "c1": 0.5}))
+    layout = gen.steps.layout
+    assert edited[:, layout.cat_slice].argmax(1).tolist() == [1, 1]
+    assert _cli(["edit", *paths, "--checkpoint", str(info), "--set", "cat=99", "--out", str(tmp_path / "x.png")]) == 2
+    assert "cat: expected a category in 0.." in capsys.readouterr().err
+
+    vae = load_generator(_smoke_run("vae", synthetic_shards, tmp_path / "vae"))
+    result = invert(vae, vae.sample(2, seed=1), InvertOptions(steps=2))
+    assert result.start_kind == "encoder"

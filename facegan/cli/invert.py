@@ -69,7 +69,7 @@ def run_inversion(args: argparse.Namespace, gen: Any) -> dict[str, Any]:
             print(f"\r  step {i}/{options.steps}  loss {loss:.4f}", end="", file=sys.stderr, flush=True)
             done[0] = i
 
-    result = invert(gen, photos, options, predictor=load_predictor_fn(args.predictor), progress=progress)
+    result = invert(gen, photos, options, predictor=load_predictor_fn(args.predictor, gen=gen), progress=progress)
     if done[0]:
         print(file=sys.stderr)
     return {"photos": photos, "latent": result.latent, "start_images": result.start_images, "images": result.images,

@@ -14,6 +14,7 @@ hold the same state: update it from values all-reduced across ranks (`mean_over_
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,14 +152,19 @@ class Steps:
         """The nearest valid latent (e.g. back onto a sphere); GAN inversion calls it after each step."""
         return latent
 
-    def check_codes(self, **codes: float) -> None:
-        """Raise ConfigError unless `codes` name this family's latent codes with valid values."""
-        raise ConfigError(f"{type(self).__name__}: this family's latent has no named codes")
+    def set_codes(self, latent: Tensor, values: Mapping[str, float]) -> Tensor:
+        """`latent` with named codes set, e.g. {"cat": 3, "c1": 0.8} (families with latent codes:
+        InfoGAN, InfoBEGAN). ValueError for an unknown code or a value out of range."""
+        raise ConfigError(f"the {type(self).__name__.removesuffix('Steps')} latent has no named codes")
 
-    def set_codes(self, latent: Tensor, **codes: float) -> Tensor:
-        """`latent` with the named codes set (families with latent codes, e.g. InfoGAN's cat, c1)."""
-        self.check_codes(**codes)
-        return latent
+    def check_codes(self, values: Mapping[str, float]) -> None:
+        """ConfigError unless `values` name this family's codes with valid values."""
+        try:
+            self.set_codes(torch.zeros(1, self.latent_dim), values)
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise ConfigError(f"--set: {exc}") from None
 
     def encode(self, nets: dict[str, nn.Module], img_BCHW: Tensor) -> Tensor | None:
         """A latent for each image when the family has an encoder (a VAE's mean, a latent predictor's

@@ -26,7 +26,7 @@ def _invert_task(checkpoint: str, paths: list[str], indices: list[int], options:
     gen = load_generator(checkpoint, ema=ema)
     h, w = gen.resolution
     photos = load_photos(paths, crop=gen.crop, height=h, width=w)
-    result = invert(gen, photos, InvertOptions(**options), predictor=load_predictor_fn(predictor), indices=indices)
+    result = invert(gen, photos, InvertOptions(**options), predictor=load_predictor_fn(predictor, gen=gen), indices=indices)
     return {"latent": result.latent, "start": result.start, "start_images": result.start_images,
             "images": result.images, "scores": result.scores, "start_kind": result.start_kind,
             "attrs": result.attrs, "photos": photos}
