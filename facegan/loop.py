@@ -188,7 +188,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
         _optimizer_to(opt, device)
     steps.to(device)
     # Nets are wrapped (DDP) for the current stage: DDP registers the parameters that require grad
-    # when it wraps, so a structure change (progressive growing) re-wraps on every rank at once.
+    # when it wraps, so a structure change (nets that grow) re-wraps on every rank at once.
     stage = steps.stage(images_seen / 1000)
     steps.enter_stage(nets, stage)
     if family.reset_optimizers_on_stage and saved_stage is not None and saved_stage != stage:
