@@ -199,6 +199,7 @@ def test_inspect_damaged_set_says_so(tmp_path: Path, capsys: Any) -> None:
     assert len(keys) == 39                              # the stream skips it too
 
     missing, cut = damage(out, m)
+    capsys.readouterr()                                  # only what inspect prints below
     assert cli(["shards", "inspect", str(out)]) == 2
     captured = capsys.readouterr()
     err = captured.err.strip()

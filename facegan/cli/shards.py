@@ -77,7 +77,8 @@ def cmd_shards_build(args: argparse.Namespace) -> int:
           f"(train {m['counts']['train']}, val {m['counts']['val']}, test {m['counts']['test']}) "
           f"in {len(m['shards'])} shards at {m['resolution'][0]}x{m['resolution'][1]} {m['image_ext']}")
     print(f"  built {len(result.built)} shards, kept {len(result.kept)} from an earlier run, "
-          f"{result.seconds:.1f} s ({n / max(result.seconds, 1e-9):.0f} img/s)")
+          f"{result.seconds:.1f} s ({n / max(result.seconds, 1e-9):.0f} img/s)"
+          + (f" on {len(result.nodes)} Ray node(s)" if result.nodes else ""))
     print(f"  skipped inputs: {m['num_skipped']}; annotation rows without an image: {m['rows_without_image']}"
           + (f"; names with missing fields (parsed partially): {m['num_partial_labels']}"
              if m["num_partial_labels"] else ""))

@@ -1,9 +1,13 @@
 """Pixels in and out of shards: build-time crop/resize/encode and train-time decode.
 
 Build time does the expensive part once (decode at reduced JPEG scale, centre crop, resize) so
-training only decodes a small image. JPEG decode and encode use libjpeg-turbo through simplejpeg
-(less per-call overhead than PIL's codec path, and n/8 DCT scaling where PIL has only 1/2^k). Train-time decoding must reject anything that is not
+training only decodes a small image. Train-time decoding must reject anything that is not
 exactly the manifest's shape: a corrupt sample is skipped, never turned into a garbage tensor.
+
+JPEG decode and encode use libjpeg-turbo through simplejpeg: less overhead per call than PIL's
+codec path or torchvision's decode_jpeg (the same library underneath, the same pixels), and n/8
+DCT scaling where PIL's draft mode has only 1/2^k. Torch is not imported here at module level,
+so build workers and Ray tasks start without it.
 """
 
 from __future__ import annotations
@@ -13,19 +17,20 @@ import os
 import time
 import warnings
 import zlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 import simplejpeg
-import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg, decode_png
 
 from facegan.data.records import DataError
 
-# torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; they are still the
-# fastest JPEG decoder available here, so keep them and keep the per-call warning quiet.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
+if TYPE_CHECKING:
+    import torch
 
+# torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; code that still
+# uses them (torchvision.io) should not print a warning per call.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
 
 class ImageError(ValueError):
     """An image could not be read or does not have the expected shape."""
@@ -189,31 +194,47 @@ def crc32(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
-def decode_chw(data: bytes, *, ext: str, height: int, width: int) -> torch.Tensor:
-    """Decode shard image bytes to a uint8 3xHxW tensor of exactly (height, width).
+def decode_hwc(data: bytes, *, ext: str, height: int, width: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode shard image bytes to a uint8 HxWx3 array of exactly (height, width), written into
+    `out` (an HxWx3 uint8 array, e.g. one row of a batch) when given.
 
-    Raises ImageError for anything else (corrupt bytes, wrong shape, wrong channel count).
+    JPEG goes through libjpeg-turbo (simplejpeg; the same pixels as torchvision's decode_jpeg,
+    with less overhead per call). Raises ImageError for anything else: corrupt bytes, a wrong
+    shape or channel count.
     """
     try:
-        if ext == "npy":
+        if ext == "jpg":
+            arr = simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)
+        elif ext == "npy":
             n = height * width * 3
             # The .npy header is fixed for a given shape, so read the pixels straight from the
             # tail instead of np.load's header parse (the header is checked by `verify`).
             if len(data) < n + 64 or data[:6] != b"\x93NUMPY":
                 raise ImageError(f"raw image: expected {n} pixel bytes after an .npy header, got {len(data)} bytes")
-            arr = np.frombuffer(data, dtype=np.uint8, count=n, offset=len(data) - n)
-            return torch.from_numpy(arr.reshape(height, width, 3).copy()).permute(2, 0, 1)
-        buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        if ext == "jpg":
-            img = decode_jpeg(buf, mode=ImageReadMode.RGB)
+            arr = np.frombuffer(data, dtype=np.uint8, count=n, offset=len(data) - n).reshape(height, width, 3)
         elif ext == "png":
-            img = decode_png(buf, mode=ImageReadMode.RGB)
+            with Image.open(io.BytesIO(data)) as img:
+                if img.format != "PNG":
+                    raise ImageError(f"expected a PNG, found {img.format}")
+                arr = np.asarray(img.convert("RGB"))
         else:
             raise ImageError(f"unknown image extension {ext!r}")
     except ImageError:
         raise
-    except (RuntimeError, ValueError) as exc:
+    except (OSError, SyntaxError, RuntimeError, ValueError, EOFError) as exc:
         raise ImageError(f"cannot decode {ext}: {exc}") from None
-    if tuple(img.shape) != (3, height, width):
-        raise ImageError(f"expected a 3x{height}x{width} image, got {'x'.join(map(str, img.shape))}")
-    return img
+    if arr.shape != (height, width, 3):
+        raise ImageError(f"expected a {height}x{width}x3 image, got {'x'.join(map(str, arr.shape))}")
+    if out is not None and ext != "jpg":   # simplejpeg decoded a right-sized JPEG into `out` itself
+        out[...] = arr
+        return out
+    return arr
+
+
+def decode_chw(data: bytes, *, ext: str, height: int, width: int) -> "torch.Tensor":
+    """Decode shard image bytes to a uint8 3xHxW tensor of exactly (height, width) (see
+    `decode_hwc`). Raises ImageError for anything else."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(decode_hwc(data, ext=ext, height=height, width=width))
+                            ).permute(2, 0, 1)

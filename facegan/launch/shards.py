@@ -22,8 +22,10 @@ from facegan.data.writer import BuildResult, ShardBuild, build_one_shard, make_p
 
 
 def _shard_task(job: Any, recipe: ShardRecipe, location: str, name: str) -> dict[str, Any]:
+    import ray
+
     # One core per task: the work is a single-threaded decode/encode loop.
-    return build_one_shard(job, recipe, location, name)
+    return dict(build_one_shard(job, recipe, location, name), node=ray.get_runtime_context().get_node_id())
 
 
 def build_shards_on_ray(recipe: ShardRecipe, *, root: str | Path | None, out: str | Path, progress: bool = True,
@@ -39,9 +41,10 @@ def build_shards_on_ray(recipe: ShardRecipe, *, root: str | Path | None, out: st
     total = sum(len(j.items) for j in build.todo)
     with build.running():
         started = ensure_ray(address) if build.todo else False
-        remote = ray.remote(num_cpus=1, max_retries=2)(_shard_task)
+        remote = ray.remote(num_cpus=1, max_retries=2, scheduling_strategy="SPREAD")(_shard_task)
         pending = {remote.remote(job, recipe, location, build.staged_name(job.name)): job for job in build.todo}
         bar = make_progress(total=total, enabled=progress and total > 0)
+        nodes: dict[str, int] = {}
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
@@ -54,6 +57,7 @@ def build_shards_on_ray(recipe: ShardRecipe, *, root: str | Path | None, out: st
                         raise cause from None
                     raise
                 build.done(job, result)
+                nodes[result["node"]] = nodes.get(result["node"], 0) + 1
                 bar.update(len(job.items))
         finally:
             bar.close()
@@ -61,4 +65,6 @@ def build_shards_on_ray(recipe: ShardRecipe, *, root: str | Path | None, out: st
                 ray.cancel(ref, force=True)
             if started:
                 ray.shutdown()
-        return build.finish()
+        result = build.finish()
+        result.nodes = nodes
+        return result
