@@ -100,7 +100,7 @@ def folder_sources(paths: list[str], *, crop: Any, resolution: tuple[int, int],
 def variant_edits(edits: list[Edit], *, variants: int, key: str, seed: int) -> list[Edit]:
     """The `variants` edits of one image: the list in turn from a seeded offset."""
     if not edits:
-        raise ConfigError("augment: give at least one edit (--direction, --attrs or --set)")
+        raise ConfigError("augment: give at least one edit (--direction, --attrs, --set) or --jitter")
     start = _seed_of(key, seed) % len(edits)
     return [edits[(start + i) % len(edits)] for i in range(variants)]
 

@@ -15,6 +15,8 @@ examples:
   inversion:   facegan invert a.jpg --checkpoint runs/dcgan --out inv/
                facegan directions --checkpoint runs/dcgan --classifier runs/classifier
                facegan edit a.jpg --checkpoint runs/dcgan --direction Smiling=2 --out edit.png
+  augment:     facegan augment data/celeba64 --split train --checkpoint runs/dcgan --variants 4 \
+                   --direction Smiling=1.5 --jitter 0.2 --out data/celeba64_aug
 
 `facegan COMMAND --help` describes each command. A mistake in a config, flag or file prints one
 line naming it and exits with status 2.
@@ -44,15 +46,15 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from facegan.cli import (classifier, compare, control, eval as eval_cmd, invert, predictor, shards, sweep,
-                             train)
+    from facegan.cli import (augment, classifier, compare, control, eval as eval_cmd, invert, predictor, shards,
+                             sweep, train)
 
     parser = argparse.ArgumentParser(prog="facegan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level (per-tick lines, Ray)")
     parser.add_argument("--version", action="version", version=f"facegan {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (shards, train, classifier, predictor, eval_cmd, compare, sweep, control, invert):
+    for module in (shards, train, classifier, predictor, eval_cmd, compare, sweep, control, invert, augment):
         module.register(sub)
     return parser
 

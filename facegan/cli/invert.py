@@ -167,9 +167,10 @@ def cmd_directions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inversion_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("photos", nargs="+", metavar="PHOTO", help="image files of any size (cropped and resized as the "
-                                                              "run's shards were)")
+def _inversion_args(p: argparse.ArgumentParser, *, photos: bool = True) -> None:
+    if photos:
+        p.add_argument("photos", nargs="+", metavar="PHOTO", help="image files of any size (cropped and resized as "
+                                                                  "the run's shards were)")
     p.add_argument("--checkpoint", required=True, help="a GAN/VAE checkpoint or run folder (its newest)")
     p.add_argument("--loss", default="mse,ms_ssim", help="mse | ssim | ms_ssim | vgg, comma-separated, optional "
                                                          "weights: mse=1,vgg=0.1 (default mse,ms_ssim)")

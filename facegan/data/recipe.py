@@ -78,6 +78,7 @@ class ShardRecipe:
     test_fraction: float = 0.1
     annotations: str | None = None        # celeba: folder holding list_attr_celeba.txt etc.
     labels_csv: str | None = None         # folder: optional CSV of labels
+    labels_json: bool = False             # folder: labels from a JSON sidecar per image (IMAGE.json)
     count: int = 1000                     # synthetic: number of faces
     limit: int = 0                        # >0: keep only the first N items (smoke runs)
     min_side: int = 32                    # skip sources whose shorter side is below this (px; 0: off)
@@ -112,6 +113,9 @@ class ShardRecipe:
                 f"annotations: only used by source celeba, not {self.source}")
         require(self.source == "folder" or self.labels_csv is None,
                 f"labels_csv: only used by source folder, not {self.source}")
+        require(self.source == "folder" or not self.labels_json,
+                f"labels_json: only used by source folder, not {self.source}")
+        require(not (self.labels_csv and self.labels_json), "labels_csv, labels_json: give one source of labels")
 
     @property
     def crop_hw(self) -> tuple[int, int] | str:

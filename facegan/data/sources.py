@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import math
 import os
 import re
@@ -667,6 +668,7 @@ def scan_folder(
     *,
     root: str | Path,
     labels_csv: str | Path | None = None,
+    labels_json: bool = False,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     seed: int = 0,
@@ -682,6 +684,12 @@ def scan_folder(
     only -1/1 (-1 becomes 0), otherwise as the raw floats for every column. Rows naming a missing
     image are counted in `rows_without_image`; images without a row are `skipped`. Without a CSV
     the labels are empty.
+
+    With `labels_json`, each image's labels are the JSON object in its sidecar `NAME.json` (beside
+    `NAME.png`; e.g. what `facegan augment` stages): `attrs` in the order of the list in
+    `ROOT/attr_names.json`, any other labels verbatim, and a `split` key (train/val/test), when
+    present, choosing the image's split instead of the hash. An image without a readable sidecar
+    is skipped with its reason.
     """
     _check_fractions(val_fraction=val_fraction, test_fraction=test_fraction)
     _check_seed(seed)
@@ -704,24 +712,74 @@ def scan_folder(
         labels_by_rel = _attr_values(table.rows, len(attr_names))
         rows_without_image = table.num_rows_without_image
 
+    sidecars: dict[str, dict[str, Any]] = {}
+    if labels_json:
+        attr_names = _read_attr_names(root_path)
+        for rel, path in found:
+            try:
+                sidecars[rel] = _read_sidecar(Path(path), num_attrs=len(attr_names))
+            except DataError as exc:
+                skipped.append({"input": path, "reason": str(exc)})
+
     kept: list[tuple[str, str]] = []
     for rel, path in found:
         if labels_by_rel is not None and rel not in labels_by_rel:
             skipped.append({"input": path, "reason": f"no row in {csv_name}"})
+        elif labels_json and rel not in sidecars:
+            continue   # skipped above, with the sidecar's problem
         else:
             kept.append((rel, path))
     bases = [_safe_key(rel.rsplit(".", 1)[0]) for rel, _ in kept]
     items: list[SourceItem] = []
+    label_fields: set[str] = {"attrs"} if attr_names else set()
     for key, (rel, path) in zip(_unique_keys(bases), kept):
         labels: dict[str, Any] = {}
+        split = _hash_split(key, seed, val_fraction, test_fraction)
         if labels_by_rel is not None and attr_names:
             labels["attrs"] = labels_by_rel[rel]
-        items.append(SourceItem(key=key, split=_hash_split(key, seed, val_fraction, test_fraction),
-                                path=path, labels=labels))
+        if labels_json:
+            labels = dict(sidecars[rel])
+            split = labels.pop("split", split)
+            label_fields |= set(labels)
+        items.append(SourceItem(key=key, split=split, path=path, labels=labels))
     items.sort(key=lambda item: item.key)
     if not items:
         raise _no_usable_images(source="folder", looked_in=f"{root_path} (recursively)",
                                 num_files=len(found), skipped=skipped)
     return SourceScan(source="folder", items=items, attr_names=attr_names, skipped=skipped,
-                      rows_without_image=rows_without_image,
-                      label_fields=["attrs"] if attr_names else [])
+                      rows_without_image=rows_without_image, label_fields=sorted(label_fields))
+
+
+def _read_attr_names(root: Path) -> list[str]:
+    path = root / "attr_names.json"
+    if not path.is_file():
+        return []
+    try:
+        names = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a JSON list of attribute names: {exc}") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise DataError(f"{path}: expected a JSON list of distinct attribute names")
+    return names
+
+
+def _read_sidecar(image: Path, *, num_attrs: int) -> dict[str, Any]:
+    """The labels of `image` from its JSON sidecar; DataError (a skip reason) when unusable."""
+    path = image.with_suffix(".json")
+    if not path.is_file():
+        raise DataError(f"no labels sidecar {path.name}")
+    try:
+        labels = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"labels sidecar {path.name} is not valid JSON: {exc}") from None
+    if not isinstance(labels, dict):
+        raise DataError(f"labels sidecar {path.name}: expected a JSON object")
+    split = labels.get("split")
+    if split is not None and split not in SPLITS:
+        raise DataError(f"labels sidecar {path.name}: split must be one of {', '.join(SPLITS)}, got {split!r}")
+    attrs = labels.get("attrs")
+    if attrs is not None and (not isinstance(attrs, list) or len(attrs) != num_attrs
+                              or not all(v in (0, 1) for v in attrs)):
+        raise DataError(f"labels sidecar {path.name}: attrs must be {num_attrs} values of 0/1 "
+                        "(in the order of attr_names.json)")
+    return labels

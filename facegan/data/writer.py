@@ -93,7 +93,7 @@ def scan_source(recipe: ShardRecipe, *, root: str | Path | None) -> SourceScan:
             scan = sources.scan_utkface(root=root, val_fraction=recipe.val_fraction,
                                         test_fraction=recipe.test_fraction, seed=recipe.seed)
         else:
-            scan = sources.scan_folder(root=root, labels_csv=recipe.labels_csv,
+            scan = sources.scan_folder(root=root, labels_csv=recipe.labels_csv, labels_json=recipe.labels_json,
                                        val_fraction=recipe.val_fraction,
                                        test_fraction=recipe.test_fraction, seed=recipe.seed)
     if recipe.limit:
