@@ -67,6 +67,16 @@ def test_the_runtime_env_carries_no_secret(tmp_path: Path) -> None:
     assert not leaks(texts={"runtime_env_vars": json.dumps(shipped)})
 
 
+def test_the_key_goes_nowhere_rank_0_cannot_use_it(planted: dict[str, str], tmp_path: Path) -> None:
+    from facegan.launch.trainer import ship_wandb_key
+
+    for wandb in ({"enabled": False}, {"enabled": True, "mode": "offline"}, {"enabled": True, "mode": "disabled"}):
+        cfg = tiny_config(tmp_path, tmp_path / "run", steps=2, tick_steps=1, ckpt_steps=1, wandb=wandb)
+        assert ship_wandb_key(cfg) is None, wandb
+    cfg = tiny_config(tmp_path, tmp_path / "run", steps=2, tick_steps=1, ckpt_steps=1, wandb={"enabled": True})
+    assert ship_wandb_key(cfg, key="") is None      # a sweep driver without a key ships none
+
+
 def test_in_process_run_with_wandb_writes_no_secret(planted: dict[str, str], synthetic_shards: Path,
                                                     tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"

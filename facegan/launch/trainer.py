@@ -154,13 +154,13 @@ def fit(trainer: Any, cfg: RunConfig) -> Any:
 
 def ship_wandb_key(cfg: RunConfig, key: str | None = None) -> Any:
     """An ObjectRef to the W&B key (default: this driver's WANDB_API_KEY) when rank 0 may need it
-    (W&B on, a key given), else None.
+    (W&B on and not forced offline, a key given), else None.
 
     The object store is not shown on the dashboard, unlike a job's or an actor's runtime_env and a
     Train run's train_loop_config; the ref lives as long as this driver. Without a key here, rank 0
     uses its own node's environment (or `wandb login`)."""
     key = os.environ.get(WANDB_KEY, "") if key is None else key
-    if not key or not cfg.wandb.enabled or cfg.wandb.mode == "disabled":
+    if not key or not cfg.wandb.enabled or cfg.wandb.mode in ("disabled", "offline"):
         return None
     import ray
 
