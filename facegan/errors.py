@@ -26,3 +26,7 @@ class CheckpointError(UserError):
 
 class InceptionWeightsError(UserError):
     """An Inception weights file is missing or is not one of the two accepted formats."""
+
+
+class OutputError(UserError):
+    """A file cannot be written (disk full, read-only, quota); what was written before stays intact."""

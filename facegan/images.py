@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from facegan.errors import OutputError
+
 
 def as_float_images(img_BCHW: Tensor) -> Tensor:
     """uint8 [0, 255] or float [-1, 1] images -> float32 [-1, 1]; ValueError for anything else."""
@@ -43,7 +45,10 @@ def save_grid_png(img_BCHW: Tensor, path: str | Path, *, nrow: int | None = None
     from facegan.data.writer import save_grid
 
     path = Path(path)
-    save_grid(as_uint8_images(img_BCHW).cpu().numpy(), path, nrow=nrow)
+    try:
+        save_grid(as_uint8_images(img_BCHW).cpu().numpy(), path, nrow=nrow)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
 
 

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from facegan.errors import OutputError
+
 
 class Stats:
     """Running sums of scalar tensors since the last reduce; also keeps every step's values."""
@@ -70,9 +72,13 @@ class JsonlSink:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def log_rows(self, rows: list[dict[str, Any]]) -> None:
-        with open(self.path, "a") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
+        text = "".join(json.dumps(row) + "\n" for row in rows)
+        try:
+            with open(self.path, "a") as f:
+                f.write(text)   # one write: a kill can cut at most the last line, which readers skip
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}; the checkpoints written so "
+                                  "far are intact (free space, then resume with train.resume: latest)") from None
 
     def log(self, metrics: dict[str, float], *, step: int, images: dict[str, Path] | None = None) -> None:
         self.log_rows([dict(metrics, kind="tick", step=step)])
@@ -143,8 +149,13 @@ def plot_loss_curves(jsonl: Path, out_png: Path, *,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()] \
-        if Path(jsonl).is_file() else []
+    rows = []
+    if Path(jsonl).is_file():
+        for line in Path(jsonl).read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:   # a line cut short by a killed writer: the rows around it still count
+                continue
     rows = [r for r in rows if r.get("kind") == "step"]
     panels = tuple(p for p in panels if any(k in r for r in rows for k in p))
     if not rows or not panels:
