@@ -22,6 +22,8 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted sweep in its folder (finished trials are kept)")
     parser.add_argument("--check", action="store_true", help="validate the sweep and list its trials; start nothing")
+    parser.add_argument("--config-only", action="store_true",
+                        help="with --check: validate the file and every trial config, but open no shard set")
     parser.add_argument("--address", default="", help="Ray cluster to join (default: ray.address, $RAY_ADDRESS, "
                                                       "else a local cluster)")
 
@@ -47,14 +49,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
           f"{spec.scheduler.kind} scheduler), objective {spec.objective.metric} ({spec.objective.mode}), "
           f"{spec.resources.num_workers} worker(s) per trial -> {plan.out_dir}")
     if args.check:
-        from facegan.launch.tune import preflight_sweep
+        if not args.config_only:
+            from facegan.launch.tune import preflight_sweep
 
-        preflight_sweep(plan)          # what the run would check: shard sets, resolutions, batch sizes
+            preflight_sweep(plan)      # what the run would check: shard sets, resolutions, batch sizes
         for i, point in enumerate(plan.points):
             print(f"  {i:4d}  " + "  ".join(f"{k}={v}" for k, v in point.items()))
         if not plan.points:
             print("  " + "  ".join(f"{k}: {d.kind} {d.values}" for k, d in spec.space.items()))
-        print("ok: the sweep is valid and its shard sets fit it")
+        print("ok: the sweep is valid" + (" (shard sets not checked: --config-only)" if args.config_only
+                                          else " and its shard sets fit it"))
         return 0
     from facegan.launch.tune import run_sweep
     from facegan.sweeps.report import text_table
