@@ -210,8 +210,10 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
     if family.generator is not None and grid_size:
         grid_latent = steps.latent(grid_size, generator=torch.Generator().manual_seed(tc.seed + 7)).to(device)
         grid_attrs = fixed_attrs(shards, grid_size).to(device) if family.takes_attrs else None
-        # Grids are drawn on rank 0 only: the other ranks read no shard outside their share.
-        grid_real = fixed_reals(shards, min(grid_size, 64)).to(device) if rank == 0 else None
+        # Grids are drawn on rank 0 only, and real images only for families that reconstruct them:
+        # the other ranks read no shard outside their share.
+        if rank == 0 and steps.grid_uses_real:
+            grid_real = fixed_reals(shards, min(grid_size, 64)).to(device)
 
     periodic_eval = None
     # Sample metrics (fid_attr, ...) when eval.metrics names any; a family's own scoring

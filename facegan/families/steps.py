@@ -181,6 +181,9 @@ class Steps:
         return {"samples": self.generate(G, latent, attrs)}
 
     generator_name = "G"
+    # Whether tick_images draws on the fixed real batch (reconstructions): only then does rank 0
+    # read one from the val split.
+    grid_uses_real = False
 
     # --- evaluation hook (families with their own scoring, e.g. the classifier)
     def evaluate(self, nets: dict[str, nn.Module], *, final: bool, rank: int, world_size: int,

@@ -49,6 +49,7 @@ def convergence(*, loss_real: Tensor, loss_fake: Tensor, gamma: float) -> Tensor
 
 class BEGANSteps(Steps):
     """BEGAN's phases; `k` (a 0-dim tensor on the run's device) and the decay state are its state."""
+    grid_uses_real = True
 
     def __init__(self, cfg, data: DataInfo | None = None):
         super().__init__(cfg, data or DataInfo())

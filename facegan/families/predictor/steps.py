@@ -66,6 +66,7 @@ def interleave(a_BCHW: Tensor, b_BCHW: Tensor) -> Tensor:
 
 class PredictorSteps(Steps):
     """P's phase against the frozen GAN; sampling (latent, generate) is the GAN's own."""
+    grid_uses_real = True
 
     def __init__(self, cfg, data: DataInfo | None = None, *, gan: Any = None):
         super().__init__(cfg, data or DataInfo())

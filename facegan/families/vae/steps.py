@@ -85,6 +85,7 @@ def normal_like(n: int, dim: int, *, generator: torch.Generator | None, device: 
 
 class VAESteps(Steps):
     """The VAE's one phase; its scoring on the val split; sample and reconstruction grids."""
+    grid_uses_real = True
 
     def __init__(self, cfg: Any, data: DataInfo | None = None) -> None:
         super().__init__(cfg, data or DataInfo())
