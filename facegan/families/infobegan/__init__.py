@@ -18,6 +18,12 @@ losses drive the equilibrium. The control (k_t, M, the rate decay) sees only L(x
 the info term does not move the balance; Q shares D's optimizer (and its rate decay) and is used in
 both phases, so DDP never meets an unused parameter. The MI metrics are InfoGAN's (mi/cat_acc, ...),
 measured on fresh fakes in the D phase before Q trains on them.
+
+`info_weight` defaults to 0.1, not InfoGAN's 1: BEGAN's G loss is an L1 reconstruction error of about
+0.1, far weaker than a GAN's adversarial term, and at lambda = 1 the predictor's loss took over. On
+the 2,160 CelebA training faces at 32 px (n = 16, 20 kimg) plain BEGAN drew faint faces, InfoBEGAN
+at lambda = 1 drew code-carrying textures (mi/cat_acc 1.0, no faces), at lambda = 0.1 faces with
+mi/cat_acc 1.0 and continuous-code R^2 0.95.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ class InfoBEGANModelConfig(BEGANModelConfig):
 class InfoBEGANOptions(BEGANOptions):
     """`gan:` of the infobegan family: BEGAN's control plus the predictor's loss weights."""
 
-    info_weight: float = 1.0          # lambda on L_info in both phases
+    info_weight: float = 0.1          # lambda on L_info in both phases (at 1 it drowned BEGAN's L1 signal: see the docstring)
     cat_weight: float = 1.0
     cont_weight: float = 1.0
     noise_recovery: float = 0.1       # weight of z's recovery MSE inside L_info (the report's 0.1); 0: Q predicts codes only
