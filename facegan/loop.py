@@ -20,6 +20,7 @@ import contextlib
 import copy
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -480,7 +481,8 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
                     name = "grid" if key == "samples" else key
                     path = out / "samples" / f"{name}-{images_seen:09d}.png"
                     save_grid_png(img, path)
-                    save_grid_png(img, out / "samples" / ("latest.png" if key == "samples" else f"{name}-latest.png"))
+                    # The same bytes: a copy, not a second PNG encode (~40 ms of CPU for a 64-image grid).
+                    shutil.copyfile(path, out / "samples" / ("latest.png" if key == "samples" else f"{name}-latest.png"))
                     images[key] = path
             if grid_latent is not None:
                 with torch.no_grad():
