@@ -185,6 +185,42 @@ def summarize(name: str, res: dict[str, Any]) -> dict[str, Any]:
             "measured_steps": len(steps), "seconds": res["seconds"]}
 
 
+def flops_per_step(cfg_dict: dict[str, Any]) -> dict[str, float]:
+    """FLOPs of one training step of the family's phases (forward and backward, every repeat), on
+    one real batch, counted by torch.utils.flop_counter (convolutions and matrix products); nets
+    fully grown for families that grow. In one process: what a GPU computes per step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from facegan.data.stream import ShardSet, train_loader
+    from facegan.families.steps import StepContext
+    from facegan.loop import data_info
+
+    cfg = from_dict(RunConfig, cfg_dict)
+    family = FAMILIES[cfg.model.family]
+    shards = ShardSet.open(cfg.data.shards)
+    data = data_info(cfg, shards)
+    torch.manual_seed(0)
+    nets = family.build_nets(cfg, data)
+    steps = family.build_steps(cfg, data)
+    kimg = 1e6   # past every stage
+    steps.enter_stage(nets, steps.stage(kimg))
+    for net in nets.values():
+        net.train()
+    batch = next(train_loader(shards, batch_size=BATCH, num_workers=0, seed=0))
+    ctx = StepContext(nets=nets, batch={k: batch[k] for k in ("image", "attrs") if k in batch}, kimg=kimg,
+                      generator=torch.Generator().manual_seed(0))
+    images = 0
+    with FlopCounterMode(display=False) as counter:
+        for phase in family.phases(cfg):
+            for _ in range(phase.repeat):
+                images += BATCH if phase.uses_data else 0
+                loss, _ = steps.run(phase.name, ctx)
+                loss.backward()
+                for net in nets.values():
+                    net.zero_grad(set_to_none=True)
+    return {"flops": float(counter.get_total_flops()), "images": images}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -206,7 +242,9 @@ def main() -> int:
                 for name in args.families]
         mp.spawn(worker, args=(2, free_port(), jobs, tmp), nprocs=2, join=True)
         raw = json.loads((Path(tmp) / "comm.json").read_text())
-    summary = {name: summarize(name, raw[name]) for name in args.families}
+        torch.set_num_threads(1)
+        flops = {name: flops_per_step(cfg_dict) for name, cfg_dict in jobs}
+    summary = {name: dict(summarize(name, raw[name]), **flops[name], batch=BATCH) for name in args.families}
     print(f"2 ranks, gloo, one step per row (median of {args.steps - 1} measured steps; progressive: fully grown)\n")
     print(f"{'family':<12} {'grad MiB/step':>13} {'params MiB':>10} {'ratio':>5} {'buckets':>7}  {'per net (MiB)':<40} "
           f"{'small collectives (count / bytes)'}")
@@ -215,6 +253,10 @@ def main() -> int:
         small = ", ".join(f"{k} {int(c)}/{int(b)}" for k, (c, b) in s["small"].items() if c)
         print(f"{name:<12} {s['grad_total'] / mib:13.2f} {s['params_total'] / mib:10.2f} "
               f"{s['grad_total'] / max(s['params_total'], 1):5.2f} {s['buckets']:7.0f}  {nets:<40} {small}")
+    print(f"\n{'family':<12} {'GFLOP/step':>10} {'images/step':>11} {'GFLOP/image':>11}   (one rank, batch {BATCH}; "
+          f"fwd + bwd of every phase)")
+    for name, s in summary.items():
+        print(f"{name:<12} {s['flops'] / 1e9:10.2f} {s['images']:>11} {s['flops'] / 1e9 / max(s['images'], 1):11.3f}")
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1))
     return 0
