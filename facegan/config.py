@@ -283,7 +283,15 @@ class CommonTrainConfig:
     checkpoint_kimg: float = 20.0          # checkpoint every this many kimg (and at the end)
     keep_checkpoints: int = 3
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"   # auto: bf16 on CUDA, fp32 on CPU
+    # Autocast. auto: bf16 on CUDA (fp16 where the GPU has no bf16), fp32 on CPU; bf16 on CPU is
+    # honoured (CPU autocast; fast only where the CPU has bf16 units); fp16 on CPU falls back to fp32.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False                  # torch.compile the training nets (in place: checkpoints unchanged)
+    channels_last: bool = False            # nets and batches in channels_last memory format
+    # Fused Adam kernels (CPU and CUDA): faster, and they take the step's finiteness flag as a device
+    # tensor, so the loop skips a non-finite step without a host sync; false: torch's default Adam
+    # and one host sync per phase for the check.
+    fused_adam: bool = True
     deterministic: bool = False
     seed: int = 0
     max_bad_steps: int = 10                # stop after this many non-finite losses in a row
@@ -332,6 +340,11 @@ class RayConfig:
     # worker that stops answering Ray's health check (a frozen process). Must exceed rank 0's longest
     # stretch alone: writing and uploading a checkpoint, scoring a periodic eval, grids and videos.
     collective_timeout_s: int = 300
+    # DistributedDataParallel's gradient buckets (Ray's prepare_model and the in-process wrap alike):
+    # bucket size in MiB (null: DDP's default, 25), and gradients as views into the buckets (no copy
+    # between them, less memory).
+    ddp_bucket_cap_mb: float | None = None
+    ddp_gradient_as_bucket_view: bool = False
 
     def __post_init__(self) -> None:
         require(self.num_workers >= 1, f"ray.num_workers: expected >= 1, got {self.num_workers}")
@@ -341,6 +354,17 @@ class RayConfig:
         require(not (self.backend == "nccl" and not self.use_gpu), "ray.backend: nccl needs ray.use_gpu: true")
         require(10 <= self.collective_timeout_s <= 86400,
                 f"ray.collective_timeout_s: expected 10..86400 seconds, got {self.collective_timeout_s}")
+        require(self.ddp_bucket_cap_mb is None or 0 < self.ddp_bucket_cap_mb <= 1024,
+                f"ray.ddp_bucket_cap_mb: expected 0 < MiB <= 1024 (null: DDP's default 25), got {self.ddp_bucket_cap_mb}")
+
+    def ddp_options(self) -> dict[str, Any]:
+        """The DistributedDataParallel keyword arguments this section sets (none at DDP's defaults)."""
+        options: dict[str, Any] = {}
+        if self.ddp_bucket_cap_mb is not None:
+            options["bucket_cap_mb"] = self.ddp_bucket_cap_mb
+        if self.ddp_gradient_as_bucket_view:
+            options["gradient_as_bucket_view"] = True
+        return options
 
 
 @dataclass(kw_only=True)

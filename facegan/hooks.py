@@ -17,10 +17,10 @@ import torch.distributed as dist
 from torch import nn
 
 
-def _default_wrap(module: nn.Module, device: torch.device) -> nn.Module:
+def _default_wrap(module: nn.Module, device: torch.device, **ddp_options: Any) -> nn.Module:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         ids = [device.index] if device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids, **ddp_options)
     return module
 
 
@@ -31,7 +31,11 @@ class Hooks:
     rank / world_size:  this process's DDP rank and the number of ranks.
     device:             the device the runner assigned (Ray: ray.train.torch.get_device()).
     resume_from():      a checkpoint directory to resume from, or None for a fresh start.
-    wrap_model(m, dev): DDP-wrap a module already on `dev` (Ray: ray.train.torch.prepare_model).
+    wrap_model(m, dev, **ddp_options): DDP-wrap a module already on `dev` (Ray:
+                        ray.train.torch.prepare_model). `ddp_options` are DistributedDataParallel
+                        keyword arguments from the run's `ray:` section (RayConfig.ddp_options:
+                        bucket_cap_mb, gradient_as_bucket_view); the loop passes only those the
+                        config sets, so a two-argument wrap serves runs at DDP's defaults.
     report(metrics, checkpoint_dir): called on EVERY rank at each tick with the rank-reduced
                         metrics; on rank 0 `checkpoint_dir` is the checkpoint just written (None
                         on other ranks and between checkpoints). Ray turns this into

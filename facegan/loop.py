@@ -16,9 +16,11 @@ happens at ticks (`train.tick_kimg`: reduced metrics, grids) and checkpoints
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -34,11 +36,11 @@ from facegan.errors import CheckpointError
 from facegan.families import FAMILIES, RunConfig
 from facegan.families.base import DataInfo
 from facegan.families.loading import read_checkpoint
-from facegan.families.steps import StepContext
+from facegan.families.steps import StepContext, Steps
 from facegan.hooks import Hooks
 from facegan.images import save_grid_png
-from facegan.runtime import (BadSteps, agree, all_ranks_finite, bare, check_writable_dir, distributed, gather_rng,
-                             resume_dir, setup_torch)
+from facegan.runtime import (BadSteps, agree, all_ranks_finite, bare, check_writable_dir, distributed, finite_flag,
+                             gather_rng, resume_dir, setup_torch)
 from facegan.stats import JsonlSink, Stats, plot_loss_curves, save_loss_arrays
 
 log = logging.getLogger(__name__)
@@ -86,11 +88,20 @@ def data_info(cfg: RunConfig, shards: ShardSet) -> DataInfo:
 
 
 @torch.no_grad()
-def update_ema(ema: nn.Module, net: nn.Module, *, beta: float) -> None:
-    """ema = beta * ema + (1 - beta) * net for parameters (one fused foreach op); buffers copied."""
+def update_ema(ema: nn.Module, net: nn.Module, *, beta: float, ok: torch.Tensor | None = None) -> None:
+    """ema = beta * ema + (1 - beta) * net for parameters (one foreach op); buffers copied.
+
+    `ok`: the step's finiteness flag as a 0-dim device tensor (1: the step ran, 0: it was skipped,
+    the parameters left as they were): the weight becomes ok * (1 - beta), so a skipped step leaves
+    the EMA where it was without the host reading the flag."""
     ema_params = [p for p in ema.parameters()]
     if ema_params:
-        torch._foreach_lerp_(ema_params, [p.detach() for p in net.parameters()], 1.0 - beta)
+        src = [p.detach() for p in net.parameters()]
+        if ok is None:
+            torch._foreach_lerp_(ema_params, src, 1.0 - beta)
+        else:
+            weight = ok * (1.0 - beta)
+            torch._foreach_lerp_(ema_params, src, [weight] * len(ema_params))
     ema_bufs = [b for b in ema.buffers()]
     if ema_bufs:
         torch._foreach_copy_(ema_bufs, [b for b in net.buffers()])
@@ -105,11 +116,34 @@ def fixed_reals(shards: ShardSet, n: int, *, split: str = "val") -> torch.Tensor
     return batch["image"][:n]
 
 
-def _optimizer_to(opt: torch.optim.Optimizer, device: torch.device) -> None:
-    for s in opt.state.values():  # optimizer state follows its parameters' device
-        for k, v in s.items():
-            if isinstance(v, torch.Tensor) and k != "step":
-                s[k] = v.to(device)
+def _optimizer_to(opt: torch.optim.Optimizer, *, fused: bool) -> None:
+    """Optimizer state on its parameters' device and in their memory layout (channels_last nets),
+    and the run's `fused` choice in every param group: a checkpoint's groups carry the choice they
+    were saved with, and fused Adam keeps its step counts on the parameters' device."""
+    for group in opt.param_groups:
+        group["fused"] = True if fused else None
+        for p in group["params"]:
+            state = opt.state.get(p) or {}
+            for k, v in state.items():
+                if not isinstance(v, torch.Tensor):
+                    continue
+                if k == "step":
+                    state[k] = v.to(device=p.device, dtype=torch.float32) if fused else v.to("cpu")
+                elif v.shape == p.shape:
+                    state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)   # p's device and strides
+                else:
+                    state[k] = v.to(p.device)
+
+
+def device_batch(batch: dict, device: torch.device, *, normalize: bool = False,
+                 keys: tuple[str, ...] = ("image", "attrs")) -> dict[str, torch.Tensor]:
+    """The tensors a phase sees, on `device` (asynchronously from pinned memory). `normalize`: the
+    loader sent uint8 images (a quarter of the bytes over PCIe); map them to [-1, 1] here, with the
+    loader's own arithmetic (x / 127.5 - 1), so the values are the same bit for bit."""
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor) and k in keys}
+    if normalize:
+        out["image"] = out["image"].to(torch.float32).div_(127.5).sub_(1.0)
+    return out
 
 
 def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
@@ -134,7 +168,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
     ema_name = family.ema
     emas = {f"{ema_name}_ema": copy.deepcopy(nets[ema_name]).eval().requires_grad_(False)} if ema_name else {}
     opt_specs = family.optimizers(cfg)
-    fused = device.type == "cuda"
+    fused = tc.fused_adam
     opts = {name: torch.optim.Adam([p for n in spec.nets for p in nets[n].parameters()], lr=spec.lr,
                                    betas=spec.betas, weight_decay=spec.weight_decay, fused=fused or None)
             for name, spec in opt_specs.items()}
@@ -184,8 +218,10 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
 
     for net in (*nets.values(), *emas.values()):
         net.to(device)
+        if tc.channels_last:
+            net.to(memory_format=torch.channels_last)   # 4-d parameters and buffers; the same objects
     for opt in opts.values():
-        _optimizer_to(opt, device)
+        _optimizer_to(opt, fused=fused)
     steps.to(device)
     # Nets are wrapped (DDP) for the current stage: DDP registers the parameters that require grad
     # when it wraps, so a structure change (nets that grow) re-wraps on every rank at once.
@@ -196,15 +232,27 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
         for opt in opts.values():
             opt.state.clear()
 
+    ddp_options = cfg.ray.ddp_options()
+
     def wrap_all() -> dict[str, nn.Module]:
-        return {name: hooks.wrap_model(net, device) if any(p.requires_grad for p in net.parameters()) else net
-                for name, net in nets.items()}
+        out = {name: hooks.wrap_model(net, device, **ddp_options) if any(p.requires_grad for p in net.parameters())
+               else net for name, net in nets.items()}
+        if tc.compile:
+            # In place (Module.compile): state_dict keys stay. Under DDP the wrapper is compiled, so
+            # dynamo's DDPOptimizer splits the graph at bucket boundaries and the all-reduce still
+            # overlaps backward.
+            for net in out.values():
+                net.compile()
+        return out
 
     wrapped = wrap_all()
 
+    # On a GPU the loader sends uint8 (4x fewer bytes to pin and copy) and the device normalises.
+    normalize_on_device = device.type == "cuda"
     loader = train_loader(shards, batch_size=cfg.data.batch_size, rank=rank, world_size=world,
                           num_workers=cfg.data.num_workers, seed=tc.seed, shuffle_buffer=cfg.data.shuffle_buffer,
-                          start_batch=batches, pin_memory=device.type == "cuda")
+                          start_batch=batches, pin_memory=device.type == "cuda", normalize=not normalize_on_device,
+                          channels_last=tc.channels_last)
     grid_size = getattr(tc, "grid_size", 0)
     grid_latent = grid_attrs = grid_real = None
     if family.generator is not None and grid_size:
@@ -241,6 +289,15 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
     bad = BadSteps(max_in_row=tc.max_bad_steps, rank=rank, total=bad_total,
                    advice="Lower the learning rates or check the data.")
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    # Non-finite losses are skipped without a host sync when fused Adam can take the flag (not
+    # under fp16's GradScaler, which sets found_inf itself).
+    deferred = fused and not scaler.is_enabled()
+    # A family with per-step host-side state (after_step, lr_factors) must know whether the step
+    # ran: one host sync per step for it, after the step's phases, instead of one per phase.
+    host_state_per_step = (type(steps).after_step is not Steps.after_step
+                           or type(steps).lr_factors is not Steps.lr_factors)
+    # Per phase: the nets whose optimizer this phase or a later one in the step steps.
+    synced_from = [{n for later in phases[i:] for n in opt_specs[later.opt].nets} for i in range(len(phases))]
     t_tick, img_tick = time.perf_counter(), images_seen
     t_start = time.perf_counter() - trained_seconds
     last_ckpt: Path | None = resume
@@ -293,9 +350,15 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
                 log.info("stage %d at %.1f kimg", stage, images_seen / 1000)
         ctx = StepContext(nets=wrapped, batch={}, kimg=images_seen / 1000, generator=gen)
         scalars: dict[str, torch.Tensor] = {}
-        step_ok, at_epoch = True, False
-        for phase in phases:
+        skipped, at_epoch = False, False
+        ok_dev: torch.Tensor | None = None   # the step's finiteness flag on the device (deferred checks)
+        for i, phase in enumerate(phases):
             opt = opts[phase.opt]
+            # Gradients of nets that neither this phase nor a later one of the step updates are never
+            # used (their own phase zeroes them first): DDP skips their all-reduce. A net stepped by a
+            # later phase stays synced, since a graph built here may be backpropagated there.
+            unsynced = [net for name, net in wrapped.items()
+                        if name not in synced_from[i] and isinstance(net, nn.parallel.DistributedDataParallel)]
             for _ in range(phase.repeat):
                 if phase.uses_data or not ctx.batch:
                     batch = next(loader)
@@ -303,39 +366,58 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
                     images_seen += batch_total
                     skipped_samples += batch["num_skipped"]
                     at_epoch = at_epoch or loader.batches_seen % loader.batches_per_epoch == 0
-                    ctx.batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()
-                                 if isinstance(v, torch.Tensor) and k in ("image", "attrs")}
-                with autocast:
-                    loss, sc = steps.run(phase.name, ctx)
-                # Every rank takes the same branch: a rank skipping backward while others run it hangs DDP.
-                if not all_ranks_finite(loss):
-                    step_ok = False
-                    break
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
+                    ctx.batch = device_batch(batch, device, normalize=normalize_on_device)
+                with contextlib.ExitStack() as no_sync:
+                    for net in unsynced:
+                        no_sync.enter_context(net.no_sync())
+                    with autocast:
+                        loss, sc = steps.run(phase.name, ctx)
+                    if deferred:
+                        # No host sync: the flag (agreed over ranks) reaches fused Adam as found_inf,
+                        # which skips the update and its step count where it is 1, on the device.
+                        # Every rank runs backward either way, so DDP's all-reduces stay matched.
+                        flag = finite_flag(loss)
+                        ok_dev = flag if ok_dev is None else ok_dev * flag
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.found_inf = 1.0 - ok_dev   # once a phase failed, the rest of the step is skipped
+                        opt.step()
+                    else:
+                        # Every rank takes the same branch: a rank skipping backward while others run it hangs DDP.
+                        if not all_ranks_finite(loss):
+                            skipped = True
+                            break
+                        opt.zero_grad(set_to_none=True)
+                        scaler.scale(loss).backward()
+                        scaler.step(opt)
                 scalars.update(sc)
-            if not step_ok:
+            if skipped:
                 break
         ctx.carry.clear()  # a skipped phase must not keep a graph alive into the next step
-        if scaler.is_enabled() and step_ok:
+        if scaler.is_enabled() and not skipped:
             scaler.update()
         step += 1
         for sink in progress_sinks:
             sink.progress(images_seen)
-        bad.record(step_ok, step=step, images_seen=images_seen, last_ckpt=last_ckpt)
-        if step_ok:
+        # ok_host: whether the step ran, where the host must know it now (None: only the device knows,
+        # until the tick reads the flags back with the losses).
+        if ok_dev is not None:
+            ok_host = bool(ok_dev.item() > 0) if host_state_per_step else None
+        else:
+            ok_host = not skipped
+        if ok_host:
             steps.after_step(ctx)
             for name, factor in steps.lr_factors().items():
                 for group in opts[name].param_groups:
                     group["lr"] = opt_specs[name].lr * factor
-            if emas:
-                ema_nimg = tc.ema_kimg * 1000
-                if tc.ema_kimg > 0 and tc.ema_rampup > 0:
-                    ema_nimg = min(ema_nimg, images_seen * tc.ema_rampup)
-                beta = 0.5 ** (batch_total / max(ema_nimg, 1e-8)) if tc.ema_kimg > 0 else 0.0
-                update_ema(emas[f"{ema_name}_ema"], bare(wrapped[ema_name]), beta=beta)
-            stats.add(scalars)
+        if emas and ok_host is not False:
+            ema_nimg = tc.ema_kimg * 1000
+            if tc.ema_kimg > 0 and tc.ema_rampup > 0:
+                ema_nimg = min(ema_nimg, images_seen * tc.ema_rampup)
+            beta = 0.5 ** (batch_total / max(ema_nimg, 1e-8)) if tc.ema_kimg > 0 else 0.0
+            update_ema(emas[f"{ema_name}_ema"], bare(wrapped[ema_name]), beta=beta,
+                       ok=ok_dev if ok_host is None else None)
+        stats.add(scalars, step=step, images_seen=images_seen, ok=ok_dev if ok_host is None else ok_host)
 
         at_tick = images_seen >= next_tick or images_seen >= total_images
         # The time budget is checked on rank 0 only at ticks and shared, so all ranks stop together.
@@ -343,13 +425,15 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
         finishing = images_seen >= total_images or out_of_time
         at_ckpt = images_seen >= next_ckpt or finishing
         # Per-step rows reach the log by every checkpoint too: a run resumed from one never redoes
-        # the steps before it, so rows still held back then would be lost for good.
+        # the steps before it, so rows still held back then would be lost for good. Reading them
+        # back also reads the steps' flags: skipped steps are counted here, on every rank alike,
+        # and too many in a row stop the run before a checkpoint is written.
         if at_tick or at_epoch or at_ckpt:
-            rows = stats.pop_steps()
+            popped = stats.pop_steps()
+            for row in popped:
+                bad.record(row.ok, step=row.step, images_seen=row.images_seen, last_ckpt=last_ckpt)
             if rank == 0:
-                first = step - len(rows) + 1
-                rows = [dict(r, kind="step", step=first + i, kimg=(first + i) * images_seen / step / 1000)
-                        for i, r in enumerate(rows)]
+                rows = [dict(r.values, kind="step", step=r.step, kimg=r.images_seen / 1000) for r in popped if r.ok]
                 for sink in sinks:
                     sink.log_rows(rows)
                 epoch_rows += rows
@@ -400,7 +484,8 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
                     name = "grid" if key == "samples" else key
                     path = out / "samples" / f"{name}-{images_seen:09d}.png"
                     save_grid_png(img, path)
-                    save_grid_png(img, out / "samples" / ("latest.png" if key == "samples" else f"{name}-latest.png"))
+                    # The same bytes: a copy, not a second PNG encode (~40 ms of CPU for a 64-image grid).
+                    shutil.copyfile(path, out / "samples" / ("latest.png" if key == "samples" else f"{name}-latest.png"))
                     images[key] = path
             if grid_latent is not None:
                 with torch.no_grad():

@@ -1,11 +1,12 @@
 """What the training loop (`facegan.loop`) needs from its process group. Imports neither Ray nor W&B.
 
-- collective decisions: `all_ranks_finite` (skip a step on every rank or none), `agree` (rank 0's
+- collective decisions: `finite_flag` (a loss finite on every rank, as a device flag the fused
+  optimizers read, no host sync), `all_ranks_finite` (the same as a bool), `agree` (rank 0's
   decision broadcast), so DDP never hangs on a rank that took another branch;
 - `BadSteps`: counts skipped (non-finite) steps and stops the run after `max_bad_steps` in a row;
 - `gather_rng`, `resume_dir`, `bare`: checkpoint/resume helpers;
-- `setup_torch`: device (CUDA when asked or available, else CPU), autocast dtype (bf16/fp16 on
-  CUDA only; CPU runs fp32), threads and determinism.
+- `setup_torch`: device (CUDA when asked or available, else CPU), autocast dtype (`pick_precision`),
+  threads and determinism.
 """
 
 from __future__ import annotations
@@ -39,15 +40,33 @@ def pick_device(tc: CommonTrainConfig, hooks: Hooks) -> torch.device:
 
 
 def pick_precision(tc: CommonTrainConfig, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for fp32. Half precisions only on CUDA; CPU falls back to fp32."""
+    """Autocast dtype, or None for fp32.
+
+    CUDA: auto and bf16 give bf16 (fp16 where the GPU has no bf16), fp16 gives fp16 (with a loss
+    scaler). CPU: auto is fp32; bf16, asked for explicitly, is CPU autocast in bf16 (fast only on
+    CPUs with bf16 units, so it warns on others); fp16 falls back to fp32 with a warning (its loss
+    scaling is a CUDA path)."""
     p = tc.precision
-    if device.type != "cuda":
-        if p in ("bf16", "fp16"):
-            log.warning("train.precision=%s needs CUDA; running fp32 on %s", p, device)
-        return None
-    if p == "auto" or p == "bf16":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float16 if p == "fp16" else None
+    if device.type == "cuda":
+        if p == "auto" or p == "bf16":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float16 if p == "fp16" else None
+    if p == "bf16":
+        if not cpu_has_bf16():
+            log.warning("train.precision=bf16 on a CPU without bf16 units: autocast emulates it, slower than fp32")
+        return torch.bfloat16
+    if p == "fp16":
+        log.warning("train.precision=fp16 needs CUDA; running fp32 on %s (train.precision: bf16 runs CPU autocast)",
+                    device)
+    return None
+
+
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN has bf16 kernels for this CPU (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def setup_torch(tc: CommonTrainConfig, hooks: Hooks) -> tuple[torch.device, torch.dtype | None]:
@@ -100,15 +119,22 @@ def bare(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
 
-def all_ranks_finite(loss: torch.Tensor) -> bool:
-    """True when the loss is finite on every rank."""
-    # Ranks must agree on skipping: a rank that skips backward while others run it would hang DDP.
-    flag = torch.isfinite(loss.detach()).all().to(torch.float32).reshape(1)
+def finite_flag(loss: torch.Tensor) -> torch.Tensor:
+    """1.0 when `loss` is finite on every rank, else 0.0: a 0-dim float32 tensor on the loss's
+    device. No host sync: under DDP it is a MIN all-reduce that the device runs in stream order
+    (NCCL), so every rank holds the same flag and takes the same (device-side) decision."""
+    flag = torch.isfinite(loss.detach()).all().to(torch.float32)
     if distributed():
         if dist.get_backend() == "nccl" and flag.device.type != "cuda":
             flag = flag.cuda()
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item() > 0)
+    return flag
+
+
+def all_ranks_finite(loss: torch.Tensor) -> bool:
+    """True when the loss is finite on every rank (one host sync: the paths that must branch on it)."""
+    # Ranks must agree on skipping: a rank that skips backward while others run it would hang DDP.
+    return bool(finite_flag(loss).item() > 0)
 
 
 def agree(flag: bool) -> bool:
@@ -162,7 +188,11 @@ def resume_dir(resume: str, hooks: Hooks, ckpt_root: Path) -> Path | None:
 
 class BadSteps:
     """Skipped-step bookkeeping: a step whose loss is non-finite on any rank is skipped on all;
-    `max_in_row` such steps in a row end the run with a TrainingError naming the last good checkpoint."""
+    `max_in_row` such steps in a row end the run with a TrainingError naming the last good checkpoint.
+
+    The loop records steps when it reads their flags from the device (at ticks, epoch ends and
+    checkpoints, with the per-step losses), in step order, on every rank alike: the run stops there,
+    before any checkpoint is written, with the step and kimg at which the limit was reached."""
 
     def __init__(self, *, max_in_row: int, rank: int, advice: str, total: int = 0) -> None:
         self.max_in_row, self.rank, self.advice = max_in_row, rank, advice

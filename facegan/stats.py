@@ -1,8 +1,9 @@
-"""Cheap metric reporting: accumulate per step without syncing, reduce across ranks once per tick.
+"""Cheap metric reporting: per-step scalars stay on the device, read back once per tick.
 
     stats = Stats()
-    stats.add({"loss/d": loss_d.detach(), ...})      # every step: no .item(), no host sync
-    means = stats.reduce()                           # at a tick: one all-reduce over ranks
+    stats.add({"loss/d": loss_d.detach(), ...}, step=step, images_seen=n, ok=ok_flag)  # every step: no device work
+    rows = stats.pop_steps()                         # at a tick: every step since, one host sync for all
+    means = stats.reduce()                           # then: means over good steps, one all-reduce over ranks
     for sink in sinks: sink.log(means, step=...)     # sinks exist on rank 0 only
 
 Sinks: `JsonlSink` (always on rank 0); the W&B sink lives in facegan.launch.sinks (W&B only under launch/).
@@ -11,6 +12,7 @@ Sinks: `JsonlSink` (always on rank 0); the W&B sink lives in facegan.launch.sink
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,47 +23,75 @@ import torch.distributed as dist
 from facegan.errors import OutputError
 
 
+@dataclass(frozen=True)
+class StepRow:
+    """One step's scalars as floats; `ok` is False for a skipped (non-finite) step."""
+
+    step: int
+    images_seen: int
+    ok: bool
+    values: dict[str, float]
+
+
 class Stats:
-    """Running sums of scalar tensors since the last reduce; also keeps every step's values."""
+    """Each step's scalars (0-dim tensors where the phases left them, or floats) and its finiteness
+    flag (a device tensor or a bool), kept as they are until a tick: adding costs no kernel launch
+    and no host sync; `pop_steps` and `reduce` read everything pending with one device-to-host copy."""
 
     def __init__(self) -> None:
-        self._sums: dict[str, torch.Tensor] = {}
+        self._pending: list[tuple[int, int, torch.Tensor | bool, dict[str, torch.Tensor | float]]] = []
+        self._rows: list[StepRow] = []
+        self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
-        self._steps: list[dict[str, torch.Tensor]] = []
 
-    def add(self, scalars: dict[str, torch.Tensor | float]) -> None:
-        row = {}
-        for name, value in scalars.items():
-            t = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
-            self._sums[name] = self._sums[name] + t if name in self._sums else t.clone()
-            self._counts[name] = self._counts.get(name, 0) + 1
-            row[name] = t
-        self._steps.append(row)
+    def add(self, scalars: dict[str, torch.Tensor | float], *, step: int = 0, images_seen: int = 0,
+            ok: torch.Tensor | bool = True) -> None:
+        self._pending.append((step, images_seen, ok, dict(scalars)))
 
-    def pop_steps(self) -> list[dict[str, float]]:
-        """This rank's per-step values since the last call, as floats (one host sync)."""
-        if not self._steps:
-            return []
-        names = sorted({k for row in self._steps for k in row})
-        flat = torch.stack([torch.stack([row.get(n, torch.tensor(float("nan"))).to("cpu") for n in names])
-                            for row in self._steps]).tolist()
-        self._steps = []
-        return [dict(zip(names, vals)) for vals in flat]
+    def _flush(self) -> None:
+        """Pending steps to host rows (one copy for all of them); good steps into the running sums."""
+        if not self._pending:
+            return
+        tensors = [t for _, _, ok, scalars in self._pending
+                   for t in ([ok] if isinstance(ok, torch.Tensor) else []) + list(scalars.values())
+                   if isinstance(t, torch.Tensor)]
+        values: list[float] = []
+        if tensors:
+            device = tensors[0].device
+            values = torch.stack([t.detach().reshape(()).to(device=device, dtype=torch.float32)
+                                  for t in tensors]).tolist()
+        it = iter(values)
+        for step, images_seen, ok, scalars in self._pending:
+            good = next(it) > 0 if isinstance(ok, torch.Tensor) else bool(ok)
+            row = {name: next(it) if isinstance(v, torch.Tensor) else float(v) for name, v in scalars.items()}
+            self._rows.append(StepRow(step=step, images_seen=images_seen, ok=good, values=row))
+            if good:
+                for name, v in row.items():
+                    self._sums[name] = self._sums.get(name, 0.0) + v
+                    self._counts[name] = self._counts.get(name, 0) + 1
+        self._pending = []
+
+    def pop_steps(self) -> list[StepRow]:
+        """Every step added since the last call, in order, skipped ones too (ok=False)."""
+        self._flush()
+        rows, self._rows = self._rows, []
+        return rows
 
     def reduce(self) -> dict[str, float]:
-        """Means since the last reduce, averaged over ranks. Every rank must call it (same keys)."""
+        """Means over the good steps since the last reduce, averaged over ranks. Every rank must
+        call it, with the same keys (the steps' flags are agreed across ranks, so they are)."""
+        self._flush()
         names = sorted(self._sums)
         if not names:
             return {}
-        device = next(iter(self._sums.values())).device
-        vec = torch.stack([self._sums[n].to(device) / self._counts[n] for n in names])
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            if dist.get_backend() == "nccl" and vec.device.type != "cuda":
-                vec = vec.cuda()
-            dist.all_reduce(vec)
-            vec = vec / dist.get_world_size()
+        means = [self._sums[n] / self._counts[n] for n in names]
         self._sums, self._counts = {}, {}
-        return dict(zip(names, vec.cpu().tolist()))
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            vec = torch.tensor(means, dtype=torch.float64,
+                               device="cuda" if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(vec)
+            means = (vec / dist.get_world_size()).cpu().tolist()
+        return dict(zip(names, means))
 
 
 class JsonlSink:

@@ -77,9 +77,11 @@ def observed_train(cfg: RunConfig, *, hooks: Any) -> dict[str, float]:
           node=ray.get_runtime_context().get_node_id(), resume_step=resume_step)
     models: list[Any] = []
 
-    def wrap_model(module: Any, device: Any) -> Any:
-        wrapped = hooks.wrap_model(module, device)
+    def wrap_model(module: Any, device: Any, **ddp_options: Any) -> Any:
+        wrapped = hooks.wrap_model(module, device, **ddp_options)
         models.append(wrapped)
+        write(event="wrap", net=type(module).__name__, bucket_bytes_cap=getattr(wrapped, "bucket_bytes_cap", None),
+              gradient_as_bucket_view=getattr(wrapped, "gradient_as_bucket_view", None))
         return wrapped
 
     def report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
@@ -338,7 +340,9 @@ def test_ddp_run_one_worker_per_node_disjoint_shards_identical_params(
     _ship_by_value()
     steps = 12
     cfg = tiny_config(synthetic_shards, tmp_path / "run", steps=steps, tick_steps=1, ckpt_steps=4,
-                      ray={"placement_strategy": "STRICT_SPREAD"}, wandb={"enabled": True, "project": "facegan-test"})
+                      ray={"placement_strategy": "STRICT_SPREAD", "ddp_bucket_cap_mb": 1,
+                           "ddp_gradient_as_bucket_view": True},
+                      wandb={"enabled": True, "project": "facegan-test"})
     result = run_training(cfg, config_dict=to_dict(cfg), train_fn=observed_train)
 
     # Finished, and left checkpoints: Ray's (pruned to keep_checkpoints) and the loop's own.
@@ -361,6 +365,11 @@ def test_ddp_run_one_worker_per_node_disjoint_shards_identical_params(
     assert sorted(starts) == [0, 1] and all(s["world_size"] == 2 and s["resume_step"] is None for s in starts.values())
     alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert starts[0]["node"] != starts[1]["node"] and {starts[0]["node"], starts[1]["node"]} == alive
+
+    # The run's DDP options reached DistributedDataParallel through Ray's prepare_model, on both ranks.
+    wraps = [r for r in rows if r["event"] == "wrap"]
+    assert sorted(r["net"] for r in wraps) == sorted(["DCGANGenerator", "DCGANDiscriminator"] * 2)
+    assert all(r["bucket_bytes_cap"] == 2**20 and r["gradient_as_bucket_view"] is True for r in wraps), wraps
 
     opened = {rank: {r["url"] for r in rows if r["event"] == "open" and r["file"].startswith(f"rank{rank}-")}
               for rank in (0, 1)}

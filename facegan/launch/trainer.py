@@ -349,11 +349,13 @@ class _Resume:
             shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def _wrap_model(module: nn.Module, device: torch.device) -> nn.Module:
+def _wrap_model(module: nn.Module, device: torch.device, **ddp_options: Any) -> nn.Module:
     import ray.train.torch
 
-    # With one worker prepare_model returns the module itself (no DDP, no .module).
-    return ray.train.torch.prepare_model(module, move_to_device=False)
+    # With one worker prepare_model returns the module itself (no DDP, no .module). The run's DDP
+    # options (ray.ddp_bucket_cap_mb, ...) reach DistributedDataParallel through parallel_strategy_kwargs.
+    return ray.train.torch.prepare_model(module, move_to_device=False, parallel_strategy="ddp",
+                                         parallel_strategy_kwargs=ddp_options or None)
 
 
 def _report(metrics: dict[str, float], checkpoint_dir: Path | None, *, rank: int) -> None:
