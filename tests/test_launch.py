@@ -433,6 +433,7 @@ def test_sigkilled_worker_restarts_from_latest_checkpoint(
 
 
 @pytest.mark.slow
+@pytest.mark.removes_nodes
 def test_node_removed_mid_run_restarts_from_latest_checkpoint(
         ray_cluster: Any, synthetic_shards: Path, tmp_path: Path) -> None:
     _ship_by_value()
