@@ -25,19 +25,20 @@ def _uses_cluster(item: pytest.Item | None) -> bool:
     return item is not None and "ray_cluster" in getattr(item, "fixturenames", ())
 
 
-def _removes_nodes(item: pytest.Item) -> bool:
-    return item.get_closest_marker("removes_nodes") is not None
+def _kills_ray_processes(item: pytest.Item) -> bool:
+    return item.get_closest_marker("kills_ray_processes") is not None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests on the shared Ray cluster run first, back to back (in their own order): the driver's
     connection then never sits idle for long, and the cluster is gone before the rest run. Among
-    them, those that kill nodes run last: once, a later run on the same cluster waited forever in
-    Ray Train's controller after a node removal (a worker group that was never started), so no
-    other test meets a cluster a node was torn out of."""
+    them, those that SIGKILL workers or remove nodes run last: after them, a run started from the
+    driver's main thread waited forever (Ray Train's `TrainController.run` stayed
+    PENDING_NODE_ASSIGNMENT, its worker group never requested), while runs started from a thread,
+    as those tests do, went on; so no other test meets a cluster they have disturbed."""
     on_cluster = [i for i in items if _uses_cluster(i)]
-    items[:] = ([i for i in on_cluster if not _removes_nodes(i)] + [i for i in on_cluster if _removes_nodes(i)]
-                + [i for i in items if not _uses_cluster(i)])
+    calm = [i for i in on_cluster if not _kills_ray_processes(i)]
+    items[:] = calm + [i for i in on_cluster if _kills_ray_processes(i)] + [i for i in items if not _uses_cluster(i)]
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -383,7 +383,7 @@ def check_restarts(out: Path, faults: list[dict[str, Any]], fired: list[dict[str
 
 
 @pytest.mark.slow
-@pytest.mark.removes_nodes
+@pytest.mark.kills_ray_processes
 def test_chaos_series_every_fault_is_survived_exactly(ray_cluster: Any, synthetic_shards: Path,
                                                       tmp_path: Path) -> None:
     """A seeded series of faults on the two-node cluster, one run of 42 steps: a worker SIGKILLed,

@@ -404,6 +404,7 @@ def _worker_pid(out_dir: Path, rank: int) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.kills_ray_processes
 def test_sigkilled_worker_restarts_from_latest_checkpoint(
         ray_cluster: Any, synthetic_shards: Path, tmp_path: Path) -> None:
     import psutil
@@ -433,7 +434,7 @@ def test_sigkilled_worker_restarts_from_latest_checkpoint(
 
 
 @pytest.mark.slow
-@pytest.mark.removes_nodes
+@pytest.mark.kills_ray_processes
 def test_node_removed_mid_run_restarts_from_latest_checkpoint(
         ray_cluster: Any, synthetic_shards: Path, tmp_path: Path) -> None:
     _ship_by_value()
