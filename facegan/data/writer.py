@@ -659,6 +659,18 @@ def build_shards(recipe: ShardRecipe, *, root: str | Path | None, out: str | Pat
         return build.finish()
 
 
+def _pool_context() -> Any:
+    """fork on Linux (fast start), except in a process connected to Ray: a forked child copies the
+    driver's gRPC threads mid-flight, and after such a build a later Train run in the same driver
+    waited forever for its controller. forkserver then (and spawn off Linux)."""
+    if not sys.platform.startswith("linux"):
+        return mp.get_context("spawn")
+    ray = sys.modules.get("ray")
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        return mp.get_context("forkserver")
+    return mp.get_context("fork")
+
+
 def _run_local(build: ShardBuild, *, progress: bool) -> None:
     recipe = build.recipe
     total = sum(len(j.items) for j in build.todo)
@@ -668,8 +680,7 @@ def _run_local(build: ShardBuild, *, progress: bool) -> None:
     per_job = [chunks_of(job.items, recipe) for job in build.todo]
     tasks = [(items, recipe) for chunks in per_job for items in chunks]
     workers = max(1, min(recipe.num_workers, len(tasks)))
-    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    pool = ctx.Pool(workers, initializer=_worker_init) if workers > 1 else None
+    pool = _pool_context().Pool(workers, initializer=_worker_init) if workers > 1 else None
     try:
         results = _ordered(pool, tasks, window=2 * workers + 2)
 
