@@ -32,10 +32,9 @@ def _kills_ray_processes(item: pytest.Item) -> bool:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests on the shared Ray cluster run first, back to back (in their own order): the driver's
     connection then never sits idle for long, and the cluster is gone before the rest run. Among
-    them, those that SIGKILL workers or remove nodes run last: after them, a run started from the
-    driver's main thread waited forever (Ray Train's `TrainController.run` stayed
-    PENDING_NODE_ASSIGNMENT, its worker group never requested), while runs started from a thread,
-    as those tests do, went on; so no other test meets a cluster they have disturbed."""
+    them, those that SIGKILL workers or remove nodes run last, so no other test meets a cluster
+    they have disturbed (a precaution: the one hang seen was a fork of the driver, fixed in
+    facegan.data.writer._pool_context)."""
     on_cluster = [i for i in items if _uses_cluster(i)]
     calm = [i for i in on_cluster if not _kills_ray_processes(i)]
     items[:] = calm + [i for i in on_cluster if _kills_ray_processes(i)] + [i for i in items if not _uses_cluster(i)]
