@@ -78,3 +78,26 @@ def test_ray_train_shows_the_progress_line_not_the_workers_chatter(synthetic_sha
     cfg.write_text(yaml.safe_dump(tiny(synthetic_shards, tmp_path / "run")))
     proc = run_cli(["train", str(cfg)], tmp_path, timeout=400)
     check_terminal(proc, desc="dcgan (Ray, 2 workers)")
+
+
+def test_eval_shows_a_progress_bar_over_every_image_it_featurises(synthetic_shards: Path, tmp_path: Path) -> None:
+    from facegan.config import from_dict
+    from facegan.data.stream import ShardSet
+    from facegan.families import RunConfig
+    from facegan.loop import train
+
+    train(from_dict(RunConfig, {"data": {"shards": str(synthetic_shards), "batch_size": 8, "num_workers": 0},
+                                "model": {"family": "classifier", "resolution": 32, "dense_units": 8},
+                                "train": {"total_kimg": 0.016, "tick_kimg": 0.016, "checkpoint_kimg": 0.016,
+                                          "out_dir": str(tmp_path / "clf"), "num_threads": 1},
+                                "eval": {"splits": ["val"]}, "wandb": {"enabled": False}}))
+    proc = run_cli(["eval", "--baseline", "random", "--shards", str(synthetic_shards), "--classifier",
+                    str(tmp_path / "clf"), "--num-samples", "24", "--num-real", "1000", "--json",
+                    str(tmp_path / "e.json")], tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    shards = ShardSet.open(synthetic_shards)
+    total = 24 + shards.count("train") + shards.count("val")
+    states = [s for s in re.split(r"[\r\n]", proc.stderr) if s.strip()]
+    assert states and all(s.startswith("featurising generated and real images") for s in states), states
+    assert f"{total}/{total}" in states[-1], states[-1]
+    assert (tmp_path / "e.json").is_file()

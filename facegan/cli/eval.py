@@ -40,7 +40,24 @@ def register(sub: Any) -> None:
     e.add_argument("--workers", type=int, default=0, help="Ray tasks sharing the work (0: in-process)")
     e.add_argument("--json", default="", help="where to write the result (default: next to the checkpoint, "
                                               "or eval.json in the current folder)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar (images featurised so far)")
     e.set_defaults(func=cmd_eval)
+
+
+def expected_images(req: Any) -> int:
+    """How many images an in-process evaluation featurises: generated, real train, real eval."""
+    from facegan.data.stream import ShardSet
+    from facegan.metrics.features import IMAGE_SUFFIXES
+
+    shards = ShardSet.open(req.shards)
+    if req.source == "images":
+        fake = min(req.num_samples, sum(1 for f in Path(req.images).iterdir()
+                                            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+    elif req.source == "real":
+        fake = min(req.num_samples, shards.count(req.real_split))
+    else:
+        fake = req.num_samples
+    return fake + sum(min(req.num_real, shards.count(split)) for split in (req.train_split, req.eval_split))
 
 
 def cmd_eval(args: Any) -> int:
@@ -63,7 +80,19 @@ def cmd_eval(args: Any) -> int:
         from facegan.launch.evaluate import ray_shares
 
         shares = ray_shares(req, workers=args.workers)
-    result = evaluate(req, shares=shares)
+    bar = None
+    if shares is None and not args.no_progress:
+        import sys
+
+        from tqdm import tqdm
+
+        bar = tqdm(total=expected_images(req), unit="img", desc="featurising generated and real images",
+                   file=sys.stderr, smoothing=0.1)
+    try:
+        result = evaluate(req, shares=shares, progress=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
     print(format_table([result]))
     if result["scores"].get("ms_ssim_alarm", 0) > 0:
         print("WARNING: generated images are nearly identical to each other (MS-SSIM alarm): mode collapse?")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,10 +215,13 @@ def resolve_classifier(path: str) -> str:
     return str(find_checkpoint(path))
 
 
-def compute_share(req: EvalRequest, *, rank: int = 0, world_size: int = 1) -> Share:
-    """This rank's features of its chunks of generated images and of its share of the real splits."""
+def compute_share(req: EvalRequest, *, rank: int = 0, world_size: int = 1,
+                  progress: Callable[[int], None] | None = None) -> Share:
+    """This rank's features of its chunks of generated images and of its share of the real splits.
+    `progress(n)` is called after every batch of n images is featurised (generated, real train,
+    real eval, in that order)."""
     from facegan.data.stream import ShardSet
-    from facegan.metrics import read_image_folder, shard_features, shard_images
+    from facegan.metrics import extract_features, read_image_folder, shard_images
 
     shards = ShardSet.open(req.shards)
     height, width = shards.resolution
@@ -243,25 +246,35 @@ def compute_share(req: EvalRequest, *, rank: int = 0, world_size: int = 1) -> Sh
         folder = read_image_folder(req.images, height=height, width=width, max_images=req.num_samples)
         skipped = len(folder.skipped)
         fakes = folder.images[rank::world_size]
-    fake_images, fake_feats = _images_and_features(extractor, fakes, batch_size=req.batch_size)
-    train_feats = shard_features(extractor, shards_dir=req.shards, split=req.train_split, max_images=req.num_real,
-                                 batch_size=req.batch_size, rank=rank, world_size=world_size)
+    fake_images, fake_feats = _images_and_features(extractor, fakes, batch_size=req.batch_size, progress=progress)
+    train_feats = extract_features(extractor, _counted(shard_images(
+        shards_dir=req.shards, split=req.train_split, max_images=req.num_real, batch_size=req.batch_size,
+        rank=rank, world_size=world_size), progress), batch_size=req.batch_size)
     eval_images, eval_feats = _images_and_features(
         extractor, shard_images(shards_dir=req.shards, split=req.eval_split, max_images=req.num_real,
                                 batch_size=req.batch_size, rank=rank, world_size=world_size),
-        batch_size=req.batch_size)
+        batch_size=req.batch_size, progress=progress)
     return Share(fake_feats=fake_feats, fake_images=fake_images, train_feats=train_feats, eval_feats=eval_feats,
                  eval_images=eval_images, skipped_inputs=skipped)
 
 
-def _images_and_features(extractor, images: Tensor | Iterator[Tensor], *, batch_size: int) -> tuple[Tensor, Tensor]:
+def _counted(batches: Iterable[Tensor], progress: Callable[[int], None] | None) -> Iterator[Tensor]:
+    """The batches, reporting each one's size to `progress` once the consumer asks for the next."""
+    for batch in batches:
+        yield batch
+        if progress is not None:
+            progress(len(batch))
+
+
+def _images_and_features(extractor, images: Tensor | Iterator[Tensor], *, batch_size: int,
+                         progress: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor]:
     from facegan.metrics import extract_features
 
     kept: list[Tensor] = []
 
     def tee() -> Iterator[Tensor]:
         batches = images.split(batch_size) if isinstance(images, Tensor) else images
-        for batch in batches:
+        for batch in _counted(batches, progress):
             kept.append(batch)
             yield batch
 
@@ -304,11 +317,12 @@ def statistics(req: EvalRequest, share: Share, *, disc: nn.Module | None = None)
     return scores
 
 
-def evaluate(req: EvalRequest, *, shares: list[Share] | None = None) -> dict[str, Any]:
+def evaluate(req: EvalRequest, *, shares: list[Share] | None = None,
+             progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Score the request: from `shares` computed elsewhere (facegan.launch.evaluate.ray_shares: Ray
-    tasks), else in this process. Returns the JSON result."""
+    tasks), else in this process (`progress` as in compute_share). Returns the JSON result."""
     workers = len(shares) if shares is not None else 0
-    share = merge_shares(shares if shares is not None else [compute_share(req)])
+    share = merge_shares(shares if shares is not None else [compute_share(req, progress=progress)])
     disc = None
     if req.source == "checkpoint":
         gen = load_generator(req.checkpoint, ema=req.use_ema)
