@@ -14,8 +14,8 @@ Per family and step (the median over the measured steps; rank 0's view, every ra
 
 Steps are told apart by the loop's per-step `progress` call on rank 0's sinks; the first step
 (DDP's bucket rebuild) is not measured. A family whose nets grow (progressive) is run with short
-stages so the last measured step has every level trainable. These are the inputs a scaling model
-needs (bytes per step against compute per step); that model and docs/scaling.md are not written yet.
+stages so the last measured step has every level trainable. Feeds docs/scaling.md
+(`benchmarks/scaling_model.py --comm <this JSON>`).
 
 Each family's config: its defaults at model.resolution 64 (progressive: base_size 8, so 8 * 2**3),
 batch 8 per rank (the bytes do not depend on it), with what a default config needs to run without

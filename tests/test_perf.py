@@ -431,3 +431,22 @@ def test_two_ranks_skip_one_ranks_nan_together_with_ddp_options(synthetic_shards
     size = {name: sum(p.numel() * p.element_size() for p in nets[key].parameters())
             for key, name in (("G", "Generator"), ("D", "Discriminator"))}
     assert r0["bytes"] == {name: steps * n for name, n in size.items()}
+
+
+def test_scaling_model_reads_bench_comm_json_and_follows_its_model(tmp_path: Path) -> None:
+    """benchmarks/scaling_model.py on a hand-made bench_comm JSON: compute-bound and network-bound
+    families come out as the model says (efficiency 1 when the all-reduce hides, < 1 otherwise)."""
+    comm = {"heavy": {"grad_total": 1e6, "buckets": 1, "flops": 8 * 40e9, "images": 8, "batch": 8},
+            "light": {"grad_total": 100e6, "buckets": 4, "flops": 8 * 1e9, "images": 8, "batch": 8}}
+    path = tmp_path / "comm.json"
+    path.write_text(json.dumps(comm))
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "scaling_model.py"), "--comm", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in proc.stdout.splitlines() if line.startswith("| heavy") or line.startswith("| light")}
+    assert [float(x) for x in rows["heavy"][-5:]] == [1.0] * 5
+    light = [float(x) for x in rows["light"][-5:]]
+    assert light[0] == 1.0 and all(0 < e < 1 for e in light[1:]) and light[2] > light[1]   # 400 beats 100 Gb/s
+    # 128 images of 1 GFLOP at 200 TFLOP/s is 0.64 ms: the 1 ms floor sets the step.
+    assert rows["light"][2] == "1.00" and rows["light"][3] == "128,000"
