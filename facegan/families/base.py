@@ -158,6 +158,21 @@ class GanModelConfig:
 
 
 @dataclass(kw_only=True)
+class OneAdam:
+    """`optim:` of a family with one Adam over its nets; families subclass it for their defaults."""
+
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+
+    def __post_init__(self) -> None:
+        require(0 < self.lr < 1, f"optim.lr: expected 0 < lr < 1, got {self.lr}")
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            require(0 <= v < 1, f"optim.{name}: expected 0 <= beta < 1, got {v}")
+
+
+@dataclass(kw_only=True)
 class TwoTimescaleOptim:
     """`optim:` of the G/D families: Adam with separate rates for G and D."""
 

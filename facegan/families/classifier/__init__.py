@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from facegan.config import CommonTrainConfig, require
-from facegan.families.base import DataInfo, Family, NoOptions, OptimizerSpec, Phase
+from facegan.families.base import DataInfo, Family, NoOptions, OneAdam, OptimizerSpec, Phase
 
 ARCHS = ("report_cnn", "resnet18")
 KIND = "classifier"          # meta["kind"] of classifier checkpoints (format 1 had only this)
@@ -57,17 +57,14 @@ class ClassifierModelConfig:
 
 
 @dataclass(kw_only=True)
-class ClassifierOptimConfig:
+class ClassifierOptimConfig(OneAdam):
     lr: float = 1e-3                       # Adam
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
-        require(0 < self.lr < 1, f"optim.lr: expected 0 < lr < 1, got {self.lr}")
-        for name in ("beta1", "beta2"):
-            v = getattr(self, name)
-            require(0 <= v < 1, f"optim.{name}: expected 0 <= beta < 1, got {v}")
+        super().__post_init__()
         require(self.weight_decay >= 0, f"optim.weight_decay: expected >= 0, got {self.weight_decay}")
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from facegan.config import TrainConfig, require
-from facegan.families.base import DataInfo, Family, OptimizerSpec, Phase, finite_number
+from facegan.families.base import DataInfo, Family, OneAdam, OptimizerSpec, Phase, finite_number
 from facegan.families.began import encoder_params
 from facegan.families.infogan import dcgan_trunk_params
 
@@ -81,18 +81,13 @@ class PredictorModelConfig:
 
 
 @dataclass(kw_only=True)
-class PredictorOptim:
+class PredictorOptim(OneAdam):
     """`optim:` of the predictor: one Adam for P."""
 
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
 
-    def __post_init__(self) -> None:
-        require(0 < self.lr < 1, f"optim.lr: expected 0 < lr < 1, got {self.lr}")
-        for name in ("beta1", "beta2"):
-            v = getattr(self, name)
-            require(0 <= v < 1, f"optim.{name}: expected 0 <= beta < 1, got {v}")
 
 
 @dataclass(kw_only=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from facegan.config import METRIC_NAMES, GanEvalConfig, TrainConfig, require
-from facegan.families.base import DataInfo, Family, OptimizerSpec, Phase, finite_number
+from facegan.families.base import DataInfo, Family, OneAdam, OptimizerSpec, Phase, finite_number
 
 # Both nets together; beyond this a config is refused before anything is allocated.
 MAX_PARAMS = 150_000_000
@@ -87,18 +87,13 @@ class VAEModelConfig:
 
 
 @dataclass(kw_only=True)
-class VAEOptim:
+class VAEOptim(OneAdam):
     """`optim:` of the vae family: one Adam over encoder and decoder."""
 
     lr: float = 1e-3
     beta1: float = 0.9
     beta2: float = 0.999
 
-    def __post_init__(self) -> None:
-        require(0 < self.lr < 1, f"optim.lr: expected 0 < lr < 1, got {self.lr}")
-        for name in ("beta1", "beta2"):
-            v = getattr(self, name)
-            require(0 <= v < 1, f"optim.{name}: expected 0 <= beta < 1, got {v}")
 
 
 @dataclass(kw_only=True)
