@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -186,11 +185,9 @@ def test_model_options_of_dcgan_are_refused() -> None:
 
 # ============================================================================ k_t across ranks
 
-def _k_worker(rank: int, world: int, port: int, result_dir: str) -> None:
+def _k_worker(rank: int, world: int, result_dir: str) -> None:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RES_OPTIONS="attempts:0")
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     cfg = run_cfg(gan={"lambda_k": 0.05, "lr_patience_kimg": 0.01, "m_window_kimg": 0.004})
     torch.manual_seed(0)
@@ -213,18 +210,15 @@ def _k_worker(rank: int, world: int, port: int, result_dir: str) -> None:
     mine = torch.stack(rows)
     everyone = [torch.zeros_like(mine) for _ in range(world)]
     dist.all_gather(everyone, mine)
-    dist.destroy_process_group()
     if rank == 0:
         torch.save(torch.stack(everyone), Path(result_dir) / "k.pt")
 
 
 @pytest.mark.slow
 def test_k_is_the_same_on_both_ranks_and_follows_the_rank_mean_losses(tmp_path: Path) -> None:
-    import torch.multiprocessing as mp
+    from ranks import run_ranks
 
-    from test_families import _free_port
-
-    mp.spawn(_k_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    run_ranks(_k_worker, str(tmp_path), store=tmp_path / "pg")
     got = torch.load(tmp_path / "k.pt", weights_only=True)        # rank x step x [L(x), L(G(z)), k, lr factor]
     assert not torch.equal(got[0, :, :2], got[1, :, :2]), "the ranks should see different data"
     torch.testing.assert_close(got[0, :, 2:], got[1, :, 2:], rtol=0, atol=0)

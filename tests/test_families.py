@@ -9,8 +9,6 @@ tiny); nothing here names a family.
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,8 @@ from facegan.families import FAMILIES, RunConfig
 from facegan.families.base import section_fields
 from facegan.hooks import Hooks
 from facegan.loop import train
+
+from ranks import run_ranks
 
 NAMES = sorted(FAMILIES)
 
@@ -110,18 +110,11 @@ def test_family_steps_resumes_exactly_and_samples(name: str, synthetic_shards: P
         assert net(torch.zeros(2, 3, 32, 32)).shape == (2, len(net.attr_names))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, result_dir: str) -> None:
+def _ddp_worker(rank: int, world: int, cfg_dict: dict, result_dir: str) -> None:
+    """One rank of `train` under DDP (started by ranks.run_ranks); rank 0 saves every rank's
+    parameters to result_dir/params.pt."""
     import torch.distributed as dist
 
-    # Nothing may leave the machine: c10d's reverse lookup of the peer must not reach the resolver.
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RES_OPTIONS="attempts:0")
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     cfg = from_dict(RunConfig, cfg_dict)
     wrapped: dict[str, torch.nn.Module] = {}
 
@@ -138,7 +131,6 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, result_dir: st
     flat = torch.cat([p.detach().flatten() for m in wrapped.values() for p in m.parameters()])
     everyone = [torch.zeros_like(flat) for _ in range(world)]
     dist.all_gather(everyone, flat)
-    dist.destroy_process_group()
     if rank == 0:
         torch.save({"rank0": everyone[0], "rank1": everyone[1]}, Path(result_dir) / "params.pt")
 
@@ -146,12 +138,10 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, result_dir: st
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_family_two_rank_ddp_keeps_ranks_identical(name: str, synthetic_shards: Path, tmp_path: Path) -> None:
-    import torch.multiprocessing as mp
-
     # 3 steps of 2 x 8 images: an unused parameter would raise in DDP's reducer at step 2.
     cfg = family_cfg(name, synthetic_shards, tmp_path / "ddp", train={"total_kimg": 0.048, "tick_kimg": 0.048,
                                                                       "checkpoint_kimg": 0.048})
-    mp.spawn(_ddp_worker, args=(2, _free_port(), to_dict(cfg), str(tmp_path)), nprocs=2)
+    run_ranks(_ddp_worker, to_dict(cfg), str(tmp_path), store=tmp_path / "pg")
     got = torch.load(tmp_path / "params.pt", weights_only=True)
     assert got["rank0"].numel() > 0
     torch.testing.assert_close(got["rank0"], got["rank1"], rtol=0, atol=0)

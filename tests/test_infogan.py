@@ -242,13 +242,12 @@ def test_resume_refuses_a_checkpoint_with_the_other_noise_head(synthetic_shards:
 
 @pytest.mark.slow
 def test_two_rank_ddp_without_the_noise_head(synthetic_shards: Path, tmp_path: Path) -> None:
-    import torch.multiprocessing as mp
-
-    from test_families import _ddp_worker, _free_port, family_cfg
+    from ranks import run_ranks
+    from test_families import _ddp_worker, family_cfg
 
     cfg = family_cfg("infogan", synthetic_shards, tmp_path / "ddp", gan={"noise_recovery": 0.0},
                      train={"tick_kimg": 0.048, "checkpoint_kimg": 0.048})
-    mp.spawn(_ddp_worker, args=(2, _free_port(), to_dict(cfg), str(tmp_path)), nprocs=2)
+    run_ranks(_ddp_worker, to_dict(cfg), str(tmp_path), store=tmp_path / "pg")
     got = torch.load(tmp_path / "params.pt", weights_only=True)
     torch.testing.assert_close(got["rank0"], got["rank1"], rtol=0, atol=0)
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -162,35 +160,23 @@ def test_bad_config_fails_before_training(tmp_path: Path, capsys) -> None:
     assert "unknown key train.total_kimgs" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, result_dir: str) -> None:
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _ddp_worker(rank: int, world: int, cfg_dict: dict, result_dir: str) -> None:
     cfg = from_dict(RunConfig, cfg_dict)
     train(cfg, hooks=Hooks(rank=rank, world_size=world))
     G_state = torch.load(sorted((Path(cfg.train.out_dir) / "checkpoints").glob("ckpt-*"))[-1] / "state.pt",
                          weights_only=True)["G"] if rank == 0 else None
-    dist.barrier()
-    dist.destroy_process_group()
     if rank == 0:
         torch.save(G_state, Path(result_dir) / "g.pt")
 
 
 @pytest.mark.slow
 def test_two_rank_gloo_ddp_without_ray(synthetic_shards: Path, tmp_path: Path) -> None:
-    import torch.multiprocessing as mp
+    from ranks import run_ranks
 
     from facegan.config import to_dict
 
     cfg = tiny_cfg(synthetic_shards, tmp_path / "ddp", train={"total_kimg": 0.096})
-    mp.spawn(_ddp_worker, args=(2, _free_port(), to_dict(cfg), str(tmp_path)), nprocs=2)
+    run_ranks(_ddp_worker, to_dict(cfg), str(tmp_path), store=tmp_path / "pg")
     meta = json.loads((list_checkpoints(tmp_path / "ddp" / "checkpoints")[-1] / "meta.json").read_text())
     assert meta["world_size"] == 2 and meta["images_seen"] == 96 and meta["step"] == 6
     state, _ = load_checkpoint(list_checkpoints(tmp_path / "ddp" / "checkpoints")[-1])

@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -356,12 +355,6 @@ def test_bench_gpu_exits_cleanly_without_cuda(tmp_path: Path) -> None:
 
 # ============================================================ two ranks (gloo)
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _nan_on_rank1_step3(call: int, rank: int) -> bool:
     return rank == 1 and call == 3
 
@@ -389,12 +382,8 @@ class _CommCounter:
         return ddp
 
 
-def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, result_dir: str) -> None:
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RES_OPTIONS="attempts:0")
+def _ddp_worker(rank: int, world: int, cfg_dict: dict, result_dir: str) -> None:
     FAMILIES["nan_perf"] = _NaNFamily(_nan_on_rank1_step3)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     counter = _CommCounter()
     cfg = from_dict(RunConfig, cfg_dict)
     metrics = train(cfg, hooks=Hooks(rank=rank, world_size=world, wrap_model=counter.wrap))
@@ -402,7 +391,6 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, result_dir: st
     torch.save({"metrics": metrics, "bytes": counter.bytes, "params": params,
                 "buckets": [(m.bucket_bytes_cap, m.gradient_as_bucket_view) for m in counter.wrapped]},
                Path(result_dir) / f"rank{rank}.pt")
-    dist.destroy_process_group()
 
 
 @pytest.mark.slow
@@ -411,7 +399,7 @@ def test_two_ranks_skip_one_ranks_nan_together_with_ddp_options(synthetic_shards
     """Rank 1 alone gets a NaN loss at step 3: both ranks skip it (the flag is all-reduced on the
     device), count it, and end with identical parameters; DDP got the run's bucket options; D's
     gradients are all-reduced once per step (not again in G's phase, which does not step D)."""
-    import torch.multiprocessing as mp
+    from ranks import run_ranks
 
     from facegan.families.dcgan.nets import build_dcgan
 
@@ -419,7 +407,7 @@ def test_two_ranks_skip_one_ranks_nan_together_with_ddp_options(synthetic_shards
     steps = 5
     cfg = tiny_cfg(synthetic_shards, tmp_path / "ddp", steps=2 * steps, model={"family": "nan_perf"},
                    ray={"ddp_bucket_cap_mb": 1, "ddp_gradient_as_bucket_view": True})
-    mp.spawn(_ddp_worker, args=(2, _free_port(), to_dict(cfg), str(tmp_path)), nprocs=2)
+    run_ranks(_ddp_worker, to_dict(cfg), str(tmp_path), store=tmp_path / "pg")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["metrics"]["step"] == r1["metrics"]["step"] == steps
     assert r0["metrics"]["bad_steps"] == r1["metrics"]["bad_steps"] == 1

@@ -11,7 +11,6 @@ the training video across a resume, 2-rank DDP through fade -> stable with ident
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,8 @@ from facegan.families.progressive.diversity import diversity_push, diversity_ter
 from facegan.families.progressive.nets import Discriminator, Generator, coordinates
 from facegan.families.progressive.video import count_frames, sorted_frames
 from facegan.families.steps import StepContext
-from test_families import _free_port, family_cfg, final_state
+from ranks import run_ranks
+from test_families import family_cfg, final_state
 
 FAMILY = FAMILIES["progressive"]
 
@@ -233,15 +233,13 @@ def test_video_covers_a_resumed_run_and_samples_are_full_size(synthetic_shards: 
 
 @pytest.mark.slow
 def test_two_rank_ddp_through_fade_and_stable_keeps_eps_identical(synthetic_shards: Path, tmp_path: Path) -> None:
-    import torch.multiprocessing as mp
-
     # 5 steps of 2 x 8: stages 0, 1 (fade), 1, 2 (stable: the old toRGB/fromRGB frozen), 2.
     cfg = family_cfg("progressive", synthetic_shards, tmp_path / "ddp",
                      gan={"stable_kimg": 0.016, "fade_kimg": 0.032, "noise_init": 0.5},
                      train={"total_kimg": 0.080, "tick_kimg": 0.080, "checkpoint_kimg": 0.080})
     steps = FAMILY.build_steps(cfg, DataInfo())
     assert [steps.stage(k * 0.016) for k in range(5)] == [0, 1, 1, 2, 2]
-    mp.spawn(_eps_worker, args=(2, _free_port(), to_dict(cfg), str(tmp_path)), nprocs=2)
+    run_ranks(_eps_worker, to_dict(cfg), str(tmp_path), store=tmp_path / "pg")
     got = torch.load(tmp_path / "ranks.pt", weights_only=True)
     torch.testing.assert_close(got["params0"], got["params1"], rtol=0, atol=0)
     # eps moved (from 0.5, unclipped either way) by the same all-reduced gaps on both ranks.
@@ -250,7 +248,7 @@ def test_two_rank_ddp_through_fade_and_stable_keeps_eps_identical(synthetic_shar
     assert meta["step"] == 5 and state["family"]["eps"].item() == got["eps0"]
 
 
-def _eps_worker(rank: int, world: int, port: int, cfg_dict: dict, result_dir: str) -> None:
+def _eps_worker(rank: int, world: int, cfg_dict: dict, result_dir: str) -> None:
     import torch.distributed as dist
 
     from facegan.config import from_dict
@@ -258,8 +256,6 @@ def _eps_worker(rank: int, world: int, port: int, cfg_dict: dict, result_dir: st
     from facegan.hooks import Hooks
     from facegan.loop import train
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RES_OPTIONS="attempts:0")
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     bare: list[torch.nn.Module] = []
 
     def wrap(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -272,7 +268,6 @@ def _eps_worker(rank: int, world: int, port: int, cfg_dict: dict, result_dir: st
     dist.all_gather(everyone, flat)
     eps = [None] * world
     dist.all_gather_object(eps, metrics["noise/eps"])
-    dist.destroy_process_group()
     if rank == 0:
         torch.save({"params0": everyone[0], "params1": everyone[1], "eps0": eps[0], "eps1": eps[1]},
                    Path(result_dir) / "ranks.pt")

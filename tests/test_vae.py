@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -215,14 +214,10 @@ def test_elbo_is_reported_at_eval_ticks_and_matches_the_checkpoint(synthetic_sha
     assert n_val > 5      # more than one eval batch
 
 
-def _elbo_worker(rank: int, world: int, port: int, cfg_dict: dict, result_dir: str) -> None:
-    import torch.distributed as dist
-
+def _elbo_worker(rank: int, world: int, cfg_dict: dict, result_dir: str) -> None:
     from facegan.config import from_dict
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RES_OPTIONS="attempts:0")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     cfg = from_dict(RunConfig, cfg_dict)
     torch.manual_seed(0)
     nets = SPEC.build_nets(cfg, DataInfo())
@@ -232,19 +227,17 @@ def _elbo_worker(rank: int, world: int, port: int, cfg_dict: dict, result_dir: s
                 m.running_mean += 1.0
     scores = SPEC.build_steps(cfg, DataInfo()).evaluate(nets, final=True, rank=rank, world_size=world,
                                                          out_dir=result_dir, kimg=0.0)
-    dist.destroy_process_group()
     torch.save(scores, Path(result_dir) / f"scores{rank}.pt")
 
 
 @pytest.mark.slow
 def test_elbo_over_two_ranks_equals_one_process(synthetic_shards: Path, tmp_path: Path):
-    import torch.multiprocessing as mp
-    from test_families import _free_port
+    from ranks import run_ranks
 
     from facegan.config import to_dict
 
     cfg = vae_cfg(synthetic_shards, tmp_path / "unused")
-    mp.spawn(_elbo_worker, args=(2, _free_port(), to_dict(cfg), str(tmp_path)), nprocs=2)
+    run_ranks(_elbo_worker, to_dict(cfg), str(tmp_path), store=tmp_path / "pg")
     got = [torch.load(tmp_path / f"scores{r}.pt", weights_only=True) for r in (0, 1)]
     assert got[0] == got[1]
     torch.manual_seed(0)

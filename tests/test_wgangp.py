@@ -9,7 +9,6 @@ concatenated batch.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from torch import nn
 from facegan.config import ConfigError, from_dict
 from facegan.families import FAMILIES, RunConfig
 from facegan.families.base import Phase
-from facegan.families.wgangp.nets import WGANCritic, build_wgangp
+from facegan.families.wgangp.nets import build_wgangp
 from facegan.families.wgangp.steps import (critic_loss, generator_loss, gradient_penalty, interpolates,
                                            uniform_eps)
 
@@ -234,12 +233,10 @@ def test_resume_is_exact_with_several_critic_steps(synthetic_shards: Path, tmp_p
 
 # --- the penalty under DDP
 
-def _critic_worker(rank: int, world: int, port: int, result_dir: str) -> None:
+def _critic_worker(rank: int, world: int, result_dir: str) -> None:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RES_OPTIONS="attempts:0")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     real, fake, eps = global_batch()
     half = real.shape[0] // world
     mine = slice(rank * half, (rank + 1) * half)
@@ -267,7 +264,6 @@ def _critic_worker(rank: int, world: int, port: int, result_dir: str) -> None:
         everyone = [torch.zeros_like(t) for _ in range(world)]
         dist.all_gather(everyone, t)
         out[name] = everyone
-    dist.destroy_process_group()
     if rank == 0:
         torch.save(out, Path(result_dir) / "ddp.pt")
 
@@ -287,10 +283,9 @@ def global_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 @pytest.mark.slow
 def test_penalty_under_ddp_equals_one_process_on_the_concatenated_batch(tmp_path: Path):
-    import torch.multiprocessing as mp
-    from test_families import _free_port
+    from ranks import run_ranks
 
-    mp.spawn(_critic_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    run_ranks(_critic_worker, str(tmp_path), store=tmp_path / "pg")
     got = torch.load(tmp_path / "ddp.pt", weights_only=True)
     # Ranks agree exactly after DDP's averaging, though their data (and own gradients) differ.
     torch.testing.assert_close(got["grads"][0], got["grads"][1], rtol=0, atol=0)
@@ -317,14 +312,14 @@ def test_penalty_under_ddp_equals_one_process_on_the_concatenated_batch(tmp_path
 
 @pytest.mark.slow
 def test_two_rank_loop_with_several_critic_steps_keeps_ranks_identical(synthetic_shards: Path, tmp_path: Path):
-    import torch.multiprocessing as mp
-    from test_families import _ddp_worker, _free_port, family_cfg, final_state
+    from ranks import run_ranks
+    from test_families import _ddp_worker, family_cfg, final_state
 
     from facegan.config import to_dict
 
     cfg = family_cfg("wgangp", synthetic_shards, tmp_path / "ddp", gan={"n_critic": 3},
                      train={"total_kimg": 0.096, "tick_kimg": 0.096, "checkpoint_kimg": 0.096})
-    mp.spawn(_ddp_worker, args=(2, _free_port(), to_dict(cfg), str(tmp_path)), nprocs=2)
+    run_ranks(_ddp_worker, to_dict(cfg), str(tmp_path), store=tmp_path / "pg")
     got = torch.load(tmp_path / "params.pt", weights_only=True)
     torch.testing.assert_close(got["rank0"], got["rank1"], rtol=0, atol=0)
     _, meta = final_state(tmp_path / "ddp")
