@@ -12,12 +12,12 @@ Every multi-rank test goes through here, so each gets the same start and the sam
   the loopback interface (`GLOO_SOCKET_IFNAME=lo`).
 - faulthandler on: a rank that dies on a signal prints every thread's Python stack.
 - A clean end: a barrier (no rank tears down while another is still in a collective), a garbage
-  collection (DDP wrappers sit in reference cycles; their reducers hold the process group and
-  must go while the interpreter is fully alive), `destroy_process_group`, then `os._exit(0)`. A
-  rank that returned normally skips interpreter finalization, where gloo's C++ threads meeting a
-  half torn-down interpreter aborted ("terminate called without an active exception", SIGABRT)
-  now and then in CI after the test's work was done. A rank whose function raises is reported
-  by torch.multiprocessing as usual, with its traceback.
+  collection (anything left holding the process group goes while the interpreter is fully
+  alive), `destroy_process_group`, then `os._exit(0)`. A rank that returned normally skips
+  interpreter finalization: in CI a rank sometimes died with SIGABRT ("terminate called without
+  an active exception") at the very end of its life, after the test's work was done, as when
+  gloo's C++ threads meet a half torn-down interpreter. A rank whose function raises is
+  reported by torch.multiprocessing as usual, with its traceback.
 """
 
 from __future__ import annotations
