@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import socket
 import threading
+import time
 import warnings
 from typing import Any, Iterator
 
@@ -96,6 +97,23 @@ def stop_cluster() -> None:
     else:
         cluster.shutdown()
     _SESSION.pop("patch").undo()
+
+
+def wait_for_free_cpus(timeout_s: float = 60.0) -> bool:
+    """Wait until every CPU of the session cluster is free again (the previous test's Train
+    workers are torn down asynchronously, after its `fit` returned); False on timeout. A test
+    that asserts where Ray put its tasks (SPREAD is best effort: a node whose CPU is still held
+    gets none) calls this first."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        total = ray.cluster_resources().get("CPU", 0.0)
+        if ray.available_resources().get("CPU", 0.0) >= total > 0:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
 
 
 def driver_wedged() -> bool:
