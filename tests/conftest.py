@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,19 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_EXIT.get("status", 1))
+
+
+def chromium() -> str | None:
+    """The headless browser the HTML reports are checked in (`make chromium` installs it)."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def skip_unless_required(flag: str, reason: str) -> None:
+    """Skip with `reason`, or fail where the environment variable `flag` is "1": CI (.ci/run) sets
+    FACEGAN_REQUIRE_CHROMIUM and FACEGAN_REQUIRE_MOUNTS, so there the check must run."""
+    if os.environ.get(flag) == "1":
+        pytest.fail(f"{reason}, but {flag}=1")
+    pytest.skip(reason)
 
 
 def write_jpeg(path: Path, *, seed: int, size: tuple[int, int] = (44, 54)) -> None:

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import chromium, skip_unless_required
 from facegan.config import ConfigError, from_dict
 from facegan.families import RunConfig
 from facegan.loop import train
@@ -117,17 +116,10 @@ def test_compare_scores_each_run_like_eval_and_rates_attributes(runs: dict[str, 
     check_in_browser(paths["html"], num_images=4)
 
 
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def check_in_browser(html_path: Path, *, num_images: int) -> None:
     """Headless Chromium loads the page and decodes every inlined PNG (the page's script counts them)."""
     if chromium() is None:
-        # CI (.ci/run) installs Chromium and sets FACEGAN_REQUIRE_CHROMIUM: there the check must run.
-        if os.environ.get("FACEGAN_REQUIRE_CHROMIUM") == "1":
-            pytest.fail("chromium is not installed but FACEGAN_REQUIRE_CHROMIUM=1 (make chromium installs it)")
-        pytest.skip("chromium is not installed (make chromium installs it)")
+        skip_unless_required("FACEGAN_REQUIRE_CHROMIUM", "chromium is not installed (make chromium installs it)")
     proc = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                            "--disable-extensions", "--virtual-time-budget=3000", "--dump-dom", html_path.as_uri()],
                           capture_output=True, text=True, timeout=120)

@@ -39,7 +39,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO
+from conftest import REPO, skip_unless_required
 from conftest_ray import node_args
 from facegan.checkpoint import list_checkpoints
 from facegan.cli import main as cli
@@ -218,10 +218,7 @@ def test_full_disk_on_a_real_tmpfs(synthetic_shards: Path, tmp_path: Path) -> No
     """The checkpoints folder on a 700 KB tmpfs in a mount namespace of its own: the second
     checkpoint really runs out of space. Needs root (mount); skipped elsewhere."""
     if shutil.which("unshare") is None or not _can_mount_tmpfs(tmp_path / "probe"):
-        # CI (.ci/run) runs as root and sets FACEGAN_REQUIRE_MOUNTS: there the check must run.
-        if os.environ.get("FACEGAN_REQUIRE_MOUNTS") == "1":
-            pytest.fail("cannot mount a tmpfs but FACEGAN_REQUIRE_MOUNTS=1")
-        pytest.skip("needs `unshare -m` and `mount -t tmpfs` (root)")
+        skip_unless_required("FACEGAN_REQUIRE_MOUNTS", "needs `unshare -m` and `mount -t tmpfs` (root)")
     out = tmp_path / "run"
     cfg = inproc_config(synthetic_shards, out, steps=12, tick=2, ckpt=4, train={"keep_checkpoints": 1})
     path = _write_yaml(cfg, tmp_path / "run.yaml")

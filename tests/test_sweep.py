@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import _thread
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -24,6 +23,7 @@ import torch
 import yaml
 from ray.tune import Callback
 
+from conftest import chromium, skip_unless_required
 from facegan.config import ConfigError, from_dict
 from facegan.families import RunConfig
 from facegan.sweeps.spec import load_sweep
@@ -312,10 +312,6 @@ def test_pbt_exploit_continues_from_the_donors_checkpoint_with_its_own_rates(
     print(f"pbt sweep: 1 exploit in {seconds:.0f} s")
 
 
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def _dump_dom(url: str) -> str:
     proc = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                            "--disable-extensions", "--virtual-time-budget=3000", "--dump-dom", url],
@@ -327,10 +323,7 @@ def _dump_dom(url: str) -> str:
 def check_report_in_browser(html_path: Path, best_id: str, *, num_trials: int) -> None:
     """Headless Chromium runs the page's script: rows sorted by the objective (or #sort=...), plots present."""
     if chromium() is None:
-        # CI (.ci/run) installs Chromium and sets FACEGAN_REQUIRE_CHROMIUM: there the check must run.
-        if os.environ.get("FACEGAN_REQUIRE_CHROMIUM") == "1":
-            pytest.fail("chromium is not installed but FACEGAN_REQUIRE_CHROMIUM=1 (make chromium installs it)")
-        pytest.skip("chromium is not installed (make chromium installs it)")
+        skip_unless_required("FACEGAN_REQUIRE_CHROMIUM", "chromium is not installed (make chromium installs it)")
     dom = _dump_dom(html_path.as_uri())
     assert 'data-sorted-by="loss/g:asc"' in dom
     rows = re.findall(r'<tr data-trial="([^"]+)"', dom)

@@ -82,12 +82,7 @@ class PredictorModelConfig:
 
 @dataclass(kw_only=True)
 class PredictorOptim(OneAdam):
-    """`optim:` of the predictor: one Adam for P."""
-
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-
+    """`optim:` of the predictor: one Adam for P (OneAdam's defaults: 2e-4, betas 0.5/0.999)."""
 
 
 @dataclass(kw_only=True)

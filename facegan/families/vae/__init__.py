@@ -95,7 +95,6 @@ class VAEOptim(OneAdam):
     beta2: float = 0.999
 
 
-
 @dataclass(kw_only=True)
 class VAEOptions:
     """`gan:` of the vae family (the section every generative family's options live in)."""
