@@ -140,8 +140,14 @@ class ProgressSink:
         return self._bar
 
     def progress(self, images_seen: int) -> None:
-        # The last step may pass total_kimg by less than a batch: the bar stops at its total.
-        self.bar.update(round(min(images_seen / 1000, self.bar.total) - self.bar.n, 3))
+        # The last step may pass total_kimg by less than a batch: the bar stops at its total. The
+        # position is set, not summed from float increments (a sum drifted past the total: tqdm's
+        # "clamping frac" warning and a negative ETA at the end of the demo).
+        bar = self.bar
+        target = min(images_seen / 1000, bar.total)
+        if target > bar.n:
+            bar.update(target - bar.n)
+            bar.n = target
 
     def log_rows(self, rows: list[dict[str, Any]]) -> None:
         pass

@@ -101,3 +101,23 @@ def test_eval_shows_a_progress_bar_over_every_image_it_featurises(synthetic_shar
     assert states and all(s.startswith("featurising generated and real images") for s in states), states
     assert f"{total}/{total}" in states[-1], states[-1]
     assert (tmp_path / "e.json").is_file()
+
+
+@pytest.mark.parametrize("total_kimg, batch", [(40, 128), (12, 96), (4, 24), (0.048, 16)])
+def test_progress_line_ends_exactly_at_the_total(total_kimg: float, batch: int) -> None:
+    """Step by step past the total (the last step may overshoot by less than a batch): the bar
+    stops at its total, with no tqdm warning (a float sum of increments once drifted past it)."""
+    import io
+    import warnings
+
+    from facegan.stats import ProgressSink
+
+    sink = ProgressSink(total_kimg=total_kimg, file=io.StringIO())
+    seen = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        while seen < total_kimg * 1000:
+            seen += batch
+            sink.progress(seen)
+        sink.close()
+    assert sink.bar.n == sink.bar.total == total_kimg
