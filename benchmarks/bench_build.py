@@ -18,6 +18,7 @@ measured build rate.
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import resource
 import shutil
@@ -29,7 +30,7 @@ from pathlib import Path
 from facegan.config import from_dict
 from facegan.data.imageio import load_and_prepare
 from facegan.data.recipe import ShardRecipe
-from facegan.data.writer import build_shards, scan_source
+from facegan.data.writer import build_one_shard, build_shards, plan_shards, scan_source
 
 CELEBA_FULL = 202_599
 
@@ -83,11 +84,51 @@ def scaled_celeba(root: Path, scale: int, dest: Path) -> Path:
     return dest
 
 
+def _limit_rate(arg: tuple[list[str] | None, int, float]) -> float:
+    """Images per wall second of the limit's work in this process (paths: CelebA files; None:
+    synthetic renders)."""
+    paths, size, seconds = arg
+    if paths is None:
+        from facegan.data.synthetic import render_face
+
+        return rate(lambda i: render_face(seed=0, index=i, height=size, width=size), range(300),
+                    min_seconds=seconds)[0]
+    return rate(lambda p: load_and_prepare(p, crop="square", out_h=size, out_w=size), paths,
+                min_seconds=seconds)[0]
+
+
+def parallel_limit(paths: list[str] | None, size: int, seconds: float, cores: int) -> float:
+    """The limit's work run on `cores` processes at once: img/s summed. Below limit x cores where
+    the cores slow each other down (shared caches, memory bandwidth, a busy host)."""
+    with mp.get_context("fork").Pool(cores) as pool:
+        parts = [paths[i::cores] for i in range(cores)] if paths else [None] * cores
+        return sum(pool.map(_limit_rate, [(p, size, seconds) for p in parts]))
+
+
+def per_core_ceiling(recipe: ShardRecipe, scan, out: Path, repeats: int = 3) -> tuple[float, float, int]:
+    """(build CPU us per image, limit CPU us per image, images) for one shard in this process,
+    alternating the two `repeats` times and keeping each one's best."""
+    job = plan_shards(recipe, scan.items)[0]
+    paths = [it.path for it in job.items]
+    size = recipe.height
+    builds, limits = [], []
+    for r in range(repeats):
+        c0 = time.process_time()
+        for p in paths:
+            load_and_prepare(p, crop="square", out_h=size, out_w=size)
+        limits.append((time.process_time() - c0) / len(paths) * 1e6)
+        c0 = time.process_time()
+        build_one_shard(job, recipe, str(out), f"x{r}.tar")
+        builds.append((time.process_time() - c0) / len(paths) * 1e6)
+    return min(builds), min(limits), len(paths)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", help="CelebA folder (img_align_celeba/ + list_attr_celeba.txt)")
     ap.add_argument("--scale", type=int, default=1, help="with --root: link every image this many times")
     ap.add_argument("--resolution", type=int, default=64)
+    ap.add_argument("--format", default="jpg", choices=("jpg", "png", "raw"), help="the shards' image format")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--count", type=int, default=3000, help="synthetic faces when no --root")
     ap.add_argument("--seconds", type=float, default=3.0, help="time per limit measurement")
@@ -100,7 +141,7 @@ def main() -> int:
             if args.scale > 1:
                 root = scaled_celeba(root, args.scale, Path(tmp) / "celeba")
         source = {"source": "celeba"} if root else {"source": "synthetic", "count": args.count}
-        recipe = from_dict(ShardRecipe, dict(source, resolution=args.resolution, workers=args.workers,
+        recipe = from_dict(ShardRecipe, dict(source, resolution=args.resolution, workers=args.workers, format=args.format,
                                              shard_size=1000))
         scan = scan_source(recipe, root=root)
         cores = min(args.workers, os.cpu_count() or 1)
@@ -128,6 +169,8 @@ def main() -> int:
         dt, build_cpu = time.perf_counter() - t0, cpu_seconds() - c0
         after, after_cpu = measure_limit()
         shutil.rmtree(Path(tmp) / "shards")
+        one_shard = per_core_ceiling(recipe, scan, Path(tmp) / "one") if root else None
+        together = parallel_limit(paths if root else None, size, args.seconds, cores) if cores > 1 else 0.0
 
     limit, limit_cpu = (before + after) / 2, (before_cpu + after_cpu) / 2
     n = result.manifest["counts"]["total"]
@@ -140,11 +183,18 @@ def main() -> int:
           f"{n} images in {dt:.2f} s = {build_rate:.0f} img/s, {build_cpu:.1f} CPU s")
     print(f"ratio to limit x cores: {ratio:.2f}  (target >= 0.80: {'met' if ratio >= 0.8 else 'NOT met'}); "
           f"load average {load:.1f} on {os.cpu_count()} cores")
+    if together:
+        print(f"the limit's work on {cores} processes at once: {together:.0f} img/s = {together / limit:.2f} x one "
+              f"core; the build is {build_rate / together:.2f} of that")
     # The same ratio in CPU time: robust to other processes on the machine, which slow the wall
     # clock of both the limit and the build but by different amounts.
     cpu_ratio = (limit_cpu and n / build_cpu / limit_cpu)
     print(f"CPU-time ratio (limit CPU per image / build CPU per image): {cpu_ratio:.2f}; "
           f"cores kept busy: {build_cpu / (dt * cores):.2f}")
+    if one_shard:
+        print(f"one process, one shard of {one_shard[2]} images (no pool, no scan): build {one_shard[0]:.0f} us/img "
+              f"vs limit {one_shard[1]:.0f} us/img on the same images = {one_shard[1] / one_shard[0]:.2f} "
+              "(the per-core ceiling of the build's own work)")
     stages = result.stage_seconds
     busy = dt * cores
     print("per-image budget (us, summed over processes; 'other' = cores x wall - stages: scan, start-up, "

@@ -275,7 +275,8 @@ def _can_mount_tmpfs() -> bool:
 
 @pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs `unshare -rm` and a tmpfs mount (user namespaces)")
 def test_disk_full_on_a_real_small_filesystem(tmp_path: Path) -> None:
-    """A 400 KiB tmpfs: the first set fits, a bigger rebuild does not; the first stays verified."""
+    """A 400 KiB tmpfs: the first set fits, a bigger rebuild does not (a worker writing whole
+    shards hits the full disk); the first stays verified, and nothing is left half-written."""
     disk = tmp_path / "disk"
     disk.mkdir()
     script = f"""
@@ -283,8 +284,8 @@ import subprocess, sys
 from facegan.cli import main
 from facegan.data.stream import ShardSet, eval_loader
 from facegan.data.writer import verify_shards
-build = ['shards', 'build', '--source', 'synthetic', '--resolution', '32', '--shard-size', '10', '--workers', '1',
-         '--out', '{disk}/set']
+build = ['shards', 'build', '--source', 'synthetic', '--resolution', '32', '--shard-size', '10', '--workers', '2',
+         '--out', '{disk}/set']   # the second build: 40 shards, so each worker writes whole shards
 print('first', main(build + ['--count', '30']))
 print('second', main(build + ['--count', '400', '--seed', '1']), file=sys.stderr)
 print('problems', verify_shards('{disk}/set'))

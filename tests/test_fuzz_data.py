@@ -38,7 +38,7 @@ from facegan.errors import ConfigError
 from conftest import make_celeba
 
 SCALE = int(os.environ.get("FACEGAN_FUZZ_SCALE", "1"))
-FUZZ_EXAMPLES = {"celeba": 150, "utk": 300, "csv": 150, "recipe": 300, "tar": 300, "stream": 100}
+FUZZ_EXAMPLES = {"celeba": 150, "utk": 300, "csv": 150, "recipe": 300, "tar": 300, "stream": 100, "raw": 100}
 
 
 def fuzz(kind: str) -> Any:
@@ -351,3 +351,19 @@ def test_stream_under_damage_delivers_only_true_samples_and_counts_the_rest(
         return
     assert len(set(delivered)) == len(delivered)
     assert len(delivered) + skipped == 8                  # every sample either arrives or is counted
+
+
+@fuzz("raw")
+@given(h=st.integers(1, 300), w=st.integers(1, 300), seed=st.integers(0, 2 ** 16))
+def test_raw_images_are_the_bytes_np_save_writes(h: int, w: int, seed: int) -> None:
+    """`format: raw` writes the .npy header once per shape instead of calling np.save per image:
+    the bytes must stay exactly np.save's, and read back to the same pixels."""
+    import numpy as np
+
+    from facegan.data.imageio import decode_hwc, encode
+
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.save(buf, img, allow_pickle=False)
+    assert encode(img, fmt="raw") == buf.getvalue()
+    assert np.array_equal(decode_hwc(buf.getvalue(), ext="npy", height=h, width=w), img)

@@ -123,6 +123,40 @@ def test_build_is_deterministic(tmp_path: Path) -> None:
     assert [s["sha256"] for s in other["shards"]] != shas[0]
 
 
+def test_whole_shard_workers_write_the_bytes_of_a_chunked_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys) -> None:
+    """With many shards per worker, workers build whole shards (as Ray tasks do) instead of
+    handing chunks to the parent: same manifest, shard for shard, as one process and as chunks;
+    the progress bar still counts every image, and the run still resumes."""
+    from facegan.data import writer
+
+    calls = {"whole": 0}
+    original = writer._run_whole_shards
+
+    def spy(*args: object) -> None:
+        calls["whole"] += 1
+        original(*args)
+
+    monkeypatch.setattr(writer, "_run_whole_shards", spy)
+    r = dict(source="synthetic", count=130, resolution=16, shard_size=10)   # 14 shards: >= 4 per worker
+    serial = build_shards(recipe(**r, workers=1), root=None, out=tmp_path / "serial", progress=False).manifest
+    assert calls["whole"] == 0
+    whole = build_shards(recipe(**r), root=None, out=tmp_path / "whole", progress=True)
+    assert calls["whole"] == 1
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert any("130/130" in line for line in bar), bar[-3:]
+    monkeypatch.setattr(writer, "SHARDS_PER_WORKER", 10 ** 6)
+    chunked = build_shards(recipe(**r), root=None, out=tmp_path / "chunked", progress=False).manifest
+    assert calls["whole"] == 1
+    assert len(serial["shards"]) == 14
+    assert whole.manifest["shards"] == serial["shards"] == chunked["shards"]
+    assert whole.stage_seconds["encode"] > 0 and whole.stage_seconds["write"] > 0
+    assert verify_shards(tmp_path / "whole") == []
+    (tmp_path / "whole" / "train-000003.tar").unlink()
+    again = build_shards(recipe(**r), root=None, out=tmp_path / "whole", progress=False)
+    assert again.built == ["train-000003.tar"] and again.manifest["shards"] == serial["shards"]
+
+
 def test_resume_after_killed_build_keeps_finished_shards(tmp_path: Path) -> None:
     out = tmp_path / "o"
     cmd = [sys.executable, "-m", "facegan.cli", "shards", "build", "--source", "synthetic", "--count", "600",

@@ -12,6 +12,7 @@ so build workers and Ray tasks start without it.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import time
@@ -174,9 +175,8 @@ def load_and_prepare(path: str, *, crop: str | tuple[int, int], out_h: int, out_
 def encode(img_HWC: np.ndarray | Image.Image, *, fmt: str, quality: int = 95) -> bytes:
     """Encode a uint8 HxWx3 array (or an RGB PIL image) as jpg / png / raw (.npy) bytes; deterministic."""
     if fmt == "raw":
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(np.asarray(img_HWC), dtype=np.uint8), allow_pickle=False)
-        return buf.getvalue()
+        arr = np.ascontiguousarray(np.asarray(img_HWC), dtype=np.uint8)
+        return _npy_header(arr.shape) + arr.tobytes()
     if fmt == "jpg":
         # libjpeg-turbo; 4:4:4 chroma: faces at 64 px lose visible colour detail with 4:2:0.
         arr = np.ascontiguousarray(np.asarray(img_HWC), dtype=np.uint8)
@@ -187,6 +187,15 @@ def encode(img_HWC: np.ndarray | Image.Image, *, fmt: str, quality: int = 95) ->
         pil.save(buf, format="PNG", compress_level=6)
     else:
         raise DataError(f"format: expected jpg, png or raw, got {fmt!r}")
+    return buf.getvalue()
+
+
+@functools.lru_cache(maxsize=16)
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """The .npy header np.save writes for a uint8 C-order array of `shape` (the same for every
+    image of a set, so it is made once instead of per image)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": shape})
     return buf.getvalue()
 
 
@@ -236,5 +245,7 @@ def decode_chw(data: bytes, *, ext: str, height: int, width: int) -> "torch.Tens
     `decode_hwc`). Raises ImageError for anything else."""
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(decode_hwc(data, ext=ext, height=height, width=width))
-                            ).permute(2, 0, 1)
+    arr = np.ascontiguousarray(decode_hwc(data, ext=ext, height=height, width=width))
+    if not arr.flags.writeable:   # raw (.npy) pixels are a view of the sample's bytes
+        arr = arr.copy()
+    return torch.from_numpy(arr).permute(2, 0, 1)

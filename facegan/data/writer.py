@@ -66,6 +66,7 @@ SCAN_BYTES_PER_ITEM = 2048
 # when a set has fewer shards than workers, large enough to keep inter-process traffic negligible.
 CHUNK = 32
 CHUNK_BYTES = 64 << 20          # ... and at most this many raw pixel bytes per chunk (big resolutions)
+SHARDS_PER_WORKER = 4           # at least this many shards per worker: workers build whole shards
 PREFLIGHT_SAMPLES = 16          # source headers read before a build to catch a recipe that fits none
 
 
@@ -384,18 +385,31 @@ def write_shard(store: Store, name: str, chunks: Iterable[Chunk]) -> dict[str, A
             "skipped": skipped, "seconds": seconds, "inputs_digests": digests}
 
 
-def build_one_shard(job: ShardJob, recipe: ShardRecipe, location: str, name: str) -> dict[str, Any]:
-    """Build one whole shard into `location`/`name` (a Ray task's work; the same bytes as locally)."""
+def build_one_shard(job: ShardJob, recipe: ShardRecipe, location: str, name: str, *,
+                    progress: Any = None) -> dict[str, Any]:
+    """Build one whole shard into `location`/`name` (a Ray task's or a local worker's work; the
+    same bytes as a build that joins chunks). `progress`: a shared counter (multiprocessing
+    Value) that is advanced by the images of each chunk done."""
     store = open_store(location)
-    return write_shard(store, name, (encode_chunk(items, recipe) for items in chunks_of(job.items, recipe)))
+
+    def chunks() -> Iterator[Chunk]:
+        for items in chunks_of(job.items, recipe):
+            yield encode_chunk(items, recipe)
+            if progress is not None:
+                with progress.get_lock():
+                    progress.value += len(items)
+
+    return write_shard(store, name, chunks())
 
 
-def _worker_init() -> None:
+def _worker_init(counter: Any = None) -> None:
     # Forked workers inherit the parent's signal handlers: a Ray driver's SIGTERM handler would
     # run in a worker on pool.terminate() and tear down the connection the parent shares with
     # its raylet. Workers just die on SIGTERM and ignore Ctrl-C (the parent handles it).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    global _PROGRESS
+    _PROGRESS = counter
 
 
 def _ordered(pool: Any, tasks: Iterable[Any], window: int) -> Iterator[Chunk]:
@@ -672,26 +686,39 @@ def _pool_context() -> Any:
 
 
 def _run_local(build: ShardBuild, *, progress: bool) -> None:
+    """Build `build.todo` with local worker processes.
+
+    With at least SHARDS_PER_WORKER shards per worker, each worker builds whole shards as a Ray
+    task does (`build_one_shard`: encode, hash, write), biggest first so that no worker is left
+    with a large shard at the end; this process only records them. With fewer shards, workers
+    encode chunks and this process joins them into shards in order, so that a set of one shard
+    still keeps every worker busy. Both ways give the same bytes.
+    """
     recipe = build.recipe
     total = sum(len(j.items) for j in build.todo)
     bar = make_progress(total=total, enabled=progress and total > 0)
-    # Workers encode chunks; this process joins them into shards in order (the ordered, bounded
-    # window keeps every worker busy while the tar stream stays sequential and deterministic).
     per_job = [chunks_of(job.items, recipe) for job in build.todo]
-    tasks = [(items, recipe) for chunks in per_job for items in chunks]
-    workers = max(1, min(recipe.num_workers, len(tasks)))
-    pool = _pool_context().Pool(workers, initializer=_worker_init) if workers > 1 else None
+    workers = max(1, min(recipe.num_workers, sum(map(len, per_job))))
+    whole = workers > 1 and len(build.todo) >= SHARDS_PER_WORKER * workers
+    counter = _pool_context().Value("q", 0) if whole else None
+    pool = _pool_context().Pool(workers, initializer=_worker_init, initargs=(counter,)) if workers > 1 else None
     try:
-        results = _ordered(pool, tasks, window=2 * workers + 2)
+        if whole:
+            _run_whole_shards(build, pool, counter, bar)
+        else:
+            tasks = [(items, recipe) for chunks in per_job for items in chunks]
+            # The ordered, bounded window keeps every worker busy while the tar stream stays
+            # sequential and deterministic.
+            results = _ordered(pool, tasks, window=2 * workers + 2)
 
-        def take(num_chunks: int) -> Iterator[Chunk]:
-            for _ in range(num_chunks):
-                chunk = next(results)
-                bar.update(chunk.count + len(chunk.skipped))
-                yield chunk
+            def take(num_chunks: int) -> Iterator[Chunk]:
+                for _ in range(num_chunks):
+                    chunk = next(results)
+                    bar.update(chunk.count + len(chunk.skipped))
+                    yield chunk
 
-        for job, chunks in zip(build.todo, per_job):
-            build.done(job, write_shard(build.store, build.staged_name(job.name), take(len(chunks))))
+            for job, chunks in zip(build.todo, per_job):
+                build.done(job, write_shard(build.store, build.staged_name(job.name), take(len(chunks))))
         if pool:
             pool.close()  # a normal exit: the workers finish on their own
     finally:
@@ -699,6 +726,34 @@ def _run_local(build: ShardBuild, *, progress: bool) -> None:
             pool.terminate()
             pool.join()
         bar.close()
+
+
+def _run_whole_shards(build: ShardBuild, pool: Any, counter: Any, bar: Any) -> None:
+    location = build.store.location
+    order = sorted(build.todo, key=lambda j: -len(j.items))
+    tasks = [(job, build.recipe, location, build.staged_name(job.name)) for job in order]
+    results = pool.imap_unordered(_shard_task, list(enumerate(tasks)))
+    shown = 0
+    pending = len(tasks)
+    while pending:
+        try:
+            index, result = results.next(timeout=0.25)
+        except mp.TimeoutError:
+            pass
+        else:
+            pending -= 1
+            build.done(order[index], result)
+        value = counter.value
+        bar.update(value - shown)
+        shown = value
+
+
+_PROGRESS: Any = None   # in a local build's worker: images done, shared with the parent
+
+
+def _shard_task(arg: tuple[int, tuple[ShardJob, ShardRecipe, str, str]]) -> tuple[int, dict[str, Any]]:
+    index, (job, recipe, location, name) = arg
+    return index, build_one_shard(job, recipe, location, name, progress=_PROGRESS)
 
 
 def _sha256_of(store: Store, name: str) -> str | None:
