@@ -12,7 +12,8 @@ Baselines, measured in the same process on one core (torch threads = 1, no loade
     tar parsing, no checksums, no labels, no batching): the moonshot is one-core stream
     throughput >= 0.8x it. Bare simplejpeg decode (what the stream uses) is printed beside it.
 Loader cores per GPU: one core streams R img/s, so a GPU consuming G img/s needs G / R loader
-cores; printed per 1,000 img/s of GPU throughput.
+cores; printed per 1,000 img/s of GPU throughput, for the uint8 batches the training loop asks for
+on a GPU (it normalises on the device), in-process and through 2 loader workers.
 """
 
 from __future__ import annotations
@@ -152,6 +153,12 @@ def main() -> int:
         if "jpg" in formats:
             one_core.add("facegan stream, jpg, channels_last",
                          _batches(train_loader(sets["jpg"], batch_size=bs, num_workers=0, channels_last=True)))
+            # What the training loop asks for on a GPU: uint8 batches, normalised on the device.
+            one_core.add("facegan stream, jpg, uint8",
+                         _batches(train_loader(sets["jpg"], batch_size=bs, num_workers=0, normalize=False)))
+            one_core.add("facegan stream, jpg, uint8, channels_last",
+                         _batches(train_loader(sets["jpg"], batch_size=bs, num_workers=0, normalize=False,
+                                               channels_last=True)))
             with open(Path(tmp) / "jpg" / sets["jpg"].shards("train")[0]["name"], "rb") as f:
                 jpgs = [smp["jpg"] for smp in iter_samples(f)][:bs]
             tensors = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpgs]
@@ -166,6 +173,10 @@ def main() -> int:
         for fmt in formats:
             loader = train_loader(sets[fmt], batch_size=bs, num_workers=2, seed=0)
             two_workers[f"facegan stream, {fmt}"] = measure(loader, seconds=args.seconds)
+            del loader
+        if "jpg" in formats:
+            loader = train_loader(sets["jpg"], batch_size=bs, num_workers=2, seed=0, normalize=False)
+            two_workers["facegan stream, jpg, uint8"] = measure(loader, seconds=args.seconds)
             del loader
         dl = DataLoader(PerFileCelebA(paths, 64), batch_size=bs, shuffle=True, num_workers=2, drop_last=True,
                         persistent_workers=True)
@@ -189,15 +200,19 @@ def main() -> int:
         line += f"; 2 workers {two_workers[f'facegan stream, {fmt}'] / two_workers['per-file JPEG loader']:.1f}x"
         print(line)
     if "jpg" in formats:
-        for variant in ("facegan stream, jpg", "facegan stream, jpg, channels_last"):
+        for variant in ("facegan stream, jpg", "facegan stream, jpg, channels_last", "facegan stream, jpg, uint8",
+                        "facegan stream, jpg, uint8, channels_last"):
             wall, cpu = rates[variant]
             print(f"{variant}: {wall / rates['bare decode_jpeg'][0]:.2f}x bare decode_jpeg (CPU time: "
                   f"{cpu / rates['bare decode_jpeg'][1]:.2f}x; moonshot >= 0.8x), "
                   f"{cpu / rates['bare simplejpeg'][1]:.2f}x bare simplejpeg (CPU time)")
-        cpu = rates["facegan stream, jpg"][1]
-        print(f"loader cores per GPU: {1000 / cpu:.2f} cores per 1,000 img/s of GPU throughput (jpg shards, "
-              f"contiguous float batches; one core = {cpu:.0f} img per CPU second; a GPU at 20,000 img/s needs "
-              f"{20000 / cpu:.1f}; channels_last: {1000 / rates['facegan stream, jpg, channels_last'][1]:.2f})")
+        cpu = rates["facegan stream, jpg, uint8"][1]
+        per_core_2w = two_workers["facegan stream, jpg, uint8"] / cores
+        print(f"loader cores per GPU: {1000 / cpu:.2f} cores per 1,000 img/s of GPU throughput (jpg shards, uint8 "
+              f"NCHW batches as the loop asks for on a GPU; one core = {cpu:.0f} img per CPU second; a GPU at "
+              f"20,000 img/s needs {20000 / cpu:.1f}); through 2 loader worker processes "
+              f"{1000 / per_core_2w:.2f} per 1,000 img/s ({per_core_2w:.0f} img/s per core, the batch handed over "
+              f"in shared memory); float batches: {1000 / rates['facegan stream, jpg'][1]:.2f}")
     print(f"peak RSS: main {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB, "
           f"largest loader worker {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MiB; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
