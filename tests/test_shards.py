@@ -157,6 +157,20 @@ def test_whole_shard_workers_write_the_bytes_of_a_chunked_build(tmp_path: Path, 
     assert again.built == ["train-000003.tar"] and again.manifest["shards"] == serial["shards"]
 
 
+def test_whole_shard_workers_under_forkserver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A driver connected to Ray builds with forkserver workers (facegan.data.writer._pool_context):
+    the shared progress counter and whole-shard tasks must work there too."""
+    import multiprocessing as mp
+
+    from facegan.data import writer
+
+    r = dict(source="synthetic", count=90, resolution=16, shard_size=10, val_fraction=0.0, test_fraction=0.0)
+    serial = build_shards(recipe(**r, workers=1), root=None, out=tmp_path / "serial", progress=False).manifest
+    monkeypatch.setattr(writer, "_pool_context", lambda: mp.get_context("forkserver"))
+    forked = build_shards(recipe(**r), root=None, out=tmp_path / "fs", progress=True)
+    assert len(serial["shards"]) == 9 and forked.manifest["shards"] == serial["shards"]
+
+
 def test_resume_after_killed_build_keeps_finished_shards(tmp_path: Path) -> None:
     out = tmp_path / "o"
     cmd = [sys.executable, "-m", "facegan.cli", "shards", "build", "--source", "synthetic", "--count", "600",
