@@ -234,6 +234,28 @@ def test_device_batch_normalises_uint8_like_the_loader(synthetic_shards: Path) -
         assert got["image"].is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
+def test_loader_workers_ship_uint8_and_the_main_process_normalises(synthetic_shards: Path) -> None:
+    """With loader workers the stream hands uint8 over shared memory (a quarter of a float batch's
+    pages) and TrainLoader normalises in this process: float batches equal, bit for bit and in
+    layout, what the same workers' uint8 batches give with the stream's own arithmetic."""
+    from facegan.data.stream import ShardSet, train_loader
+
+    shards = ShardSet.open(str(synthetic_shards))
+    for channels_last in (False, True):
+        floats = train_loader(shards, batch_size=8, num_workers=2, seed=1, channels_last=channels_last)
+        raws = train_loader(shards, batch_size=8, num_workers=2, seed=1, normalize=False,
+                            channels_last=channels_last)
+        assert floats.normalize_here and not floats.stream.normalize and not raws.normalize_here
+        for _ in range(3):    # both workers' batches
+            f, r = next(floats), next(raws)
+            assert f["image"].dtype == torch.float32 and r["image"].dtype == torch.uint8
+            assert f["key"] == r["key"]
+            assert torch.equal(f["image"], r["image"].to(torch.float32) / 127.5 - 1.0)
+            assert f["image"].is_contiguous(memory_format=torch.channels_last) == channels_last
+            assert f["image"].is_contiguous() == (not channels_last)
+            assert -1.0 <= float(f["image"].min()) and float(f["image"].max()) <= 1.0
+
+
 # ============================================================ the switches
 
 def test_fused_adam_switch_applied_and_resumed_across(synthetic_shards: Path, tmp_path: Path) -> None:

@@ -215,12 +215,7 @@ class ShardStream(IterableDataset):
                  stats: dict[str, int]) -> dict[str, Any]:
         img = torch.from_numpy(pixels_BHWC).permute(0, 3, 1, 2)   # NCHW view of NHWC memory
         if self.normalize:
-            # One pass converts (and, for a contiguous NCHW batch, transposes) into the float
-            # batch; then x / 127.5 - 1 in place: the same values bit for bit as converting a
-            # contiguous copy, at half the cost.
-            out = torch.empty(img.shape, dtype=torch.float32,
-                              memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-            img = out.copy_(img).div_(127.5).sub_(1.0)
+            img = to_unit_range(img, channels_last=self.channels_last)
         elif not self.channels_last:
             # A contiguous NCHW batch (what `.view` expects); channels_last (for models run
             # that way) skips the transpose. numpy's uint8 transpose is ~2x torch's here.
@@ -304,6 +299,19 @@ class ShardStream(IterableDataset):
                             "run `facegan shards verify` on the set")
 
 
+def to_unit_range(img: torch.Tensor, *, channels_last: bool | None = None) -> torch.Tensor:
+    """uint8 NCHW images as float32 in [-1, 1] (x / 127.5 - 1), laid out contiguous NCHW, or
+    channels_last (default: as `img` is). One pass converts (and transposes, when the layouts
+    differ) into the new batch, then the arithmetic runs in place: the same values bit for bit as
+    converting a contiguous copy, at half the cost."""
+    if channels_last is None:
+        channels_last = img.dim() == 4 and not img.is_contiguous() and img.is_contiguous(
+            memory_format=torch.channels_last)
+    out = torch.empty(img.shape, dtype=torch.float32,
+                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return out.copy_(img).div_(127.5).sub_(1.0)
+
+
 class TrainLoader:
     """An endless DataLoader over a ShardStream, cut into equal epochs on every rank."""
 
@@ -311,6 +319,12 @@ class TrainLoader:
                  pin_memory: bool = False) -> None:
         self.stream = stream
         self.batches_per_epoch = batches_per_epoch
+        # Loader workers hand batches over in shared memory, whose fresh pages cost more than
+        # the conversion: a float batch is 4x the bytes of its uint8 pixels. So with workers the
+        # stream sends uint8 and this process maps it to [-1, 1], with the same arithmetic.
+        self.normalize_here = stream.normalize and num_workers > 0
+        if self.normalize_here:
+            stream.normalize = False
         # Own generator: creating a DataLoader iterator draws a base seed, and drawing it from the
         # global RNG would shift dropout's random stream and break exact resume.
         self.loader = DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
@@ -324,7 +338,10 @@ class TrainLoader:
         if self._it is None:
             self._it = iter(self.loader)
         self.batches_seen += 1
-        return next(self._it)
+        batch = next(self._it)
+        if self.normalize_here:
+            batch["image"] = to_unit_range(batch["image"])
+        return batch
 
     def __iter__(self) -> "TrainLoader":
         return self
