@@ -116,6 +116,27 @@ def wait_for_free_cpus(timeout_s: float = 60.0) -> bool:
         time.sleep(0.2)
 
 
+def wait_until_spread_reaches(nodes: set[str], timeout_s: float = 60.0) -> bool:
+    """Wait until SPREAD tasks from this driver land on every node in `nodes`; False on timeout.
+    The driver's raylet schedules from its own view of the cluster, which learns of a node (and
+    of its freed CPU) a moment after the GCS does: seen once on a fresh cluster, where every shard
+    task of the build that followed went to the head node."""
+    import ray
+
+    def node_of_task() -> str:   # nested: pickled by value (workers cannot import this module)
+        time.sleep(0.05)           # long enough that one worker cannot take every probe
+        return ray.get_runtime_context().get_node_id()
+
+    probe = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(node_of_task)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if set(ray.get([probe.remote() for _ in range(2 * len(nodes))])) >= nodes:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
 def driver_wedged() -> bool:
     return bool(_SESSION.get("driver_wedged"))
 

@@ -171,6 +171,27 @@ def test_whole_shard_workers_under_forkserver(tmp_path: Path, monkeypatch: pytes
     assert len(serial["shards"]) == 9 and forked.manifest["shards"] == serial["shards"]
 
 
+def test_whole_shard_workers_write_to_pipes_and_not_to_memory(tmp_path: Path) -> None:
+    """Workers that build whole shards open the destination themselves: a pipe: command runs in
+    each of them (same bytes as a local build); memory:// exists only in this process, so such a
+    build joins chunks here instead (and is still complete and verified)."""
+    import uuid
+
+    r = recipe(source="synthetic", count=130, resolution=16, shard_size=10)
+    local = build_shards(r, root=None, out=tmp_path / "local", progress=False).manifest
+    dest = tmp_path / "piped"
+    dest.mkdir()
+    piped = build_shards(r, root=None, out=f"pipe:cat > {dest}/{{name}}", progress=False).manifest
+    assert piped["shards"] == local["shards"] and verify_shards(dest) == []
+    url = f"memory://facegan-test-{uuid.uuid4().hex}"
+    in_memory = build_shards(r, root=None, out=url, progress=False).manifest
+    assert in_memory["shards"] == local["shards"] and verify_shards(url) == []
+
+    from facegan.launch.shards import build_shards_on_ray   # refused before any Ray start
+    with pytest.raises(DataError, match="exists only in this process"):
+        build_shards_on_ray(r, root=None, out=f"memory://facegan-test-{uuid.uuid4().hex}", progress=False)
+
+
 def test_resume_after_killed_build_keeps_finished_shards(tmp_path: Path) -> None:
     out = tmp_path / "o"
     cmd = [sys.executable, "-m", "facegan.cli", "shards", "build", "--source", "synthetic", "--count", "600",

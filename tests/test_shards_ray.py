@@ -13,7 +13,7 @@ from facegan.data.recipe import ShardRecipe
 from facegan.data.writer import build_shards, verify_shards
 
 from conftest import make_celeba
-from conftest_ray import wait_for_free_cpus
+from conftest_ray import wait_for_free_cpus, wait_until_spread_reaches
 
 
 @pytest.mark.slow
@@ -31,6 +31,8 @@ def test_ray_build_is_byte_identical_to_local_and_resumes(tmp_path: Path, ray_cl
     # Seen in CI: right after another test's Train run one node's CPU was still held, and every
     # task went to the other node. The spread is asserted on an idle cluster.
     assert wait_for_free_cpus(), f"the cluster's CPUs are still taken: {ray.available_resources()}"
+    # ... and on one this driver's raylet sees whole (on a fresh cluster it was seen to lag).
+    assert wait_until_spread_reaches(nodes), "SPREAD probes never reached both nodes"
     out = tmp_path / "ray"
     result = build_shards_on_ray(recipe, root=tmp_path / "celeba", out=out, progress=False)
     remote = result.manifest

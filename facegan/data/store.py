@@ -23,6 +23,12 @@ class Store:
     readable: bool = True
     location: str
 
+    @property
+    def shared(self) -> bool:
+        """Whether another process opening `location` sees the same files (a worker can write
+        there itself). Not so for an in-process filesystem such as fsspec's memory://."""
+        return True
+
     def open_write(self, name: str) -> contextlib.AbstractContextManager[BinaryIO]:
         raise NotImplementedError
 
@@ -114,6 +120,10 @@ class FsspecStore(Store):
 
         self.fs, self.path = fsspec.core.url_to_fs(url)
         self.location = url.rstrip("/")
+
+    @property
+    def shared(self) -> bool:
+        return "memory" not in (self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,))
 
     def _p(self, name: str) -> str:
         return f"{self.path.rstrip('/')}/{name}"

@@ -690,7 +690,8 @@ def _run_local(build: ShardBuild, *, progress: bool) -> None:
 
     With at least SHARDS_PER_WORKER shards per worker, each worker builds whole shards as a Ray
     task does (`build_one_shard`: encode, hash, write), biggest first so that no worker is left
-    with a large shard at the end; this process only records them. With fewer shards, workers
+    with a large shard at the end; this process only records them. With fewer shards (or an
+    output only this process can see, such as memory://), workers
     encode chunks and this process joins them into shards in order, so that a set of one shard
     still keeps every worker busy. Both ways give the same bytes.
     """
@@ -699,7 +700,7 @@ def _run_local(build: ShardBuild, *, progress: bool) -> None:
     bar = make_progress(total=total, enabled=progress and total > 0)
     per_job = [chunks_of(job.items, recipe) for job in build.todo]
     workers = max(1, min(recipe.num_workers, sum(map(len, per_job))))
-    whole = workers > 1 and len(build.todo) >= SHARDS_PER_WORKER * workers
+    whole = workers > 1 and len(build.todo) >= SHARDS_PER_WORKER * workers and build.store.shared
     counter = _pool_context().Value("q", 0) if whole else None
     pool = _pool_context().Pool(workers, initializer=_worker_init, initargs=(counter,)) if workers > 1 else None
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from facegan.data.recipe import ShardRecipe
-from facegan.errors import UserError
+from facegan.errors import DataError, UserError
 from facegan.data.writer import BuildResult, ShardBuild, build_one_shard, make_progress
 
 
@@ -37,6 +37,10 @@ def build_shards_on_ray(recipe: ShardRecipe, *, root: str | Path | None, out: st
     from facegan.launch.cluster import ensure_ray
 
     build = ShardBuild(recipe, root=root, out=out, overwrite=overwrite)
+    if not build.store.shared:
+        raise DataError(f"--out {out}: exists only in this process, and a --ray build's shards are written "
+                        "by the cluster's workers; use storage every node sees (a shared folder or an "
+                        "fsspec URL such as s3://)")
     location = str(Path(out).absolute()) if "://" not in str(out) and not str(out).startswith("pipe:") else str(out)
     total = sum(len(j.items) for j in build.todo)
     with build.running():
