@@ -84,17 +84,19 @@ def scaled_celeba(root: Path, scale: int, dest: Path) -> Path:
     return dest
 
 
-def _limit_rate(arg: tuple[list[str] | None, int, float]) -> float:
-    """Images per wall second of the limit's work in this process (paths: CelebA files; None:
-    synthetic renders)."""
-    paths, size, seconds = arg
+def limit_rates(paths: list[str] | None, size: int, seconds: float) -> tuple[float, float]:
+    """(img per wall second, img per CPU second) of the limit's work in this process: read,
+    decode, crop and resize the CelebA files `paths`, or (None) render synthetic faces."""
     if paths is None:
         from facegan.data.synthetic import render_face
 
         return rate(lambda i: render_face(seed=0, index=i, height=size, width=size), range(300),
-                    min_seconds=seconds)[0]
-    return rate(lambda p: load_and_prepare(p, crop="square", out_h=size, out_w=size), paths,
-                min_seconds=seconds)[0]
+                    min_seconds=seconds)
+    return rate(lambda p: load_and_prepare(p, crop="square", out_h=size, out_w=size), paths, min_seconds=seconds)
+
+
+def _limit_rate(arg: tuple[list[str] | None, int, float]) -> float:
+    return limit_rates(*arg)[0]
 
 
 def parallel_limit(paths: list[str] | None, size: int, seconds: float, cores: int) -> float:
@@ -148,20 +150,11 @@ def main() -> int:
         size = args.resolution
         print(f"source {recipe.source}: {len(scan.items)} images -> {recipe.height}x{recipe.width}, {cores} cores")
 
-        if root:
-            paths = [it.path for it in scan.items[:400]]
+        paths = [it.path for it in scan.items[:400]] if root else None
+        what = "read + draft decode + crop + resize" if root else "synthetic render"
 
-            def measure_limit() -> tuple[float, float]:
-                return rate(lambda p: load_and_prepare(p, crop="square", out_h=size, out_w=size), paths,
-                            min_seconds=args.seconds)
-            what = "read + draft decode + crop + resize"
-        else:
-            from facegan.data.synthetic import render_face
-
-            def measure_limit() -> tuple[float, float]:
-                return rate(lambda i: render_face(seed=0, index=i, height=size, width=size), range(300),
-                            min_seconds=args.seconds)
-            what = "synthetic render"
+        def measure_limit() -> tuple[float, float]:
+            return limit_rates(paths, size, args.seconds)
 
         before, before_cpu = measure_limit()
         c0, t0 = cpu_seconds(), time.perf_counter()
@@ -170,7 +163,7 @@ def main() -> int:
         after, after_cpu = measure_limit()
         shutil.rmtree(Path(tmp) / "shards")
         one_shard = per_core_ceiling(recipe, scan, Path(tmp) / "one") if root else None
-        together = parallel_limit(paths if root else None, size, args.seconds, cores) if cores > 1 else 0.0
+        together = parallel_limit(paths, size, args.seconds, cores) if cores > 1 else 0.0
 
     limit, limit_cpu = (before + after) / 2, (before_cpu + after_cpu) / 2
     n = result.manifest["counts"]["total"]

@@ -123,7 +123,9 @@ class FsspecStore(Store):
 
     @property
     def shared(self) -> bool:
-        return "memory" not in (self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,))
+        from fsspec.implementations.memory import MemoryFileSystem
+
+        return not isinstance(self.fs, MemoryFileSystem)
 
     def _p(self, name: str) -> str:
         return f"{self.path.rstrip('/')}/{name}"

@@ -299,14 +299,11 @@ class ShardStream(IterableDataset):
                             "run `facegan shards verify` on the set")
 
 
-def to_unit_range(img: torch.Tensor, *, channels_last: bool | None = None) -> torch.Tensor:
-    """uint8 NCHW images as float32 in [-1, 1] (x / 127.5 - 1), laid out contiguous NCHW, or
-    channels_last (default: as `img` is). One pass converts (and transposes, when the layouts
-    differ) into the new batch, then the arithmetic runs in place: the same values bit for bit as
-    converting a contiguous copy, at half the cost."""
-    if channels_last is None:
-        channels_last = img.dim() == 4 and not img.is_contiguous() and img.is_contiguous(
-            memory_format=torch.channels_last)
+def to_unit_range(img: torch.Tensor, *, channels_last: bool) -> torch.Tensor:
+    """uint8 NCHW images as float32 in [-1, 1] (x / 127.5 - 1), laid out contiguous NCHW or
+    channels_last. One pass converts (and transposes, when the layouts differ) into the new
+    batch, then the arithmetic runs in place: the same values bit for bit as converting a
+    contiguous copy, at half the cost."""
     out = torch.empty(img.shape, dtype=torch.float32,
                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return out.copy_(img).div_(127.5).sub_(1.0)
@@ -316,15 +313,10 @@ class TrainLoader:
     """An endless DataLoader over a ShardStream, cut into equal epochs on every rank."""
 
     def __init__(self, stream: ShardStream, *, num_workers: int, batches_per_epoch: int,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, normalize_here: bool = False) -> None:
         self.stream = stream
         self.batches_per_epoch = batches_per_epoch
-        # Loader workers hand batches over in shared memory, whose fresh pages cost more than
-        # the conversion: a float batch is 4x the bytes of its uint8 pixels. So with workers the
-        # stream sends uint8 and this process maps it to [-1, 1], with the same arithmetic.
-        self.normalize_here = stream.normalize and num_workers > 0
-        if self.normalize_here:
-            stream.normalize = False
+        self.normalize_here = normalize_here   # the stream sends uint8; map it to [-1, 1] here
         # Own generator: creating a DataLoader iterator draws a base seed, and drawing it from the
         # global RNG would shift dropout's random stream and break exact resume.
         self.loader = DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
@@ -340,7 +332,7 @@ class TrainLoader:
         self.batches_seen += 1
         batch = next(self._it)
         if self.normalize_here:
-            batch["image"] = to_unit_range(batch["image"])
+            batch["image"] = to_unit_range(batch["image"], channels_last=self.stream.channels_last)
         return batch
 
     def __iter__(self) -> "TrainLoader":
@@ -362,9 +354,14 @@ def train_loader(shard_set: ShardSet, *, batch_size: int, rank: int = 0, world_s
     `channels_last=True` returns images as an NCHW view of NHWC memory (torch.channels_last),
     saving the loader a transpose; `normalize=False` returns uint8 (normalise on the GPU).
     """
+    # Loader workers hand batches over in shared memory, whose fresh pages cost more than the
+    # conversion: a float batch is 4x the bytes of its uint8 pixels. So with workers the stream
+    # sends uint8 and the main process maps it to [-1, 1], with the same arithmetic.
+    normalize_here = normalize and num_workers > 0
     stream = ShardStream(shard_set=shard_set, split=split, batch_size=batch_size, rank=rank,
                          world_size=world_size, train=True, seed=seed, shuffle_buffer=shuffle_buffer,
-                         start_batch=start_batch, normalize=normalize, channels_last=channels_last)
+                         start_batch=start_batch, normalize=normalize and not normalize_here,
+                         channels_last=channels_last)
     share = shard_set.count(split) // world_size
     if batch_size > share:
         # Each batch would need more than a whole pass over this rank's data (repeats within a
@@ -374,7 +371,7 @@ def train_loader(shard_set: ShardSet, *, batch_size: int, rank: int = 0, world_s
                           f"use at most {share}")
     batches_per_epoch = max(1, shard_set.count(split) // (world_size * batch_size))
     return TrainLoader(stream, num_workers=num_workers, batches_per_epoch=batches_per_epoch,
-                       pin_memory=pin_memory)
+                       pin_memory=pin_memory, normalize_here=normalize_here)
 
 
 def eval_loader(shard_set: ShardSet, *, split: str = "val", batch_size: int, rank: int = 0,

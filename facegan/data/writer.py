@@ -691,9 +691,9 @@ def _run_local(build: ShardBuild, *, progress: bool) -> None:
     With at least SHARDS_PER_WORKER shards per worker, each worker builds whole shards as a Ray
     task does (`build_one_shard`: encode, hash, write), biggest first so that no worker is left
     with a large shard at the end; this process only records them. With fewer shards (or an
-    output only this process can see, such as memory://), workers
-    encode chunks and this process joins them into shards in order, so that a set of one shard
-    still keeps every worker busy. Both ways give the same bytes.
+    output only this process can see, such as memory://), workers encode chunks and this process
+    joins them into shards in order, so that a set of one shard still keeps every worker busy.
+    Both ways give the same bytes.
     """
     recipe = build.recipe
     total = sum(len(j.items) for j in build.todo)
