@@ -32,13 +32,13 @@ from facegan.data.recipe import MAX_COUNT, MAX_SHARD_SIZE, ShardRecipe, load_rec
 from facegan.data.records import CELEBA_ATTRS, DataError
 from facegan.data.stream import ShardSet, eval_loader
 from facegan.data.tario import TarFormatError, iter_samples
-from facegan.data.writer import build_shards, check_sample
+from facegan.data.writer import build_shards, check_sample, sample_labels, samples_labels
 from facegan.errors import ConfigError
 
 from conftest import make_celeba
 
 SCALE = int(os.environ.get("FACEGAN_FUZZ_SCALE", "1"))
-FUZZ_EXAMPLES = {"celeba": 150, "utk": 300, "csv": 150, "recipe": 300, "tar": 300, "stream": 100, "raw": 100}
+FUZZ_EXAMPLES = {"celeba": 150, "utk": 300, "csv": 150, "recipe": 300, "tar": 300, "stream": 100, "raw": 100, "labels": 100}
 
 
 def fuzz(kind: str) -> Any:
@@ -321,6 +321,57 @@ def test_tar_reader_under_damage(one_shard: tuple[Path, bytes, dict[str, dict[st
     except TarFormatError as exc:
         assert str(exc)
     assert accepted <= 8
+
+
+def _outcome(labels_or_error: Any) -> Any:
+    return (type(labels_or_error), str(labels_or_error)) if isinstance(labels_or_error, Exception) else labels_or_error
+
+
+def _per_sample(samples: list[dict[str, Any]]) -> list[Any]:
+    out = []
+    for sample in samples:
+        try:
+            out.append(sample_labels(sample, ext="jpg", strict=True))
+        except ValueError as exc:
+            out.append(exc)
+    return out
+
+
+@fuzz("labels")
+@given(data=st.data())
+def test_labels_checked_together_are_what_each_alone_gives(
+        one_shard: tuple[Path, bytes, dict[str, dict[str, Any]]], data: Any) -> None:
+    """The stream parses a group's labels in one JSON parse: under any damage, each sample gets
+    exactly the labels or the error that checking it alone gives."""
+    _, raw, _ = one_shard
+    damaged = mutate(raw, data.draw(mutation(len(raw))))
+    samples = []
+    try:
+        samples.extend(iter_samples(io.BytesIO(damaged)))
+    except TarFormatError:
+        pass
+    samples = samples * data.draw(st.integers(1, 3))       # repeats: groups of mixed damage
+    assert list(map(_outcome, samples_labels(samples, ext="jpg", strict=True))) == \
+        list(map(_outcome, _per_sample(samples)))
+
+
+def test_a_labels_text_that_is_not_one_object_fails_alone(
+        one_shard: tuple[Path, bytes, dict[str, dict[str, Any]]]) -> None:
+    """A .json whose checksums pass but which is two JSON values (a bug in some other writer) would
+    shift a joined parse by one: it must fail on its own, the others keep their labels."""
+    import zlib
+
+    _, _, originals = one_shard
+    good = [dict(s) for s in originals.values()]
+    odd = dict(good[0])
+    body = b'{"attrs": [1]}, {"x": 2'
+    text = body + b", " + b'"img_crc32": %d, ' % (zlib.crc32(odd["jpg"]) & 0xFFFFFFFF)
+    odd["json"] = text + b'"labels_crc32": %d}' % zlib.crc32(body + b"}")
+    samples = [good[1], odd, good[2]]
+    got = samples_labels(samples, ext="jpg", strict=True)
+    assert isinstance(got[1], ValueError)
+    assert list(map(_outcome, got)) == list(map(_outcome, _per_sample(samples)))
+    assert got[0]["attrs"] == json.loads(good[1]["json"])["attrs"]
 
 
 @fuzz("stream")

@@ -42,10 +42,12 @@ from facegan.data.limits import check_memory
 from facegan.data.records import DataError
 from facegan.data.store import open_store, open_url
 from facegan.data.tario import TarFormatError, iter_samples
-from facegan.data.writer import load_manifest, sample_labels, strict_checks
+from facegan.data.writer import load_manifest, samples_labels, strict_checks
 from facegan.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+LABEL_GROUP = 32   # samples whose labels are checked and parsed together
 
 
 @dataclass(frozen=True)
@@ -163,25 +165,31 @@ class ShardStream(IterableDataset):
         for sid in order:
             url = self.urls[sid]
             n = good = 0
+            # Samples are checked LABEL_GROUP at a time (one JSON parse for the group's labels).
+            group: list[dict[str, Any]] = []
+            failure: Exception | None = None
             try:
                 with open_url(url) as f:
                     for sample in iter_samples(f):
                         mine = not by_sample or (self.offsets[sid] + n) % num_slots == slot
                         n += 1
-                        if not mine:
-                            continue
-                        try:
-                            labels = self._labels(sample)
-                        except ValueError as exc:
-                            log.warning("skipping sample %s of %s: %s", sample.get("__key__"), url, exc)
-                            continue
-                        good += 1
-                        yielded += 1
-                        yield sample, labels
+                        if mine:
+                            group.append(sample)
+                        if len(group) == LABEL_GROUP:
+                            for item in self._checked(group, url):
+                                good += 1
+                                yield item
+                            group = []
             except (TarFormatError, OSError) as exc:
+                failure = exc
+            for item in self._checked(group, url):   # what was read before the end (or the damage)
+                good += 1
+                yield item
+            yielded += good
+            if failure is not None:
                 stats["bad_shards"] += 1
                 log.warning("shard %s: %s; read %d samples before it", url,
-                            "missing" if isinstance(exc, FileNotFoundError) else exc, n)
+                            "missing" if isinstance(failure, FileNotFoundError) else failure, n)
             lost = max(0, self._share(sid, slot, num_slots, by_sample) - good)
             if lost:
                 stats["skipped"] += lost
@@ -207,9 +215,14 @@ class ShardStream(IterableDataset):
         rng.shuffle(buf)
         yield from buf
 
-    def _labels(self, sample: dict[str, Any]) -> dict[str, Any]:
-        """Labels of a sample whose image and labels pass their crc32, or ValueError saying why not."""
-        return sample_labels(sample, ext=self.ext, strict=self.strict)
+    def _checked(self, samples: list[dict[str, Any]], url: str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """(sample, labels) of those samples whose image and labels pass their crc32s; the others
+        are logged and dropped."""
+        for sample, labels in zip(samples, samples_labels(samples, ext=self.ext, strict=self.strict)):
+            if isinstance(labels, ValueError):
+                log.warning("skipping sample %s of %s: %s", sample.get("__key__"), url, labels)
+            else:
+                yield sample, labels
 
     def _collate(self, pixels_BHWC: np.ndarray, labels: list[dict[str, Any]], keys: list[str],
                  stats: dict[str, int]) -> dict[str, Any]:

@@ -115,29 +115,21 @@ class _Blocks:
 
     def __init__(self, f: BinaryIO) -> None:
         self.f, self.buf, self.pos, self.eof = f, b"", 0, False
+        self.short = False   # whether the last take's `skip` bytes ran past the end of the stream
 
-    def take(self, n: int) -> bytes:
-        end = self.pos + n
+    def take(self, n: int, skip: int = 0) -> bytes:
+        """The next n bytes (fewer only where the stream ends), then `skip` bytes passed over."""
+        end = self.pos + n + skip
         if end > len(self.buf) and not self.eof:
             rest = self.buf[self.pos:]
-            more = _read_exact(self.f, max(n - len(rest), _READ_AHEAD))
-            self.eof = len(more) < max(n - len(rest), _READ_AHEAD)
-            self.buf, self.pos, end = rest + more, 0, n
-        out = self.buf[self.pos:end]
-        self.pos = min(end, len(self.buf))
-        return out
-
-
-def _byte_sum(header: bytes) -> int:
-    """sum(header) for a 512-byte block, 10x faster: Adler-32's first half is 1 + the byte sum
-    mod 65521, and a 256-byte half sums to at most 65280, so each half's sum is exact."""
-    return (zlib.adler32(header[:256]) & 0xFFFF) + (zlib.adler32(header[256:]) & 0xFFFF) - 2
-
-
-def _size_field(field: bytes) -> int:
-    if field[0] & 0x80:  # GNU base-256 for big sizes
-        return int.from_bytes(field[1:], "big")
-    return int(field.strip(b"\0 ") or b"0", 8)
+            want = max(n + skip - len(rest), _READ_AHEAD)
+            more = _read_exact(self.f, want)
+            self.eof = len(more) < want
+            self.buf, self.pos, end = rest + more, 0, n + skip
+        pos, size = self.pos, len(self.buf)
+        self.short = end > size
+        self.pos = end if end <= size else size
+        return self.buf[pos:pos + n]
 
 
 def iter_tar_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
@@ -146,54 +138,57 @@ def iter_tar_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
     long_name: str | None = None
     offset = 0
     blocks = _Blocks(f)
+    take, adler32 = blocks.take, zlib.adler32
     while True:
-        header = blocks.take(BLOCK)
-        if len(header) == 0:
-            # Every tar writer ends with zero blocks; a stream that just stops was cut short.
-            raise TarFormatError(f"truncated: no end-of-archive marker after byte {offset}")
+        header = take(BLOCK)
         if len(header) < BLOCK:
-            raise TarFormatError(f"truncated header at byte {offset}")
+            # Every tar writer ends with zero blocks; a stream that just stops was cut short.
+            raise TarFormatError(f"truncated: no end-of-archive marker after byte {offset}" if not header
+                                 else f"truncated header at byte {offset}")
         if header == _ZERO_BLOCK:
             return
+        chksum = header[148:156]
         try:
-            stored = int(header[148:156].strip(b"\0 ") or b"0", 8)
-            size = _size_field(header[124:136])
+            stored = int(chksum.strip(b"\0 ") or b"0", 8)
+            size = int(header[124:136].strip(b"\0 ") or b"0", 8) if not header[124] & 0x80 \
+                else int.from_bytes(header[125:136], "big")   # GNU base-256 for big sizes
         except ValueError:
             raise TarFormatError(f"corrupt header at byte {offset}") from None
-        # The checksum field counts as 8 spaces (8 x 32 = 256).
-        if stored != _byte_sum(header) - sum(header[148:156]) + 256:
+        # sum(header) with the checksum field counted as 8 spaces (8 x 32 = 256). Adler-32's first
+        # half is 1 + the byte sum mod 65521, exact for a 256-byte half (at most 65280): 10x sum().
+        if stored != (adler32(header[:256]) & 0xFFFF) + (adler32(header[256:]) & 0xFFFF) - 2 \
+                - sum(chksum) + 256:
             raise TarFormatError(f"header checksum mismatch at byte {offset}")
         if size > MAX_MEMBER:
             raise TarFormatError(f"corrupt header at byte {offset}: member size {size} is implausible")
         pad = (-size) % BLOCK
-        data = blocks.take(size + pad)
-        if len(data) < size + pad:
-            raise TarFormatError(f"truncated member at byte {offset} ({max(0, len(data) - pad)} of {size} bytes)"
+        data = take(size, pad)
+        if len(data) < size or blocks.short:
+            raise TarFormatError(f"truncated member at byte {offset} ({len(data)} of {size} bytes)"
                                  if len(data) < size else f"truncated padding at byte {offset + BLOCK + size}")
-        if pad:
-            data = data[:size]
         offset += BLOCK + size + pad
-        typeflag = header[156:157]
-        if typeflag == b"0" or typeflag == b"\0" or typeflag == b"7":
+        typeflag = header[156]
+        if typeflag == 48 or typeflag == 0 or typeflag == 55:   # "0", NUL, "7": a regular file
             if pax_path is not None:
                 name = pax_path
             elif long_name is not None:
                 name = long_name
             else:
-                name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-                prefix = header[345:500].split(b"\0", 1)[0]
-                if prefix and header[257:262] == b"ustar":
+                end = header.find(0, 0, 100)
+                name = header[:end if end >= 0 else 100].decode("utf-8", "replace")
+                if header[345] and header[257:262] == b"ustar":
+                    prefix = header[345:500].split(b"\0", 1)[0]
                     name = prefix.decode("utf-8", "replace") + "/" + name
             pax_path = long_name = None
             yield name, data
-        elif typeflag == b"x":  # pax extended header for the next member
+        elif typeflag == 120:  # "x": pax extended header for the next member
             for record in data.decode("utf-8", "replace").split("\n"):
                 _, _, kv = record.partition(" ")
                 if kv.startswith("path="):
                     pax_path = kv[len("path="):]
-        elif typeflag == b"L":  # GNU long name
+        elif typeflag == 76:  # "L": GNU long name
             long_name = data.rstrip(b"\0").decode("utf-8", "replace")
-        elif typeflag != b"g":
+        elif typeflag != 103:  # "g": pax global header
             pax_path = long_name = None
 
 

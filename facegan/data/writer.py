@@ -202,6 +202,57 @@ def sample_labels(sample: dict[str, Any], *, ext: str, strict: bool) -> dict[str
     return labels
 
 
+def samples_labels(samples: list[dict[str, Any]], *, ext: str, strict: bool) -> list[dict[str, Any] | ValueError]:
+    """`sample_labels` of each sample (its labels, or the ValueError saying why not), with one JSON
+    parse for all the samples whose .json is as `labels_json` writes it.
+
+    Those are checked first, each on its own: the labels' crc32 over their bytes and the image's
+    crc32 against the number in the tail, so a damaged sample fails alone. Then their texts are
+    parsed as one JSON array (per-call overhead is most of a small parse). Anything unexpected
+    there (a text that is not one JSON object, a checksum that does not read back) sends every one
+    of them through `sample_labels` instead, which says which sample is wrong.
+    """
+    out: list[dict[str, Any] | ValueError | None] = [None] * len(samples)
+    texts: list[bytes] = []
+    where: list[tuple[int, int, int]] = []
+    for i, sample in enumerate(samples):
+        raw, data = sample.get("json"), sample.get(ext)
+        at = raw.rfind(b'"img_crc32": ') if raw is not None and data is not None else -1
+        tail = _LABELS_TAIL.match(raw, at) if at > 2 else None
+        if tail is None or raw[at - 2:at] != b", ":
+            try:   # no image, no labels, or not as labels_json writes them: the general path
+                out[i] = sample_labels(sample, ext=ext, strict=strict)
+            except ValueError as exc:
+                out[i] = exc
+            continue
+        labels_crc, img_crc = int(tail.group(2)), int(tail.group(1))
+        if zlib.crc32(b"}", zlib.crc32(memoryview(raw)[:at - 2])) != labels_crc:
+            out[i] = ValueError("labels do not match their crc32")
+        elif crc32(data) != img_crc:
+            out[i] = ImageError("image bytes do not match their crc32")
+        else:
+            texts.append(raw)
+            where.append((i, labels_crc, img_crc))
+    if texts:
+        try:
+            parsed = json.loads(b"[" + b",".join(texts) + b"]")
+        except ValueError:
+            parsed = None
+        if (isinstance(parsed, list) and len(parsed) == len(texts)
+                and all(isinstance(lab, dict) and lab.pop("labels_crc32", None) == labels_crc
+                        and lab.get("img_crc32") == img_crc
+                        for lab, (_, labels_crc, img_crc) in zip(parsed, where))):
+            for lab, (i, _, _) in zip(parsed, where):
+                out[i] = lab
+        else:
+            for i, _, _ in where:
+                try:
+                    out[i] = sample_labels(samples[i], ext=ext, strict=strict)
+                except ValueError as exc:
+                    out[i] = exc
+    return out  # type: ignore[return-value]
+
+
 def strict_checks(manifest: dict[str, Any]) -> bool:
     """Whether a set's samples must carry both checksums (written by this version or later)."""
     version = manifest.get("format_version", 1)
@@ -1016,5 +1067,5 @@ def save_grid(imgs_NCHW: np.ndarray, path: str | Path, *, nrow: int | None = Non
 
 
 __all__ = ["BuildResult", "ShardBuild", "ShardJob", "build_shards", "build_one_shard", "check_sample",
-           "encode_chunk", "inspect_shards", "load_manifest", "make_manifest", "parse_labels", "plan_shards", "sample_labels",
+           "encode_chunk", "inspect_shards", "load_manifest", "make_manifest", "parse_labels", "plan_shards", "sample_labels", "samples_labels",
            "save_grid", "scan_source", "verify_shards", "write_shard", "human", "PipeStore"]
