@@ -752,11 +752,18 @@ def _run_local(build: ShardBuild, *, progress: bool) -> None:
     per_job = [chunks_of(job.items, recipe) for job in build.todo]
     workers = max(1, min(recipe.num_workers, sum(map(len, per_job))))
     whole = workers > 1 and len(build.todo) >= SHARDS_PER_WORKER * workers and build.store.shared
-    counter = _pool_context().Value("q", 0) if whole else None
-    pool = _pool_context().Pool(workers, initializer=_worker_init, initargs=(counter,)) if workers > 1 else None
+    context = _pool_context()
+    counter = context.Value("q", 0) if whole else None
+    order = sorted(build.todo, key=lambda j: -len(j.items)) if whole else []   # biggest first
+    tasks = [(job, recipe, build.store.location, build.staged_name(job.name)) for job in order]
+    global _FORKED_TASKS
+    # Forked workers find their tasks in memory (inherited) and are sent only an index: pickling
+    # a shard's items costs both sides milliseconds per shard.
+    _FORKED_TASKS = tasks if context.get_start_method() == "fork" else None
+    pool = context.Pool(workers, initializer=_worker_init, initargs=(counter,)) if workers > 1 else None
     try:
         if whole:
-            _run_whole_shards(build, pool, counter, bar)
+            _run_whole_shards(build, pool, counter, bar, order, tasks, by_index=_FORKED_TASKS is not None)
         else:
             tasks = [(items, recipe) for chunks in per_job for items in chunks]
             # The ordered, bounded window keeps every worker busy while the tar stream stays
@@ -774,17 +781,16 @@ def _run_local(build: ShardBuild, *, progress: bool) -> None:
         if pool:
             pool.close()  # a normal exit: the workers finish on their own
     finally:
+        _FORKED_TASKS = None
         if pool:
             pool.terminate()
             pool.join()
         bar.close()
 
 
-def _run_whole_shards(build: ShardBuild, pool: Any, counter: Any, bar: Any) -> None:
-    location = build.store.location
-    order = sorted(build.todo, key=lambda j: -len(j.items))
-    tasks = [(job, build.recipe, location, build.staged_name(job.name)) for job in order]
-    results = pool.imap_unordered(_shard_task, list(enumerate(tasks)))
+def _run_whole_shards(build: ShardBuild, pool: Any, counter: Any, bar: Any, order: list[ShardJob],
+                      tasks: list[tuple[ShardJob, ShardRecipe, str, str]], *, by_index: bool) -> None:
+    results = pool.imap_unordered(_shard_task, [(i, None if by_index else task) for i, task in enumerate(tasks)])
     shown = 0
     pending = len(tasks)
     while pending:
@@ -801,10 +807,13 @@ def _run_whole_shards(build: ShardBuild, pool: Any, counter: Any, bar: Any) -> N
 
 
 _PROGRESS: Any = None   # in a local build's worker: images done, shared with the parent
+_FORKED_TASKS: list[tuple[ShardJob, ShardRecipe, str, str]] | None = None   # a forked pool's tasks
 
 
-def _shard_task(arg: tuple[int, tuple[ShardJob, ShardRecipe, str, str]]) -> tuple[int, dict[str, Any]]:
-    index, (job, recipe, location, name) = arg
+def _shard_task(arg: tuple[int, tuple[ShardJob, ShardRecipe, str, str] | None]) -> tuple[int, dict[str, Any]]:
+    """Build shard task `index`: given, or (None) the forked worker's inherited `_FORKED_TASKS[index]`."""
+    index, task = arg
+    job, recipe, location, name = task if task is not None else _FORKED_TASKS[index]  # type: ignore[index]
     return index, build_one_shard(job, recipe, location, name, progress=_PROGRESS)
 
 
