@@ -133,10 +133,10 @@ def test_whole_shard_workers_write_the_bytes_of_a_chunked_build(tmp_path: Path, 
     calls = {"whole": 0}
     original = writer._run_whole_shards
 
-    def spy(*args: object, by_index: bool) -> None:
+    def spy(*args: object, token: int | None) -> None:
         calls["whole"] += 1
-        assert by_index   # forked workers are sent task indices, not pickled shard items
-        original(*args, by_index=by_index)
+        assert token is not None   # forked workers are sent task indices, not pickled shard items
+        original(*args, token=token)
 
     monkeypatch.setattr(writer, "_run_whole_shards", spy)
     r = dict(source="synthetic", count=130, resolution=16, shard_size=10)   # 14 shards: >= 4 per worker

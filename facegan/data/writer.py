@@ -756,14 +756,17 @@ def _run_local(build: ShardBuild, *, progress: bool) -> None:
     counter = context.Value("q", 0) if whole else None
     order = sorted(build.todo, key=lambda j: -len(j.items)) if whole else []   # biggest first
     tasks = [(job, recipe, build.store.location, build.staged_name(job.name)) for job in order]
-    global _FORKED_TASKS
     # Forked workers find their tasks in memory (inherited) and are sent only an index: pickling
-    # a shard's items costs both sides milliseconds per shard.
-    _FORKED_TASKS = tasks if context.get_start_method() == "fork" else None
+    # a shard's items costs both sides milliseconds per shard. Keyed per build, so that builds in
+    # other threads, and a worker the pool forks later to replace a dead one, see the right list.
+    token = next(_BUILD_TOKENS)
+    by_index = context.get_start_method() == "fork"
+    if by_index:
+        _FORKED_TASKS[token] = tasks
     pool = context.Pool(workers, initializer=_worker_init, initargs=(counter,)) if workers > 1 else None
     try:
         if whole:
-            _run_whole_shards(build, pool, counter, bar, order, tasks, by_index=_FORKED_TASKS is not None)
+            _run_whole_shards(build, pool, counter, bar, tasks, token=token if by_index else None)
         else:
             tasks = [(items, recipe) for chunks in per_job for items in chunks]
             # The ordered, bounded window keeps every worker busy while the tar stream stays
@@ -781,16 +784,19 @@ def _run_local(build: ShardBuild, *, progress: bool) -> None:
         if pool:
             pool.close()  # a normal exit: the workers finish on their own
     finally:
-        _FORKED_TASKS = None
+        _FORKED_TASKS.pop(token, None)
         if pool:
             pool.terminate()
             pool.join()
         bar.close()
 
 
-def _run_whole_shards(build: ShardBuild, pool: Any, counter: Any, bar: Any, order: list[ShardJob],
-                      tasks: list[tuple[ShardJob, ShardRecipe, str, str]], *, by_index: bool) -> None:
-    results = pool.imap_unordered(_shard_task, [(i, None if by_index else task) for i, task in enumerate(tasks)])
+def _run_whole_shards(build: ShardBuild, pool: Any, counter: Any, bar: Any,
+                      tasks: list[tuple[ShardJob, ShardRecipe, str, str]], *, token: int | None) -> None:
+    """Workers build `tasks` (whole shards); `token`: forked workers have them in _FORKED_TASKS."""
+    order = [task[0] for task in tasks]
+    results = pool.imap_unordered(_shard_task, [(i, (token, i) if token is not None else task)
+                                                for i, task in enumerate(tasks)])
     shown = 0
     pending = len(tasks)
     while pending:
@@ -807,13 +813,18 @@ def _run_whole_shards(build: ShardBuild, pool: Any, counter: Any, bar: Any, orde
 
 
 _PROGRESS: Any = None   # in a local build's worker: images done, shared with the parent
-_FORKED_TASKS: list[tuple[ShardJob, ShardRecipe, str, str]] | None = None   # a forked pool's tasks
+_ShardTask = tuple[ShardJob, ShardRecipe, str, str]   # job, recipe, output location, file name
+_FORKED_TASKS: dict[int, list[_ShardTask]] = {}       # per build: what forked workers inherit
+_BUILD_TOKENS = itertools.count()
 
 
-def _shard_task(arg: tuple[int, tuple[ShardJob, ShardRecipe, str, str] | None]) -> tuple[int, dict[str, Any]]:
-    """Build shard task `index`: given, or (None) the forked worker's inherited `_FORKED_TASKS[index]`."""
+def _shard_task(arg: tuple[int, _ShardTask | tuple[int, int]]) -> tuple[int, dict[str, Any]]:
+    """Build shard task `index`: given, or as (build token, index) inherited in _FORKED_TASKS."""
     index, task = arg
-    job, recipe, location, name = task if task is not None else _FORKED_TASKS[index]  # type: ignore[index]
+    if len(task) == 2:
+        token, i = task   # type: ignore[misc]
+        task = _FORKED_TASKS[token][i]
+    job, recipe, location, name = task   # type: ignore[misc]
     return index, build_one_shard(job, recipe, location, name, progress=_PROGRESS)
 
 
