@@ -188,11 +188,14 @@ def main() -> int:
         print(f"one process, one shard of {one_shard[2]} images (no pool, no scan): build {one_shard[0]:.0f} us/img "
               f"vs limit {one_shard[1]:.0f} us/img on the same images = {one_shard[1] / one_shard[0]:.2f} "
               "(the per-core ceiling of the build's own work)")
-    stages = result.stage_seconds
+    stages = dict(result.stage_seconds)
+    # The scan runs before any worker starts: every core waits for it.
+    stages["scan"] = result.scan_seconds * cores
     busy = dt * cores
-    print("per-image budget (us, summed over processes; 'other' = cores x wall - stages: scan, start-up, "
-          "inter-process traffic, idle):")
-    for name in ("read", "decode", "resize", "render", "encode", "tar", "hash", "write"):
+    print("per-image budget (us of core time, summed over processes; 'scan' = scan + plan x cores, all of "
+          "them waiting; 'labels' = the label JSON; 'other' = cores x wall - all of these: start-up, "
+          "inter-process traffic, loop overhead, idle cores at the end):")
+    for name in ("scan", "read", "decode", "resize", "render", "encode", "labels", "tar", "hash", "write"):
         if name in stages:
             print(f"  {name:<7} {stages[name] / n * 1e6:7.1f}")
     print(f"  {'other':<7} {(busy - sum(stages.values())) / n * 1e6:7.1f}")

@@ -336,8 +336,11 @@ def encode_chunk(items: list[SourceItem], recipe: ShardRecipe) -> Chunk:
     perf = time.perf_counter
     t_encode = t_tar = 0.0
     count = 0
+    t_labels = 0.0
     for item in items:
+        t0 = perf()
         labels_text = canonical_json(item.labels)
+        t_labels += perf() - t0
         try:
             if item.path is None:
                 from facegan.data.synthetic import render_face
@@ -368,6 +371,7 @@ def encode_chunk(items: list[SourceItem], recipe: ShardRecipe) -> Chunk:
         t_tar += perf() - t1
     stats["encode"] = t_encode
     stats["tar"] = t_tar
+    stats["labels"] = t_labels
     return Chunk(members=b"".join(parts), count=count, skipped=skipped, seconds=stats,
                  inputs_digest=hashlib.sha256(b"".join(described)).digest())
 
@@ -494,6 +498,7 @@ class BuildResult:
     kept: list[str] = field(default_factory=list)
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)   # summed over all processes
+    scan_seconds: float = 0.0                                        # scan + plan, in this process
     nodes: dict[str, int] = field(default_factory=dict)             # Ray builds: shards built per node
 
 
@@ -516,8 +521,10 @@ class ShardBuild:
         self.staging = self.store.readable
         self.fingerprint = recipe.fingerprint()
         self._check_out(overwrite=overwrite)
+        t0 = time.perf_counter()
         self.scan = scan_source(recipe, root=root)
         self.jobs = plan_shards(recipe, self.scan.items)
+        self.scan_seconds = time.perf_counter() - t0   # before any worker starts: serial
         if not self.jobs:
             raise DataError(f"no usable images in {root or 'the synthetic source'}: "
                             f"{len(self.scan.skipped)} inputs skipped")
@@ -712,7 +719,8 @@ class ShardBuild:
         except OSError as exc:
             raise _write_error(store, MANIFEST, exc) from None
         return BuildResult(manifest=manifest, built=[j.name for j in self.todo], kept=sorted(self.kept),
-                           seconds=time.time() - self.t0, stage_seconds=dict(self.stage_seconds))
+                           seconds=time.time() - self.t0, stage_seconds=dict(self.stage_seconds),
+                           scan_seconds=self.scan_seconds)
 
 
 def build_shards(recipe: ShardRecipe, *, root: str | Path | None, out: str | Path, progress: bool = True,
