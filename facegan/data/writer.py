@@ -330,17 +330,16 @@ def encode_chunk(items: list[SourceItem], recipe: ShardRecipe) -> Chunk:
     """
     ext = IMAGE_EXT[recipe.format]
     stats: dict[str, float] = {}
-    parts: list[bytes] = []
     described: list[bytes] = []
     skipped: list[dict[str, str]] = []
     perf = time.perf_counter
-    t_encode = t_tar = 0.0
-    count = 0
-    t_labels = 0.0
-    for item in items:
-        t0 = perf()
-        labels_text = canonical_json(item.labels)
-        t_labels += perf() - t0
+    # One stage at a time over the whole chunk (labels, pixels, encode, tar): each stage's code and
+    # tables stay in the CPU caches, where alternating stages per image evicted each other's.
+    t0 = perf()
+    texts = [canonical_json(item.labels) for item in items]
+    stats["labels"] = perf() - t0
+    images: list[tuple[SourceItem, bytes, Any]] = []
+    for item, labels_text in zip(items, texts):
         try:
             if item.path is None:
                 from facegan.data.synthetic import render_face
@@ -361,17 +360,17 @@ def encode_chunk(items: list[SourceItem], recipe: ShardRecipe) -> Chunk:
         except ImageError as exc:
             skipped.append({"input": item.path or item.key, "reason": str(exc)})
             continue
-        t0 = perf()
-        data = encode(img, fmt=recipe.format, quality=recipe.quality)
-        t1 = perf()
+        images.append((item, labels_text, img))
+    t0 = perf()
+    encoded = [encode(img, fmt=recipe.format, quality=recipe.quality) for _, _, img in images]
+    t1 = perf()
+    parts: list[bytes] = []
+    for (item, labels_text, _), data in zip(images, encoded):
         add_member(parts, f"{item.key}.{ext}", data)
         add_member(parts, f"{item.key}.json", labels_json(labels_text, crc32(data)))
-        count += 1
-        t_encode += t1 - t0
-        t_tar += perf() - t1
-    stats["encode"] = t_encode
-    stats["tar"] = t_tar
-    stats["labels"] = t_labels
+    stats["encode"] = t1 - t0
+    stats["tar"] = perf() - t1
+    count = len(images)
     return Chunk(members=b"".join(parts), count=count, skipped=skipped, seconds=stats,
                  inputs_digest=hashlib.sha256(b"".join(described)).digest())
 
