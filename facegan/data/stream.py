@@ -224,6 +224,27 @@ class ShardStream(IterableDataset):
             else:
                 yield sample, labels
 
+    def _decode_rows(self, pending: list[tuple[dict[str, Any], dict[str, Any]]], pixels: np.ndarray,
+                     labels: list[dict[str, Any]], keys: list[str], stats: dict[str, int], bad_in_a_row: int) -> int:
+        """Decode `pending` samples into the next rows of `pixels` (labels and keys appended);
+        a sample that does not decode is logged and counted. Returns the run of failures."""
+        ext, h, w = self.ext, self.height, self.width
+        for sample, lab in pending:
+            try:
+                decode_hwc(sample[ext], ext=ext, height=h, width=w, out=pixels[len(keys)])
+            except ImageError as exc:
+                stats["skipped"] += 1
+                bad_in_a_row += 1
+                log.warning("skipping sample %s: %s", sample.get("__key__"), exc)
+                if self.train and bad_in_a_row > sum(self.counts):
+                    raise DataError(f"{self.split} split: no sample of this reader's share decodes "
+                                    f"(last: {exc}); run `facegan shards verify` on the set") from None
+                continue
+            bad_in_a_row = 0
+            labels.append(lab)
+            keys.append(sample["__key__"])
+        return bad_in_a_row
+
     def _collate(self, pixels_BHWC: np.ndarray, labels: list[dict[str, Any]], keys: list[str],
                  stats: dict[str, int]) -> dict[str, Any]:
         img = torch.from_numpy(pixels_BHWC).permute(0, 3, 1, 2)   # NCHW view of NHWC memory
@@ -259,7 +280,7 @@ class ShardStream(IterableDataset):
         samples = itertools.chain.from_iterable(
             self._shuffled(self._pass_samples(slot, num_slots, stats, epoch), rng, self.shuffle_buffer)
             for epoch in (itertools.count() if self.train else range(1)))
-        bs, h, w, ext = self.batch_size, self.height, self.width, self.ext
+        bs, h, w = self.batch_size, self.height, self.width
 
         def new_buffer() -> np.ndarray:
             # Samples decode straight into their row of the batch: no per-image tensor, one
@@ -273,28 +294,29 @@ class ShardStream(IterableDataset):
         # carries the counts of a damaged last shard (they are known only once it is read).
         held: tuple[np.ndarray, list[dict[str, Any]], list[str]] | None = None
         bad_in_a_row = 0
-        for sample, lab in samples:
-            if to_skip > 0:
+        # Samples are decoded a batch's worth at a time, one after another: the decoder's code and
+        # tables stay in the CPU caches instead of alternating with tar parsing and shuffling.
+        # The batch is still the first `bs` samples that decode, in stream order.
+        pending: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        for sample, lab in itertools.chain(samples, [(None, None)]):
+            if sample is None:   # the end of an evaluation stream: decode what is left
+                if not pending:
+                    break
+            elif to_skip > 0:
                 keys.append(sample["__key__"])
                 if len(keys) == bs:
                     keys, to_skip = [], to_skip - 1
                 continue
-            try:
-                decode_hwc(sample[ext], ext=ext, height=h, width=w, out=pixels[len(keys)])
-            except ImageError as exc:
-                stats["skipped"] += 1
-                bad_in_a_row += 1
-                log.warning("skipping sample %s: %s", sample.get("__key__"), exc)
-                if self.train and bad_in_a_row > sum(self.counts):
-                    raise DataError(f"{self.split} split: no sample of this reader's share decodes "
-                                    f"(last: {exc}); run `facegan shards verify` on the set") from None
-                continue
-            bad_in_a_row = 0
-            if held is not None:
+            else:
+                pending.append((sample, lab))
+                if len(keys) + len(pending) < bs:
+                    continue
+            before = len(keys)
+            bad_in_a_row = self._decode_rows(pending, pixels, labels, keys, stats, bad_in_a_row)
+            pending = []
+            if held is not None and len(keys) > before:
                 yield self._collate(*held, stats)
                 held = None
-            labels.append(lab)
-            keys.append(sample["__key__"])
             if len(keys) == bs:
                 if self.train:
                     yield self._collate(pixels, labels, keys, stats)
