@@ -99,6 +99,8 @@ def _check_seed(seed: int) -> None:
 
 def _safe_key(text: str) -> str:
     """`text` with every character outside [A-Za-z0-9_-] replaced by '_' (webdataset-safe)."""
+    if text.isascii() and text.isalnum():
+        return text   # the common case (CelebA's 000001), without the regex
     return _UNSAFE_KEY_CHARS.sub("_", text) or "_"
 
 
@@ -271,7 +273,9 @@ def _parse_celeba_table(
             column = column_names[bad] if column_names else "value"
             raise DataError(f"{path}: line {index + 1}: {column} (column {bad + 2}) must be "
                             f"{value_desc}, found {values[bad]!r}")
-        stem = _stem(parts[0])
+        stem, dot, _ = parts[0].rpartition(".")   # _stem, inlined: this loop runs 202,599 times
+        if not (dot and stem):
+            stem = parts[0]
         previous = seen.get(stem)
         if previous is not None:
             raise DataError(f"{path}: line {index + 1}: image {parts[0]!r} is listed twice "
@@ -289,7 +293,13 @@ def _parse_celeba_table(
 
 
 _ATTR_VALUES = frozenset(("1", "-1"))
-_ATTR_BIT = {"1": 1, "-1": 0}
+_ATTR_BITS = bytes.maketrans(b"01", b"\x00\x01")
+
+
+def _attr_bits(values: list[str]) -> list[int]:
+    """[1 where "1", 0 where "-1"] of values already checked to be "1" or "-1": joined, "-1"
+    becomes "0", and each character its byte value (one pass in C instead of 40 lookups)."""
+    return list("".join(values).replace("-1", "0").encode().translate(_ATTR_BITS))
 
 
 def _bad_attr(values: list[str]) -> int | None:
@@ -375,7 +385,7 @@ def scan_celeba(
         attr_path, wanted=wanted, has_header=True, num_values=len(CELEBA_ATTRS),
         expected=f"image name + {len(CELEBA_ATTRS)} values of -1/1", value_desc="-1 or 1",
         bad_value=_bad_attr,
-        convert=lambda values: list(map(_ATTR_BIT.__getitem__, values)),
+        convert=_attr_bits,
     )
     assert attrs.column_names is not None
     optional: dict[str, _CelebaTable] = {}
@@ -399,13 +409,14 @@ def scan_celeba(
             optional[label] = _parse_celeba_table(path, wanted=wanted, **kwargs)
 
     label_fields = ["attrs", *optional]
+    tables = (attrs, *optional.values())
     stems: list[str] = []
     for stem, path in images.items():
-        missing = [t.path.name for t in (attrs, *optional.values()) if stem not in t.rows]
-        if missing:
-            skipped.append({"input": path, "reason": f"no row in {', '.join(missing)}"})
-        else:
+        if all(stem in t.rows for t in tables):
             stems.append(stem)
+        else:
+            missing = [t.path.name for t in tables if stem not in t.rows]
+            skipped.append({"input": path, "reason": f"no row in {', '.join(missing)}"})
     stems.sort()
 
     items: list[SourceItem] = []
