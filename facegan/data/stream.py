@@ -176,15 +176,15 @@ class ShardStream(IterableDataset):
                         if mine:
                             group.append(sample)
                         if len(group) == LABEL_GROUP:
-                            for item in self._checked(group, url):
-                                good += 1
-                                yield item
+                            checked = self._checked(group, url)
+                            good += len(checked)
+                            yield from checked
                             group = []
             except (TarFormatError, OSError) as exc:
                 failure = exc
-            for item in self._checked(group, url):   # what was read before the end (or the damage)
-                good += 1
-                yield item
+            checked = self._checked(group, url)   # what was read before the end (or the damage)
+            good += len(checked)
+            yield from checked
             yielded += good
             if failure is not None:
                 stats["bad_shards"] += 1
@@ -215,14 +215,14 @@ class ShardStream(IterableDataset):
         rng.shuffle(buf)
         yield from buf
 
-    def _checked(self, samples: list[dict[str, Any]], url: str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    def _checked(self, samples: list[dict[str, Any]], url: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """(sample, labels) of those samples whose image and labels pass their crc32s; the others
         are logged and dropped."""
-        for sample, labels in zip(samples, samples_labels(samples, ext=self.ext, strict=self.strict)):
-            if isinstance(labels, ValueError):
-                log.warning("skipping sample %s of %s: %s", sample.get("__key__"), url, labels)
-            else:
-                yield sample, labels
+        pairs = list(zip(samples, samples_labels(samples, ext=self.ext, strict=self.strict)))
+        bad = [(sample, labels) for sample, labels in pairs if isinstance(labels, ValueError)]
+        for sample, exc in bad:
+            log.warning("skipping sample %s of %s: %s", sample.get("__key__"), url, exc)
+        return [pair for pair in pairs if not isinstance(pair[1], ValueError)] if bad else pairs
 
     def _decode_rows(self, pending: list[tuple[dict[str, Any], dict[str, Any]]], pixels: np.ndarray,
                      labels: list[dict[str, Any]], keys: list[str], stats: dict[str, int], bad_in_a_row: int) -> int:
