@@ -151,6 +151,21 @@ def canonical_json(labels: dict[str, Any]) -> bytes:
 _LABELS_TAIL = re.compile(rb'"img_crc32": ([0-9]+), "labels_crc32": ([0-9]+)\}\Z')
 
 
+def _written_tail(raw: bytes) -> tuple[int, int] | None:
+    """(img_crc32, labels_crc32) of a .json as `labels_json` writes it, once its labels' bytes
+    pass labels_crc32 as they are (no re-serialising); ValueError if they do not; None for a
+    .json not in that form."""
+    at = raw.rfind(b'"img_crc32": ')
+    tail = _LABELS_TAIL.match(raw, at) if at > 0 else None
+    if tail is None or not (raw[at - 2:at] == b", " or at == 1):
+        return None
+    labels_crc = int(tail.group(2))
+    text = memoryview(raw)[:at - 2] if at > 1 else b"{"
+    if zlib.crc32(b"}", zlib.crc32(text)) != labels_crc:
+        raise ValueError("labels do not match their crc32")
+    return int(tail.group(1)), labels_crc
+
+
 def parse_labels(raw: bytes, *, strict: bool = False) -> dict[str, Any]:
     """Labels of a sample's .json (with its `img_crc32`); ValueError if it is not JSON or fails
     its `labels_crc32` (over the canonical JSON of everything but the two checksums).
@@ -159,15 +174,10 @@ def parse_labels(raw: bytes, *, strict: bool = False) -> dict[str, Any]:
     in the name "labels_crc32" or "img_crc32" would switch its check off and let a second
     flip through unseen.
     """
-    at = raw.rfind(b'"img_crc32": ')
-    tail = _LABELS_TAIL.match(raw, at) if at > 0 else None
-    if tail is not None and (raw[at - 2:at] == b", " or at == 1):
-        # As written by labels_json: check the labels' bytes as they are, no re-serialising.
-        text = memoryview(raw)[:at - 2] if at > 1 else b"{"
-        if zlib.crc32(b"}", zlib.crc32(text)) != int(tail.group(2)):
-            raise ValueError("labels do not match their crc32")
+    written = _written_tail(raw)
+    if written is not None:
         labels = json.loads(raw)
-        if not isinstance(labels, dict) or labels.pop("labels_crc32", None) != int(tail.group(2)):
+        if not isinstance(labels, dict) or labels.pop("labels_crc32", None) != written[1]:
             raise ValueError("labels are not the JSON object their checksum covers")
         return labels
     labels = json.loads(raw)
@@ -217,18 +227,19 @@ def samples_labels(samples: list[dict[str, Any]], *, ext: str, strict: bool) -> 
     where: list[tuple[int, int, int]] = []
     for i, sample in enumerate(samples):
         raw, data = sample.get("json"), sample.get(ext)
-        at = raw.rfind(b'"img_crc32": ') if raw is not None and data is not None else -1
-        tail = _LABELS_TAIL.match(raw, at) if at > 2 else None
-        if tail is None or raw[at - 2:at] != b", ":
+        try:
+            written = _written_tail(raw) if raw is not None and data is not None else None
+        except ValueError as exc:
+            out[i] = exc
+            continue
+        if written is None:
             try:   # no image, no labels, or not as labels_json writes them: the general path
                 out[i] = sample_labels(sample, ext=ext, strict=strict)
             except ValueError as exc:
                 out[i] = exc
             continue
-        labels_crc, img_crc = int(tail.group(2)), int(tail.group(1))
-        if zlib.crc32(b"}", zlib.crc32(memoryview(raw)[:at - 2])) != labels_crc:
-            out[i] = ValueError("labels do not match their crc32")
-        elif crc32(data) != img_crc:
+        img_crc, labels_crc = written
+        if crc32(data) != img_crc:
             out[i] = ImageError("image bytes do not match their crc32")
         else:
             texts.append(raw)
