@@ -127,7 +127,10 @@ def test_whole_shard_workers_write_the_bytes_of_a_chunked_build(tmp_path: Path, 
                                                                capsys) -> None:
     """With many shards per worker, workers build whole shards (as Ray tasks do) instead of
     handing chunks to the parent: same manifest, shard for shard, as one process and as chunks;
-    the progress bar still counts every image, and the run still resumes."""
+    the progress bar still counts every image, and the run still resumes. While workers run, the
+    scan is kept out of garbage collections (frozen); afterwards the collector is as it was."""
+    import gc
+
     from facegan.data import writer
 
     calls = {"whole": 0}
@@ -136,6 +139,7 @@ def test_whole_shard_workers_write_the_bytes_of_a_chunked_build(tmp_path: Path, 
     def spy(*args: object, token: int | None) -> None:
         calls["whole"] += 1
         assert token is not None   # forked workers are sent task indices, not pickled shard items
+        assert gc.get_freeze_count() > 0 and gc.isenabled()
         original(*args, token=token)
 
     monkeypatch.setattr(writer, "_run_whole_shards", spy)
@@ -152,6 +156,7 @@ def test_whole_shard_workers_write_the_bytes_of_a_chunked_build(tmp_path: Path, 
     assert len(serial["shards"]) == 14
     assert whole.manifest["shards"] == serial["shards"] == chunked["shards"]
     assert whole.stage_seconds["encode"] > 0 and whole.stage_seconds["write"] > 0
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
     assert verify_shards(tmp_path / "whole") == []
     (tmp_path / "whole" / "train-000003.tar").unlink()
     again = build_shards(recipe(**r), root=None, out=tmp_path / "whole", progress=False)
@@ -302,6 +307,9 @@ def test_missing_attribute_file_and_zero_usable_images(tmp_path: Path) -> None:
     write_jpeg(tmp_path / "c" / "img_align_celeba" / "000001.jpg", seed=0)
     with pytest.raises(DataError, match="list_attr_celeba.txt"):
         build_shards(recipe(source="celeba"), root=tmp_path / "c", out=tmp_path / "o", progress=False)
+    import gc
+
+    assert gc.isenabled() and gc.get_freeze_count() == 0   # the scan turned the collector off, and back on
     make_celeba(tmp_path / "d", n=3)
     for p in (tmp_path / "d" / "img_align_celeba").glob("*.jpg"):
         p.write_bytes(b"")
