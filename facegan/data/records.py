@@ -7,6 +7,7 @@ rows is cheap and the heavy work parallelises per shard.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,9 @@ class SourceItem:
     path: str | None = None
     index: int = 0
     labels: dict[str, Any] = field(default_factory=dict)
+
+
+item_key = operator.attrgetter("key")   # sorts SourceItems by key
 
 
 @dataclass

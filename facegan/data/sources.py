@@ -17,7 +17,6 @@ import csv
 import hashlib
 import json
 import math
-import operator
 import os
 import re
 from collections import Counter
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from facegan.data.records import CELEBA_ATTRS, SPLITS, DataError, SourceItem, SourceScan
+from facegan.data.records import CELEBA_ATTRS, SPLITS, DataError, SourceItem, SourceScan, item_key
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -167,9 +166,6 @@ def _no_usable_images(
     if extra:
         message += f". {extra}"
     return DataError(message)
-
-
-_item_key = operator.attrgetter("key")
 
 
 def _stem(name: str) -> str:
@@ -432,7 +428,7 @@ def scan_celeba(
         splits = [_hash_split(key, 0, val_fraction, test_fraction) for key in keys]
     items = [SourceItem(key=key, split=split, path=images[stem], labels=dict(zip(label_fields, values)))
              for key, split, stem, *values in zip(keys, splits, stems, *columns)]
-    items.sort(key=_item_key)
+    items.sort(key=item_key)
 
     if not items:
         raise _no_usable_images(

@@ -35,7 +35,6 @@ import io
 import itertools
 import json
 import multiprocessing as mp
-import operator
 import os
 import random
 import re
@@ -53,7 +52,7 @@ from facegan.data.imageio import (ImageError, check_source_size, crc32, crop_box
                                   read_file_stat)
 from facegan.data.limits import check_memory, human
 from facegan.data.recipe import IMAGE_EXT, ShardRecipe
-from facegan.data.records import SPLITS, DataError, SourceItem, SourceScan
+from facegan.data.records import SPLITS, DataError, SourceItem, SourceScan, item_key
 from facegan.data.store import FsspecStore, LocalStore, PipeStore, Store, open_store
 from facegan.data.tario import TAR_END, TarFormatError, add_member, iter_samples
 
@@ -73,9 +72,6 @@ PREFLIGHT_SAMPLES = 16          # source headers read before a build to catch a 
 
 
 # ----------------------------------------------------------------------------- scanning
-
-_item_key = operator.attrgetter("key")
-
 
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
@@ -169,7 +165,7 @@ def plan_shards(recipe: ShardRecipe, items: list[SourceItem]) -> list[ShardJob]:
         for item in items:
             by_split[item.split].append(item)
         for split in SPLITS:
-            part = sorted(by_split[split], key=_item_key)
+            part = sorted(by_split[split], key=item_key)
             if split == "train" and recipe.shuffle:
                 random.Random(recipe.seed).shuffle(part)
             for i, start in enumerate(range(0, len(part), recipe.shard_size)):
@@ -825,39 +821,32 @@ def _run_local(build: ShardBuild, *, progress: bool) -> None:
     if by_index:
         _FORKED_TASKS[token] = tasks
     with _gc_frozen():
-        _run_pool(build, context, workers, counter, bar, tasks, per_job, whole=whole,
-                  token=token if by_index else None)
+        pool = context.Pool(workers, initializer=_worker_init, initargs=(counter,)) if workers > 1 else None
+        try:
+            if whole:
+                _run_whole_shards(build, pool, counter, bar, tasks, token=token if by_index else None)
+            else:
+                tasks = [(items, recipe) for chunks in per_job for items in chunks]
+                # The ordered, bounded window keeps every worker busy while the tar stream stays
+                # sequential and deterministic.
+                results = _ordered(pool, tasks, window=2 * workers + 2)
 
+                def take(num_chunks: int) -> Iterator[Chunk]:
+                    for _ in range(num_chunks):
+                        chunk = next(results)
+                        bar.update(chunk.count + len(chunk.skipped))
+                        yield chunk
 
-def _run_pool(build: ShardBuild, context: Any, workers: int, counter: Any, bar: Any, tasks: list[_ShardTask],
-              per_job: list[list[list[SourceItem]]], *, whole: bool, token: int | None) -> None:
-    recipe = build.recipe
-    pool = context.Pool(workers, initializer=_worker_init, initargs=(counter,)) if workers > 1 else None
-    try:
-        if whole:
-            _run_whole_shards(build, pool, counter, bar, tasks, token=token)
-        else:
-            tasks = [(items, recipe) for chunks in per_job for items in chunks]
-            # The ordered, bounded window keeps every worker busy while the tar stream stays
-            # sequential and deterministic.
-            results = _ordered(pool, tasks, window=2 * workers + 2)
-
-            def take(num_chunks: int) -> Iterator[Chunk]:
-                for _ in range(num_chunks):
-                    chunk = next(results)
-                    bar.update(chunk.count + len(chunk.skipped))
-                    yield chunk
-
-            for job, chunks in zip(build.todo, per_job):
-                build.done(job, write_shard(build.store, build.staged_name(job.name), take(len(chunks))))
-        if pool:
-            pool.close()  # a normal exit: the workers finish on their own
-    finally:
-        _FORKED_TASKS.pop(token, None)
-        if pool:
-            pool.terminate()
-            pool.join()
-        bar.close()
+                for job, chunks in zip(build.todo, per_job):
+                    build.done(job, write_shard(build.store, build.staged_name(job.name), take(len(chunks))))
+            if pool:
+                pool.close()  # a normal exit: the workers finish on their own
+        finally:
+            _FORKED_TASKS.pop(token, None)
+            if pool:
+                pool.terminate()
+                pool.join()
+            bar.close()
 
 
 def _run_whole_shards(build: ShardBuild, pool: Any, counter: Any, bar: Any,
