@@ -367,6 +367,50 @@ class RayConfig:
         return options
 
 
+# The augmentation pipe's operations (facegan.augpipe): DiffAugment's three (Zhao et al. 2020) and
+# ADA's horizontal flip (Karras et al. 2020).
+AUGMENT_OPS = ("color", "translation", "cutout", "xflip")
+AUGMENT_DEFAULT_POLICY = {"diffaugment": ["color", "translation", "cutout"], "ada": ["xflip", "translation", "color"]}
+
+
+@dataclass(kw_only=True)
+class AugmentConfig:
+    """`augment:` of a run: what every image D sees goes through (real, fake, interpolates), in the
+    D and the G phases (facegan.augpipe). kind none: nothing (the default; no random draws).
+
+    diffaugment: DiffAugment (Zhao et al. 2020): every op of `policy` on every sample, every time.
+    ada: each op of `policy` applied per sample with probability p (ADA, Karras et al. 2020); with
+         `adaptive`, p starts at `p` and moves by sign(r_t - target) * images / (speed_kimg * 1000)
+         every `interval` steps, r_t = E[sign D(x_real)] over those steps and all ranks; else p is fixed.
+    """
+
+    kind: Literal["none", "diffaugment", "ada"] = "none"
+    policy: list[str] = field(default_factory=list)   # ops in order; []: the kind's default
+    p: float = 0.0                         # ada: the initial (adaptive) or fixed probability, [0, 1]
+    adaptive: bool = True                  # ada: adjust p from the overfitting heuristic r_t
+    target: float = 0.6                    # ada: the r_t that p is steered to, (0, 1)
+    speed_kimg: float = 500.0              # ada: p can go from 0 to 1 in this many kimg, > 0
+    interval: int = 4                      # ada: steps between adjustments, 1..10000
+
+    def __post_init__(self) -> None:
+        if self.kind == "none":
+            require(not self.policy, f"augment.policy: kind none applies no ops, got {self.policy} (set augment.kind: "
+                                     "diffaugment or ada)")
+        unknown = [op for op in self.policy if op not in AUGMENT_OPS]
+        require(not unknown, f"augment.policy: unknown ops {unknown}; known: {list(AUGMENT_OPS)}")
+        require(len(set(self.policy)) == len(self.policy), f"augment.policy: an op is listed twice: {self.policy}")
+        if self.kind != "none" and not self.policy:
+            self.policy = list(AUGMENT_DEFAULT_POLICY[self.kind])
+        require(0.0 <= self.p <= 1.0, f"augment.p: expected a probability in [0, 1], got {self.p}")
+        require(self.kind == "ada" or self.p == 0.0,
+                f"augment.p: only kind ada has a probability (diffaugment applies every op), got {self.p}")
+        require(0.0 < self.target < 1.0, f"augment.target: expected 0 < r_t target < 1, got {self.target}")
+        require(self.speed_kimg > 0, f"augment.speed_kimg: expected > 0, got {self.speed_kimg}")
+        require(1 <= self.interval <= 10000, f"augment.interval: expected 1..10000 steps, got {self.interval}")
+        require(self.kind != "ada" or self.adaptive or self.p > 0,
+                "augment.p: kind ada with adaptive: false and p 0 augments nothing; set p > 0 (or kind: none)")
+
+
 @dataclass(kw_only=True)
 class WandbConfig:
     enabled: bool = True

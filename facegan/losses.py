@@ -71,3 +71,16 @@ def instance_noise(img: Tensor, *, std: float, generator: torch.Generator | None
     if std == 0:
         return img
     return img + std * _rand_like(img, normal=True, generator=generator)
+
+
+# --- R1 (non-saturating families)
+
+
+def r1_penalty(logits_B: Tensor, real_BCHW: Tensor) -> Tensor:
+    """||grad_x sum_i D(x_i)||^2 per sample (Mescheder et al. 2018), with the graph kept so the
+    loop's one backward trains D on it. `real_BCHW` is the leaf D's forward started from (made
+    with requires_grad_); the gradient is with respect to it only, so under DDP no parameter's
+    gradient is touched until that backward (the WGAN-GP critic's rule, docs/families.md).
+    Summed in float32 (bf16 autocast)."""
+    (grad,) = torch.autograd.grad(logits_B.float().sum(), real_BCHW, create_graph=True)
+    return grad.float().flatten(1).square().sum(1)

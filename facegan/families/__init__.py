@@ -19,9 +19,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from facegan.config import ConfigError, DataConfig, RayConfig, WandbConfig, apply_overrides, from_dict, read_yaml, require
+from facegan.config import (AugmentConfig, ConfigError, DataConfig, RayConfig, WandbConfig, apply_overrides, from_dict,
+                            read_yaml, require)
 from facegan.families import (began, classifier, conditional, dcgan, infobegan, infogan, overlay, predictor,
-                              progressive, vae, wgangp)
+                              progressive, sngan, vae, wgangp)
 from facegan.families.base import (DataInfo, Family, OptimizerSpec, Phase, option_keys,  # noqa: F401 (API)
                                    section_fields)
 
@@ -37,6 +38,7 @@ FAMILIES: dict[str, Family] = {
     "infobegan": infobegan.FAMILY,
     "predictor": predictor.FAMILY,
     "progressive": progressive.FAMILY,
+    "sngan": sngan.FAMILY,
 }
 
 
@@ -51,7 +53,8 @@ def get_family(name: Any, *, where: str = "model.family") -> Family:
 class RunConfig:
     """One training run (`configs/*.yaml`, a sweep trial). `model.family` (default dcgan) picks the
     family; its `model`, `optim`, `gan`, `train` and `eval` sections are validated into that
-    family's dataclasses, so a key another family has is an error, not silently ignored."""
+    family's dataclasses, so a key another family has is an error, not silently ignored.
+    `augment` (facegan.augpipe) must be a kind the family takes (Family.augment_kinds)."""
 
     data: DataConfig
     model: Any = field(default_factory=dict)
@@ -59,6 +62,7 @@ class RunConfig:
     gan: Any = field(default_factory=dict)
     train: Any = field(default_factory=dict)
     eval: Any = field(default_factory=dict)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
@@ -77,6 +81,9 @@ class RunConfig:
                 setattr(self, section, from_dict(cls, value, where=section))
             except TypeError as exc:  # an options class without defaults for a missing key
                 raise ConfigError(f"{section}: {exc}") from None
+        if self.augment.kind not in family.augment_kinds:
+            raise ConfigError(f"augment.kind: {self.augment.kind} is not available for the {family.name} family "
+                              f"({family.augment_note}); it takes: {', '.join(family.augment_kinds)}")
         family.validate(self)
 
     @property
@@ -89,7 +96,7 @@ def run_config_keys(family: Family) -> set[str]:
     keys = option_keys(family)
     for f in dataclasses.fields(RunConfig):
         if f.name not in section_fields(family) and f.name != "model":
-            cls = {"data": DataConfig, "ray": RayConfig, "wandb": WandbConfig}[f.name]
+            cls = {"data": DataConfig, "augment": AugmentConfig, "ray": RayConfig, "wandb": WandbConfig}[f.name]
             keys |= {f"{f.name}.{g.name}" for g in dataclasses.fields(cls)}
     return keys
 

@@ -199,6 +199,37 @@ class NoOptions:
     """A `gan:` section for families that have no such options (it must be empty)."""
 
 
+@dataclass(kw_only=True)
+class R1Options:
+    """R1 (Mescheder et al. 2018) in a non-saturating family's `gan:` section: gamma/2 E[||grad_x D(x)||^2]
+    on the (augmented) reals, added to the D phase's loss. Lazy as StyleGAN2: only every
+    `r1_interval` steps, weighted by the interval, so its average strength is the same."""
+
+    r1_gamma: float = 0.0             # gamma, >= 0 (0: no R1; StyleGAN2 uses 0.01..100 by resolution)
+    r1_interval: int = 16             # steps between R1 terms (1: every step), 1..1000
+
+    def __post_init__(self) -> None:
+        self.r1_gamma = finite_number("gan.r1_gamma", self.r1_gamma)
+        require(0 <= self.r1_gamma <= 1e4, f"gan.r1_gamma: expected 0..10000, got {self.r1_gamma}")
+        if isinstance(self.r1_interval, bool) or not isinstance(self.r1_interval, int) \
+                or not 1 <= self.r1_interval <= 1000:
+            raise ConfigError(f"gan.r1_interval: expected an integer in 1..1000, got {self.r1_interval!r}")
+
+    def r1_weight(self, step: int) -> float:
+        """The R1 term's weight at 0-based step `step`: gamma/2 * interval where due, else 0."""
+        if self.r1_gamma == 0 or step % self.r1_interval:
+            return 0.0
+        return self.r1_gamma / 2 * self.r1_interval
+
+
+def check_r1_precision(cfg: Any) -> None:
+    """fp16 is refused with R1 on: GradScaler scales only the loss the loop backpropagates, and the
+    penalty's inner gradient is taken inside the phase, unscaled, where fp16 underflows."""
+    require(cfg.gan.r1_gamma == 0 or cfg.train.precision != "fp16",
+            "train.precision: fp16 is not supported with gan.r1_gamma > 0 (R1's inner gradient is taken outside "
+            "the loss scaler); use bf16, fp32 or auto")
+
+
 def finite_number(name: str, value: Any) -> float:
     """`value` as a float, or ConfigError naming `name` (bools, strings, NaN and inf are refused)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -230,6 +261,13 @@ class Family:
     discriminator: ClassVar[str | None] = None  # a net scoring images with logits (> 0: real): d_accuracy
     latent_codes: ClassVar[bool] = False       # its latent has named codes (InfoGAN): edit --set
     reset_optimizers_on_stage: ClassVar[bool] = False  # clear Adam moments when Steps.stage changes (ProGAN)
+    # The `augment.kind`s it takes (facegan.augpipe), and why it takes no others (the refusal names it).
+    # augment_nets: the nets whose image input the loop sends through the pipe (ctx.nets["D"](x) is
+    # D(pipe(x))); a family whose D must compare with its augmented input (BEGAN's autoencoder) lists
+    # none and calls ctx.augment(x) itself.
+    augment_kinds: ClassVar[tuple[str, ...]] = ("none",)
+    augment_note: ClassVar[str] = "it has no discriminator: augmentation is for the images a GAN's D sees"
+    augment_nets: ClassVar[tuple[str, ...]] = ("D",)
     # Scalars its phases report (besides the loop's own); sweeps may optimise any of them.
     metrics: ClassVar[tuple[str, ...]] = ()
     # Panels of loss_curve.png: each a tuple of scalar names plotted together (y from 0 to 1 if `unit`).

@@ -14,7 +14,7 @@ hold the same state: update it from values all-reduced across ranks (`mean_over_
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,14 +28,19 @@ from facegan.families.base import DataInfo
 
 @dataclass
 class StepContext:
-    """What a phase sees. `nets` are the training nets (DDP-wrapped under DDP); `carry` hands
-    values from one phase to the next within a step (cleared by the loop after the step)."""
+    """What a phase sees. `nets` are the training nets (DDP-wrapped under DDP; with augmentation,
+    the Family.augment_nets see their image input through the pipe); `carry` hands values from one
+    phase to the next within a step (cleared by the loop after the step)."""
 
     nets: dict[str, nn.Module]
     batch: dict[str, Tensor]
     kimg: float
     generator: torch.Generator
     carry: dict[str, Any] = field(default_factory=dict)
+    # The run's augmentation pipe (facegan.augpipe) for a family that augments explicitly (the loop
+    # already sends the images of Family.augment_nets through it); identity for augment.kind none.
+    augment: Callable[[Tensor], Tensor] = field(default=lambda x: x)
+    step: int = 0                     # 0-based index of this step (lazy regularisers: R1 every N)
 
     @property
     def real(self) -> Tensor:

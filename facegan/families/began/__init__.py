@@ -142,6 +142,11 @@ class BEGAN(Family):
     metrics = BEGAN_METRICS
     curves = BEGAN_CURVES
     shape_keys = ("resolution", "z_dim", "h_dim", "base_channels")
+    # D reconstructs what it sees: the phases send reals and fakes through ctx.augment and compare
+    # D's output with the augmented input, so no net is wrapped.
+    augment_kinds = ("none", "diffaugment")
+    augment_nets = ()
+    augment_note = "its D is an autoencoder, so ADA's heuristic E[sign D(x_real)] means nothing"
     smoke = {"model": {"resolution": 32, "z_dim": 16, "h_dim": 16, "base_channels": 8},
              "gan": {"lr_patience_kimg": 0.016, "m_window_kimg": 0.008}}
 

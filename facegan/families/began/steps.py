@@ -1,6 +1,7 @@
 """BEGAN's phases and its training state: k_t and the rate decay driven by the convergence measure.
 
-    d(ctx):  latents for the step; L(x) and L(G(z)) of the autoencoder D (fakes detached);
+    d(ctx):  latents for the step; L(x) and L(G(z)) of the autoencoder D (fakes detached; with
+             augment: on, of the augmented images, ctx.augment: D reconstructs what it is shown);
              L_D = L(x) - k_t L(G(z)). Both losses are averaged over ranks here: k_t's update and M
              use those means, so every rank computes the same k_t. The fakes, with G's graph, go to
              ctx.carry for g.
@@ -76,8 +77,9 @@ class BEGANSteps(Steps):
         G, D = ctx.nets["G"], ctx.nets["D"]
         ctx.carry["latent"] = latent = self.latent(ctx.batch_size, generator=ctx.generator, device=ctx.device)
         ctx.carry["fake_BCHW"] = fake_BCHW = G(latent)
-        fake_d = fake_BCHW.detach()
-        loss_real = ae_loss(D(ctx.real), ctx.real)
+        # With augmentation D reconstructs the augmented images, and L compares with those.
+        real, fake_d = ctx.augment(ctx.real), ctx.augment(fake_BCHW.detach())
+        loss_real = ae_loss(D(real), real)
         loss_fake = ae_loss(D(fake_d), fake_d)
         k = self.k
         loss = loss_real - k * loss_fake
@@ -91,6 +93,7 @@ class BEGANSteps(Steps):
 
     def g(self, ctx: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
         fake_BCHW = ctx.carry.pop("fake_BCHW") if "fake_BCHW" in ctx.carry else ctx.nets["G"](ctx.carry["latent"])
+        fake_BCHW = ctx.augment(fake_BCHW)
         loss = ae_loss(ctx.nets["D"](fake_BCHW), fake_BCHW)
         return loss, {"loss/g": loss.detach()}
 

@@ -35,7 +35,8 @@ class ConditionalSteps(DCGANSteps):
     def d(self, ctx: StepContext):
         ctx.carry["z"] = z_BZ = self.latent(ctx.batch_size, generator=ctx.generator, device=ctx.device)
         return self.d_step(G=ctx.nets["G"], D=ctx.nets["D"], real_BCHW=ctx.real, z_BZ=z_BZ, kimg=ctx.kimg,
-                           generator=ctx.generator, carry=ctx.carry, attrs_BA=ctx.batch["attrs"])
+                           generator=ctx.generator, carry=ctx.carry, r1=self.options.r1_weight(ctx.step),
+                           attrs_BA=ctx.batch["attrs"])
 
     def g(self, ctx: StepContext):
         return self.g_step(G=ctx.nets["G"], D=ctx.nets["D"], z_BZ=ctx.carry["z"], kimg=ctx.kimg,
@@ -50,10 +51,10 @@ class ConditionalSteps(DCGANSteps):
 
     def d_step(self, *, G: nn.Module, D: nn.Module, real_BCHW: Tensor, z_BZ: Tensor, kimg: float,
                generator: torch.Generator | None = None, carry: dict[str, Tensor] | None = None,
-               attrs_BA: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+               r1: float = 0.0, attrs_BA: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         a = self._attrs(attrs_BA)
         return super().d_step(G=_bound(G, a), D=_bound(D, a), real_BCHW=real_BCHW, z_BZ=z_BZ, kimg=kimg,
-                              generator=generator, carry=carry)
+                              generator=generator, carry=carry, r1=r1)
 
     def g_step(self, *, G: nn.Module, D: nn.Module, z_BZ: Tensor, kimg: float,
                generator: torch.Generator | None = None, carry: dict[str, Tensor] | None = None,

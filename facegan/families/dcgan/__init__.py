@@ -12,16 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from facegan.config import ConfigError
-from facegan.families.base import DataInfo, Family, OptimizerSpec, Phase, finite_number
+from facegan.families.base import DataInfo, Family, OptimizerSpec, Phase, R1Options, check_r1_precision, finite_number
 
 DCGAN_METRICS = ("loss/d", "loss/d_real", "loss/d_fake", "loss/g", "D(x)", "D(G(z))", "D(G(z))_g",
-                 "acc/d_real", "acc/d_fake", "d_noise_std")
+                 "acc/d_real", "acc/d_fake", "d_noise_std", "loss/r1")
+GAN_AUGMENT_KINDS = ("none", "diffaugment", "ada")
 DCGAN_CURVES = (("loss/d", "loss/g"), ("D(x)", "D(G(z))"))
 
 
 @dataclass(kw_only=True)
-class DCGANOptions:
-    """The DCGAN family's GAN options (`gan:` in a run config)."""
+class DCGANOptions(R1Options):
+    """The DCGAN family's GAN options (`gan:` in a run config), R1 included (r1_gamma, r1_interval)."""
 
     label_smoothing: float = 0.0      # real target = 1 - s, in [0, 0.5)
     label_flip: float = 0.0           # gamma: per-sample chance to swap real/fake targets in the D step, [0, 0.5)
@@ -31,6 +32,7 @@ class DCGANOptions:
     d_noise_anneal_kimg: float = 0.0  # > 0: power falls linearly to 0 over this many kimg; 0: fixed
 
     def __post_init__(self):
+        super().__post_init__()
         for name in ("label_smoothing", "label_flip"):
             value = finite_number(name, getattr(self, name))
             # At 0.5 the targets carry no information about real vs fake.
@@ -50,6 +52,10 @@ class DCGAN(Family):
     discriminator = "D"
     metrics = DCGAN_METRICS
     curves = DCGAN_CURVES
+    augment_kinds = GAN_AUGMENT_KINDS
+
+    def validate(self, cfg) -> None:
+        check_r1_precision(cfg)
 
     def phases(self, cfg) -> list[Phase]:
         return [Phase("d", opt="D"), Phase("g", opt="G", uses_data=False)]

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from facegan.families.base import DataInfo
 from facegan.families.steps import StepContext, Steps
-from facegan.losses import bce_logits, d_accuracy, d_targets, instance_noise
+from facegan.losses import bce_logits, d_accuracy, d_targets, instance_noise, r1_penalty
 
 
 class DCGANSteps(Steps):
@@ -36,7 +36,7 @@ class DCGANSteps(Steps):
     def d(self, ctx: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
         ctx.carry["z"] = z_BZ = self.latent(ctx.batch_size, generator=ctx.generator, device=ctx.device)
         return self.d_step(G=ctx.nets["G"], D=ctx.nets["D"], real_BCHW=ctx.real, z_BZ=z_BZ, kimg=ctx.kimg,
-                           generator=ctx.generator, carry=ctx.carry)
+                           generator=ctx.generator, carry=ctx.carry, r1=self.options.r1_weight(ctx.step))
 
     def g(self, ctx: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
         return self.g_step(G=ctx.nets["G"], D=ctx.nets["D"], z_BZ=ctx.carry["z"], kimg=ctx.kimg,
@@ -54,9 +54,10 @@ class DCGANSteps(Steps):
         return math.sqrt(power)
 
     def d_step(self, *, G: nn.Module, D: nn.Module, real_BCHW: Tensor, z_BZ: Tensor, kimg: float,
-               generator: torch.Generator | None = None,
-               carry: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """D loss: BCE on reals (smoothed, flipped targets) plus BCE on fakes.
+               generator: torch.Generator | None = None, carry: dict[str, Tensor] | None = None,
+               r1: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+        """D loss: BCE on reals (smoothed, flipped targets) plus BCE on fakes, plus `r1` x the R1
+        penalty on the reals where r1 > 0 (gan.r1_gamma: the weight is R1Options.r1_weight).
 
         D sees the fakes detached, so this loss does not reach G. If `carry` is given, the fakes
         (with G's graph) are left in carry["fake_BCHW"] for g_step; otherwise G runs without grad.
@@ -71,7 +72,8 @@ class DCGANSteps(Steps):
         std = self.d_noise_std(kimg)
         # Reals and fakes go through D separately: with batch norm in D a mixed batch would
         # share statistics, which is not the DCGAN recipe.
-        real_logits_B = D(instance_noise(real_BCHW, std=std, generator=generator))
+        real_in = real_BCHW.detach().requires_grad_(True) if r1 else real_BCHW
+        real_logits_B = D(instance_noise(real_in, std=std, generator=generator))
         fake_logits_B = D(instance_noise(fake_BCHW.detach(), std=std, generator=generator))
         real_target_B = d_targets(real_logits_B, real=True, smoothing=opts.label_smoothing,
                                   flip=opts.label_flip, generator=generator)
@@ -80,6 +82,10 @@ class DCGANSteps(Steps):
         loss_real = bce_logits(real_logits_B, real_target_B)
         loss_fake = bce_logits(fake_logits_B, fake_target_B)
         loss = loss_real + loss_fake
+        extra = {}
+        if r1:
+            extra["loss/r1"] = penalty = r1 * r1_penalty(real_logits_B, real_in).mean()
+            loss = loss + penalty
         real_logits_B, fake_logits_B = real_logits_B.detach(), fake_logits_B.detach()
         scalars = {
             "loss/d": loss.detach(),
@@ -89,6 +95,7 @@ class DCGANSteps(Steps):
             "D(G(z))": torch.sigmoid(fake_logits_B).mean(),
             "acc/d_real": d_accuracy(real_logits_B, real=True),
             "acc/d_fake": d_accuracy(fake_logits_B, real=False),
+            **{k: v.detach() for k, v in extra.items()},
         }
         return loss, scalars
 

@@ -24,7 +24,7 @@ from facegan.families.base import DataInfo
 from facegan.families.dcgan.steps import DCGANSteps
 from facegan.families.infogan.codes import LatentLayout, info_loss
 from facegan.families.steps import StepContext
-from facegan.losses import bce_logits, d_accuracy, d_targets, instance_noise
+from facegan.losses import bce_logits, d_accuracy, d_targets, instance_noise, r1_penalty
 
 
 class LatentCodes:
@@ -92,7 +92,9 @@ class InfoGANSteps(LatentCodes, DCGANSteps):
         ctx.carry["fake_BCHW"] = fake_BCHW = G(latent_BL)
         std = self.d_noise_std(ctx.kimg)
         # Reals and fakes go through D separately (batch norm statistics per kind, as DCGAN).
-        real_logits_B = D(instance_noise(ctx.real, std=std, generator=gen))
+        r1 = opts.r1_weight(ctx.step)
+        real_in = ctx.real.detach().requires_grad_(True) if r1 else ctx.real
+        real_logits_B = D(instance_noise(real_in, std=std, generator=gen))
         fake_logits_B, q_BQ = D(instance_noise(fake_BCHW.detach(), std=std, generator=gen), with_q=True)
         real_target_B = d_targets(real_logits_B, real=True, smoothing=opts.label_smoothing, flip=opts.label_flip,
                                   generator=gen)
@@ -102,6 +104,10 @@ class InfoGANSteps(LatentCodes, DCGANSteps):
         loss_fake = bce_logits(fake_logits_B, fake_target_B)
         info, info_scalars = self.info(q_BQ, latent_BL)
         loss = loss_real + loss_fake + opts.info_weight * info
+        extra = {}
+        if r1:
+            penalty = r1 * r1_penalty(real_logits_B, real_in).mean()
+            loss, extra["loss/r1"] = loss + penalty, penalty.detach()
         real_logits_B, fake_logits_B = real_logits_B.detach(), fake_logits_B.detach()
         scalars = {
             "loss/d": (loss_real + loss_fake).detach(),
@@ -113,6 +119,7 @@ class InfoGANSteps(LatentCodes, DCGANSteps):
             "acc/d_real": d_accuracy(real_logits_B, real=True),
             "acc/d_fake": d_accuracy(fake_logits_B, real=False),
             **info_scalars,   # Q on fresh fakes, before it trains on them
+            **extra,
         }
         return loss, scalars
 

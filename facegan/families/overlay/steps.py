@@ -46,7 +46,8 @@ class OverlaySteps(DCGANSteps):
     def d(self, ctx: StepContext):
         ctx.carry["z"] = z_BZ = self.latent(ctx.batch_size, generator=ctx.generator, device=ctx.device)
         return self.d_step(G=ctx.nets["G"], D=ctx.nets["D"], real_BCHW=ctx.real, z_BZ=z_BZ, kimg=ctx.kimg,
-                           generator=ctx.generator, carry=ctx.carry, attrs_BA=ctx.batch.get("attrs"))
+                           generator=ctx.generator, carry=ctx.carry, r1=self.options.r1_weight(ctx.step),
+                           attrs_BA=ctx.batch.get("attrs"))
 
     def g(self, ctx: StepContext):
         return self.g_step(G=ctx.nets["G"], D=ctx.nets["D"], z_BZ=ctx.carry["z"], kimg=ctx.kimg,
@@ -90,13 +91,13 @@ class OverlaySteps(DCGANSteps):
 
     def d_step(self, *, G: nn.Module, D: nn.Module, real_BCHW: Tensor, z_BZ: Tensor, kimg: float,
                generator: torch.Generator | None = None, carry: dict[str, Tensor] | None = None,
-               attrs_BA: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+               r1: float = 0.0, attrs_BA: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """DCGAN's D loss on fakes G(overlay(z, o)); o from the reals (classifier) or their labels."""
         o_BA = self.attributes(real_BCHW=real_BCHW, attrs_BA=attrs_BA)
         if carry is not None:
             carry["o_BA"] = o_BA
         loss, scalars = super().d_step(G=G, D=D, real_BCHW=real_BCHW, z_BZ=self.noise(z_BZ, o_BA), kimg=kimg,
-                                       generator=generator, carry=carry)
+                                       generator=generator, carry=carry, r1=r1)
         scalars["overlay/o_mean"] = o_BA.mean()
         return loss, scalars
 

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from facegan.config import TrainConfig, require
-from facegan.families.base import DataInfo, Family, OptimizerSpec, Phase, TwoTimescaleOptim, finite_number
+from facegan.families.base import (DataInfo, Family, OptimizerSpec, Phase, R1Options, TwoTimescaleOptim,
+                                   check_r1_precision, finite_number)
 
 MAX_SIDE = 1024
 MAX_FIRST_LAYER = 2**26             # weights of G's z -> first "image" map (256 MiB in fp32)
@@ -87,8 +88,8 @@ class ProgressiveModelConfig:
 
 
 @dataclass(kw_only=True)
-class ProgressiveOptions:
-    """The progressive family's GAN options (`gan:` in a run config)."""
+class ProgressiveOptions(R1Options):
+    """The progressive family's GAN options (`gan:` in a run config), R1 included (r1_gamma, r1_interval)."""
 
     latent: Literal["sphere", "normal"] = "sphere"   # z on the sphere of radius sqrt(z_dim), or N(0, I)
     stable_kimg: float = 60.0         # images per stable phase (the first level and every level after its fade), > 0
@@ -102,6 +103,7 @@ class ProgressiveOptions:
     diversity_weight: float = 0.3     # its weight (diversity.py: scaled per sample and per image size), >= 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require(self.latent in LATENTS, f"gan.latent: expected one of {list(LATENTS)}, got {self.latent!r}")
         for name in ("stable_kimg", "fade_kimg", "noise_init", "noise_target", "noise_speed", "noise_max",
                      "diversity_weight"):
@@ -129,7 +131,8 @@ class ProgressiveTrainConfig(TrainConfig):
 
 
 PROGRESSIVE_METRICS = ("loss/d", "loss/g", "D(x)", "D(G(z))", "D(G(z))_g", "acc/d_real", "acc/d_fake",
-                       "noise/eps", "noise/gap", "div/pair_dist", "progressive/alpha", "progressive/resolution")
+                       "noise/eps", "noise/gap", "div/pair_dist", "progressive/alpha", "progressive/resolution",
+                       "loss/r1")
 
 
 class Progressive(Family):
@@ -140,6 +143,7 @@ class Progressive(Family):
     train_options = ProgressiveTrainConfig
     discriminator = "D"
     reset_optimizers_on_stage = True
+    augment_kinds = ("none", "diffaugment", "ada")
     metrics = PROGRESSIVE_METRICS
     curves = (("loss/d", "loss/g"), ("D(x)", "D(G(z))"), ("noise/eps", "noise/gap"), ("progressive/alpha",))
     shape_keys = ("resolution", "base_size", "width", "z_dim")
@@ -157,6 +161,7 @@ class Progressive(Family):
         return {"G": cfg.optim.spec("G", "g_lr"), "D": cfg.optim.spec("D", "d_lr")}
 
     def validate(self, cfg) -> None:
+        check_r1_precision(cfg)
         pixels = cfg.train.video_samples * cfg.model.resolution ** 2
         require(not cfg.train.video or pixels <= MAX_VIDEO_PIXELS,
                 f"train.video_samples: {cfg.train.video_samples} samples of {cfg.model.resolution}x"

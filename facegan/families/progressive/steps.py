@@ -29,12 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from facegan.augpipe import unwrap
 from facegan.families.base import DataInfo
 from facegan.families.progressive.diversity import diversity_push, diversity_term
 from facegan.families.progressive.nets import in_use
 from facegan.families.progressive.video import frame_path, save_frame, sorted_frames, write_video
 from facegan.families.steps import StepContext, Steps, distributed, mean_over_ranks
-from facegan.losses import bce_logits, d_accuracy
+from facegan.losses import bce_logits, d_accuracy, r1_penalty
 
 VIDEO_SEED = 2**31 - 1   # + train.seed: the video's latents, apart from the training and grid streams
 VIDEO_NAME = "video.mp4"
@@ -42,7 +43,7 @@ FRAMES_DIR = "video"
 
 
 def _bare(net: nn.Module) -> nn.Module:
-    return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+    return unwrap(net)   # DDP and the augmentation pipe's wrapper
 
 
 class ProgressiveSteps(Steps):
@@ -134,6 +135,9 @@ class ProgressiveSteps(Steps):
         ctx.carry["fake"] = fake_BCHW = G(z_BZ)
         level = int(_bare(G).level)
         real_BCHW = self.real_at(ctx.real, level=level, alpha=alpha)
+        r1 = self.options.r1_weight(ctx.step)
+        if r1:
+            real_BCHW = real_BCHW.detach().requires_grad_(True)
         x = torch.cat([real_BCHW, fake_BCHW.detach()])
         # Noise on both, drawn even at eps = 0 so the random stream does not depend on eps.
         gen_device = ctx.generator.device
@@ -143,6 +147,10 @@ class ProgressiveSteps(Steps):
         real_logits_B, fake_logits_B = logits[:n], logits[n:]
         loss_real, loss_fake = bce_logits(real_logits_B, 1.0), bce_logits(fake_logits_B, 0.0)
         loss = loss_real + loss_fake
+        extra = {}
+        if r1:
+            penalty = r1 * r1_penalty(real_logits_B, real_BCHW).mean()
+            loss, extra["loss/r1"] = loss + penalty, penalty.detach()
         rating_real = torch.sigmoid(real_logits_B.detach()).mean()
         rating_fake = torch.sigmoid(fake_logits_B.detach()).mean()
         self._gap = rating_real - rating_fake
@@ -152,6 +160,7 @@ class ProgressiveSteps(Steps):
             "acc/d_fake": d_accuracy(fake_logits_B.detach(), real=False),
             "noise/eps": self.eps.detach().clone(), "noise/gap": self._gap,
             "progressive/alpha": torch.tensor(alpha), "progressive/resolution": torch.tensor(float(real_BCHW.shape[-1])),
+            **extra,
         }
         return loss, scalars
 

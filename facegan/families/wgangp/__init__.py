@@ -102,6 +102,10 @@ class WGANGP(Family):
     metrics = WGANGP_METRICS
     curves = WGANGP_CURVES
     shape_keys = Family.shape_keys + ("d_norm",)
+    # Reals, fakes and the interpolates all reach the critic through the pipe (the penalty is on
+    # the gradient of D(pipe(x_hat)) with respect to x_hat).
+    augment_kinds = ("none", "diffaugment")
+    augment_note = "its critic's scores are not logits, so ADA's heuristic E[sign D(x_real)] means nothing"
     # One critic step per G step keeps the registry-wide test at its 3 steps of 16 images; the
     # family's own tests run n_critic > 1 (tests/test_wgangp.py).
     smoke = {"model": {"resolution": 32, "z_dim": 16, "base_channels": 8}, "gan": {"n_critic": 1}}
