@@ -217,6 +217,8 @@ class AugmentPipe:
         if not self.adaptive:
             return
         if ADA_SIGNAL not in scalars:
+            if ok is False:   # a step skipped before its D phase reported anything
+                return
             raise RuntimeError(f"augment.kind ada reads r_t from the D phase's {ADA_SIGNAL!r} scalar, which this "
                                f"family's phases do not report")
         w = ok.to(self._sum.device, torch.float32) if isinstance(ok, Tensor) else float(bool(ok))

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from facegan.augpipe import AugmentPipe
 from facegan.checkpoint import check_compatible, prune_checkpoints, save_checkpoint
 from facegan.config import ConfigError, to_dict
 from facegan.data.labels import fixed_attrs
@@ -36,7 +37,7 @@ from facegan.errors import CheckpointError
 from facegan.families import FAMILIES, RunConfig
 from facegan.families.base import DataInfo
 from facegan.families.loading import read_checkpoint
-from facegan.families.steps import StepContext, Steps
+from facegan.families.steps import StepContext, Steps, mean_over_ranks
 from facegan.hooks import Hooks
 from facegan.images import save_grid_png
 from facegan.runtime import (BadSteps, agree, all_ranks_finite, bare, check_writable_dir, distributed, finite_flag,
@@ -173,6 +174,9 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
                                    betas=spec.betas, weight_decay=spec.weight_decay, fused=fused or None)
             for name, spec in opt_specs.items()}
     steps = family.build_steps(cfg, data)
+    # What D sees goes through the augmentation pipe (augment:); its p (ADA) is run state like the family's.
+    pipe = AugmentPipe(cfg.augment)
+    curves = family.curves + pipe.curves
     phases = family.phases(cfg)
     unknown = sorted({p.opt for p in phases} - set(opts))
     if unknown:
@@ -198,6 +202,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
                 opt.load_state_dict(state[f"opt_{name}"])
             scaler.load_state_dict(state["scaler"])
             steps.load_state_dict(state.get("family", {}))
+            pipe.load_state_dict(state.get("augment", {}))
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{resume}: does not fit this model: {exc}") from None
         step, images_seen, bad_total = meta["step"], meta["images_seen"], meta.get("bad_steps", 0)
@@ -223,6 +228,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
     for opt in opts.values():
         _optimizer_to(opt, fused=fused)
     steps.to(device)
+    pipe.to(device)
     # Nets are wrapped (DDP) for the current stage: DDP registers the parameters that require grad
     # when it wraps, so a structure change (nets that grow) re-wraps on every rank at once.
     stage = steps.stage(images_seen / 1000)
@@ -246,6 +252,15 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
         return out
 
     wrapped = wrap_all()
+
+    def step_nets() -> dict[str, nn.Module]:
+        """The nets a phase sees: the family's augment_nets take their image input through the pipe."""
+        return pipe.wrap(wrapped, family.augment_nets, generator=gen)
+
+    def augment(x: torch.Tensor) -> torch.Tensor:
+        return pipe(x, generator=gen)
+
+    phase_nets = step_nets()
 
     # On a GPU the loader sends uint8 (4x fewer bytes to pin and copy) and the device normalises.
     normalize_on_device = device.type == "cuda"
@@ -324,7 +339,8 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
         state = {**{name: bare(net).state_dict() for name, net in wrapped.items()},
                  **{name: ema.state_dict() for name, ema in emas.items()},
                  **{f"opt_{name}": opt.state_dict() for name, opt in opts.items()},
-                 "scaler": scaler.state_dict(), "family": steps.state_dict(), "rng": rng}
+                 "scaler": scaler.state_dict(), "family": steps.state_dict(), "augment": pipe.state_dict(),
+                 "rng": rng}
         path = save_checkpoint(ckpt_root / f"ckpt-{images_seen:09d}", state=state, meta=meta)
         prune_checkpoints(ckpt_root, keep=tc.keep_checkpoints)
         return path
@@ -341,6 +357,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
             stage = new_stage
             steps.enter_stage(nets, stage)
             wrapped = wrap_all()
+            phase_nets = step_nets()
             if family.reset_optimizers_on_stage:
                 for opt in opts.values():
                     opt.state.clear()
@@ -348,7 +365,9 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
                 net.train()
             if rank == 0:
                 log.info("stage %d at %.1f kimg", stage, images_seen / 1000)
-        ctx = StepContext(nets=wrapped, batch={}, kimg=images_seen / 1000, generator=gen)
+        ctx = StepContext(nets=phase_nets, batch={}, kimg=images_seen / 1000, generator=gen, augment=augment,
+                          step=step)
+        step_images = images_seen
         scalars: dict[str, torch.Tensor] = {}
         skipped, at_epoch = False, False
         ok_dev: torch.Tensor | None = None   # the step's finiteness flag on the device (deferred checks)
@@ -397,6 +416,9 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
         if scaler.is_enabled() and not skipped:
             scaler.update()
         step += 1
+        pipe.observe(scalars, ok=ok_dev if ok_dev is not None else not skipped, step=step,
+                     images=images_seen - step_images, reduce=mean_over_ranks)
+        scalars.update(pipe.step_scalars())
         for sink in progress_sinks:
             sink.progress(images_seen)
         # ok_host: whether the step ran, where the host must know it now (None: only the device knows,
@@ -441,14 +463,15 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
                     save_loss_arrays(epoch_rows, out / "losses",
                                      epoch=loader.batches_seen // loader.batches_per_epoch - 1)
                     epoch_rows = []
-                    plot_loss_curves(out / "losses.jsonl", out / "loss_curve.png", panels=family.curves)
+                    plot_loss_curves(out / "losses.jsonl", out / "loss_curve.png", panels=curves)
         if not (at_tick or at_ckpt):
             continue
         dt = time.perf_counter() - t_tick
         metrics = stats.reduce()
         metrics.update(kimg=images_seen / 1000, step=step, images_seen=images_seen,
                        img_per_sec=(images_seen - img_tick) / max(dt, 1e-9), bad_steps=bad.total,
-                       skipped_samples=skipped_samples, **steps.tick_metrics(images_seen / 1000))
+                       skipped_samples=skipped_samples, **steps.tick_metrics(images_seen / 1000),
+                       **pipe.tick_metrics())
         if device.type == "cuda":
             metrics["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         ckpt_dir = None
@@ -507,7 +530,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
         extra = family_eval(final=True)
         metrics = dict(metrics, **extra)
     if rank == 0:
-        plot_loss_curves(out / "losses.jsonl", out / "loss_curve.png", panels=family.curves)
+        plot_loss_curves(out / "losses.jsonl", out / "loss_curve.png", panels=curves)
         steps.finish(out_dir=out)
         for sink in hooks.sinks:
             sink.close()

@@ -9,6 +9,7 @@ tiny); nothing here names a family.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -70,21 +71,39 @@ def test_family_declares_a_consistent_protocol(name: str, synthetic_shards: Path
         assert isinstance(metric, str) and metric
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_family_steps_resumes_exactly_and_samples(name: str, synthetic_shards: Path, tmp_path: Path) -> None:
-    full = family_cfg(name, synthetic_shards, tmp_path / "full")
+# Every kind of augmentation a family takes, besides none (the tests above and below run it).
+AUGMENT_CASES = [(name, kind) for name in NAMES for kind in FAMILIES[name].augment_kinds if kind != "none"]
+
+
+def augment_sections(name: str, kind: str) -> dict[str, dict[str, Any]]:
+    """The run-config sections of an augmented test run: with ada, p starts at 0.5 and moves by 0.1
+    every 2 steps of 8 images (3 moves in 6 steps: it cannot end at 0.5); families with R1 take it
+    every other step (the steps with and without its double backward)."""
+    sections: dict[str, dict[str, Any]] = {"augment": {"kind": kind}}
+    if kind == "ada":
+        sections["augment"].update(p=0.5, interval=2, speed_kimg=0.16)
+    if "gan.r1_gamma" in {f"gan.{f}" for f in section_fields(FAMILIES[name])["gan"].__dataclass_fields__}:
+        sections["gan"] = {**FAMILIES[name].smoke.get("gan", {}), "r1_gamma": 1.0, "r1_interval": 2}
+    return sections
+
+
+def check_exact_resume(name: str, shards: Path, root: Path, **sections: dict[str, Any]) -> tuple[RunConfig, dict]:
+    """A run of 6 steps and the same run stopped after 3 and resumed end in the same tensors (nets,
+    EMA, optimizer moments, family and augmentation state). Returns the config and the last metrics."""
+    full = family_cfg(name, shards, root / "full", **sections)
     metrics = train(full)
     assert metrics["images_seen"] >= 48
     assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k in FAMILIES[name].metrics)
-    train(family_cfg(name, synthetic_shards, tmp_path / "split", train={"total_kimg": 0.024}))
-    train(family_cfg(name, synthetic_shards, tmp_path / "split", train={"resume": "latest"}))
-    a, meta_a = final_state(tmp_path / "full")
-    b, meta_b = final_state(tmp_path / "split")
+    train(family_cfg(name, shards, root / "split", **{**sections, "train": {"total_kimg": 0.024}}))
+    train(family_cfg(name, shards, root / "split", **{**sections, "train": {"resume": "latest"}}))
+    a, meta_a = final_state(root / "full")
+    b, meta_b = final_state(root / "split")
     assert meta_a["step"] == meta_b["step"] and meta_a["images_seen"] == meta_b["images_seen"]
     for key, value in a.items():
         if key in ("rng", "scaler") or key.startswith("opt_"):
             continue
         if isinstance(value, dict):
+            assert set(value) == set(b[key]), (name, key)
             for k, t in value.items():
                 if isinstance(t, torch.Tensor):
                     torch.testing.assert_close(t, b[key][k], rtol=0, atol=0, msg=f"{name}: {key}.{k}")
@@ -94,7 +113,12 @@ def test_family_steps_resumes_exactly_and_samples(name: str, synthetic_shards: P
         for pid, s in a[key]["state"].items():
             for k, t in s.items():
                 torch.testing.assert_close(t, b[key]["state"][pid][k], rtol=0, atol=0, msg=f"{name}: {key}")
+    return full, metrics
 
+
+@pytest.mark.parametrize("name", NAMES)
+def test_family_steps_resumes_exactly_and_samples(name: str, synthetic_shards: Path, tmp_path: Path) -> None:
+    full, _ = check_exact_resume(name, synthetic_shards, tmp_path)
     family = FAMILIES[name]
     if family.generator is not None:
         from facegan.families.loading import load_generator
@@ -136,11 +160,14 @@ def _ddp_worker(rank: int, world: int, cfg_dict: dict, result_dir: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NAMES)
-def test_family_two_rank_ddp_keeps_ranks_identical(name: str, synthetic_shards: Path, tmp_path: Path) -> None:
-    # 3 steps of 2 x 8 images: an unused parameter would raise in DDP's reducer at step 2.
-    cfg = family_cfg(name, synthetic_shards, tmp_path / "ddp", train={"total_kimg": 0.048, "tick_kimg": 0.048,
-                                                                      "checkpoint_kimg": 0.048})
+@pytest.mark.parametrize("name, kind", [(name, "none") for name in NAMES] + AUGMENT_CASES)
+def test_family_two_rank_ddp_keeps_ranks_identical(name: str, kind: str, synthetic_shards: Path,
+                                                   tmp_path: Path) -> None:
+    # 3 steps of 2 x 8 images: an unused parameter would raise in DDP's reducer at step 2. Each rank
+    # draws its own augmentations; ADA's p comes from r_t averaged over ranks.
+    sections = augment_sections(name, kind) if kind != "none" else {}
+    cfg = family_cfg(name, synthetic_shards, tmp_path / "ddp", **sections,
+                     train={"total_kimg": 0.048, "tick_kimg": 0.048, "checkpoint_kimg": 0.048})
     run_ranks(_ddp_worker, to_dict(cfg), str(tmp_path), store=tmp_path / "pg")
     got = torch.load(tmp_path / "params.pt", weights_only=True)
     assert got["rank0"].numel() > 0
@@ -149,3 +176,23 @@ def test_family_two_rank_ddp_keeps_ranks_identical(name: str, synthetic_shards: 
     assert meta["world_size"] == 2 and meta["step"] == 3
     # The family's own state (k_t, noise levels, growth stage) agrees across ranks too: rank 0 wrote it
     # from the same all-reduced statistics every rank used (checked in each family's own tests).
+
+
+@pytest.mark.parametrize("name, kind", AUGMENT_CASES)
+def test_family_with_augmentation_resumes_exactly(name: str, kind: str, synthetic_shards: Path,
+                                                  tmp_path: Path) -> None:
+    _, metrics = check_exact_resume(name, synthetic_shards, tmp_path, **augment_sections(name, kind))
+    state, _ = final_state(tmp_path / "full")
+    if kind == "ada":
+        # p moved (0.5 +- 0.1 three times), was checkpointed, restored exactly (check_exact_resume
+        # compares state["augment"]) and reported per tick and per step, for loss_curve.png.
+        p = float(state["augment"]["p"])
+        assert p != pytest.approx(0.5) and p == pytest.approx(metrics["augment_p"])
+        rows = [json.loads(line) for line in (tmp_path / "full" / "losses.jsonl").read_text().splitlines()]
+        assert {r["augment_p"] for r in rows if r["kind"] == "step"} >= {0.5, p}
+    else:
+        assert state["augment"] == {} and "augment_p" not in metrics
+    if "r1_gamma" in augment_sections(name, kind).get("gan", {}):
+        rows = [json.loads(line) for line in (tmp_path / "full" / "losses.jsonl").read_text().splitlines()]
+        r1 = [r.get("loss/r1") for r in rows if r["kind"] == "step"]
+        assert all(v is not None and v > 0 for v in r1[0::2]) and all(v is None for v in r1[1::2]), r1
