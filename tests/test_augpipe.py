@@ -286,3 +286,81 @@ def test_r1_under_ddp_equals_one_process_on_the_joint_batch(tmp_path: Path) -> N
                                rtol=1e-4, atol=1e-6)
     untouched = make_d()
     assert not torch.allclose(got[0], torch.cat([p.detach().flatten() for p in untouched.parameters()]))
+
+
+# --- the small training sets of data-efficiency runs
+
+def test_train_limit_keeps_a_seeded_share_of_train_and_every_val_and_test_face(tmp_path: Path) -> None:
+    from facegan.data.recipe import ShardRecipe
+    from facegan.data.stream import ShardSet
+    from facegan.data.writer import build_shards
+
+    def build(name: str, **extra: Any) -> ShardSet:
+        recipe = from_dict(ShardRecipe, {"source": "synthetic", "count": 60, "resolution": 16, "shard_size": 8,
+                                         **extra})
+        build_shards(recipe, root=None, out=tmp_path / name, progress=False)
+        return ShardSet.open(str(tmp_path / name))
+
+    whole, small, again = build("whole"), build("small", train_limit=10), build("again", train_limit=10)
+    assert small.count("train") == 10 < whole.count("train")
+    assert (small.count("val"), small.count("test")) == (whole.count("val"), whole.count("test"))
+    def train_keys(shard_set: ShardSet) -> list[str]:
+        return [s["keys_sha256"] for s in shard_set.manifest["shards"] if s["split"] == "train"]
+
+    assert train_keys(small) == train_keys(again) != train_keys(build("other", train_limit=10, seed=1))
+    assert build("all", train_limit=1000).count("train") == whole.count("train")
+
+
+# --- sweeps over augmentation and R1
+
+def test_sweeps_search_augmentation_and_r1_and_refuse_bad_values(tmp_path: Path, synthetic_shards: Path) -> None:
+    import yaml
+
+    from facegan.sweeps.spec import load_sweep
+
+    repo = Path(__file__).resolve().parents[1]
+    sweep = {"name": "aug", "family": "dcgan", "base": str(repo / "configs" / "dcgan_demo.yaml"),
+             "config": {"data": {"shards": str(synthetic_shards)}, "augment": {"kind": "ada"}},
+             "space": {"augment.target": {"grid": [0.5, 0.7]},
+                       "augment.policy": {"grid": [["xflip"], ["color", "translation"]]},
+                       "gan.r1_gamma": {"grid": [0.0, 1.0]}},
+             "objective": {"metric": "loss/g", "mode": "min"}, "out": str(tmp_path / "out")}
+    path = tmp_path / "aug.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    plan = load_sweep(path)
+    assert plan.num_trials == 8
+    trial = plan.trial_config(plan.points[-1], trial_id="t7")
+    assert trial["augment"] == {"kind": "ada", "target": 0.7, "policy": ["color", "translation"]}
+    assert trial["gan"]["r1_gamma"] == 1.0
+    with pytest.raises(ConfigError, match=r"augment.policy.*unknown ops \['rotate'\]"):
+        load_sweep(path, overrides=["space.augment.policy.grid=[[rotate]]"])
+    with pytest.raises(ConfigError, match="augment.kind: ada is not available for the wgangp family"):
+        load_sweep(path, overrides=["family=wgangp", "base=" + str(repo / "configs" / "wgangp_celeba64.yaml"),
+                                    "space={augment.target: {grid: [0.6]}}"])
+
+
+def test_sweep_report_ranks_by_the_face_metric_once_trials_report_it(tmp_path: Path) -> None:
+    import json
+
+    from facegan.sweeps.report import load_results
+
+    (tmp_path / "sweep_spec.json").write_text(json.dumps({
+        "spec": {"objective": {"metric": "fid_attr", "mode": "min"}, "space": {"augment.kind": {}}},
+        "base": {"train": {"total_kimg": 1}}}))
+
+    def trial(name: str, **last: float) -> None:
+        d = tmp_path / "trials" / name
+        d.mkdir(parents=True)
+        (d / "trial.json").write_text(json.dumps({"trial_id": name, "params": {"augment.kind": name}}))
+        (d / "results.jsonl").write_text(json.dumps({"kimg": 1, **last}) + "\n")
+
+    trial("none", fid_attr=10.0)
+    trial("diffaugment", fid_attr=20.0)
+    res = load_results(tmp_path)
+    assert res.rank_metric == "fid_attr" and [t.trial_id for t in res.ranked()] == ["none", "diffaugment"]
+    for name, face in (("none", 30.0), ("diffaugment", 15.0)):
+        rows = tmp_path / "trials" / name / "results.jsonl"
+        last = json.loads(rows.read_text())
+        rows.write_text(json.dumps({**last, "fid_face": face}) + "\n")
+    res = load_results(tmp_path)
+    assert res.rank_metric == "fid_face" and [t.trial_id for t in res.ranked()] == ["diffaugment", "none"]

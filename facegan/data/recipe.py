@@ -81,6 +81,9 @@ class ShardRecipe:
     labels_json: bool = False             # folder: labels from a JSON sidecar per image (IMAGE.json)
     count: int = 1000                     # synthetic: number of faces
     limit: int = 0                        # >0: keep only the first N items (smoke runs)
+    # >0: keep N train-split items (a choice seeded by `seed`), val and test whole: the small
+    # training sets of data-efficiency runs (`--set train_limit=500`), scored on the usual splits
+    train_limit: int = 0
     min_side: int = 32                    # skip sources whose shorter side is below this (px; 0: off)
     max_aspect: float = 4.0               # skip sources whose long/short side ratio exceeds this
     description: str = ""
@@ -106,6 +109,7 @@ class ShardRecipe:
         require(self.count >= 1, f"count: expected a positive integer, got {self.count}")
         require(self.count <= MAX_COUNT, f"count: expected at most {MAX_COUNT:,}, got {self.count:,}")
         require(self.limit >= 0, f"limit: expected >= 0, got {self.limit}")
+        require(self.train_limit >= 0, f"train_limit: expected >= 0, got {self.train_limit}")
         require(self.min_side >= 0, f"min_side: expected >= 0 pixels (0 = no bound), got {self.min_side}")
         require(isinstance(self.max_aspect, (int, float)) and 1.0 <= self.max_aspect < float("inf"),
                 f"max_aspect: expected a ratio >= 1 (long side / short side), got {self.max_aspect}")

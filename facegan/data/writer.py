@@ -136,6 +136,11 @@ def _scan_source(recipe: ShardRecipe, *, root: str | Path | None) -> SourceScan:
                                        test_fraction=recipe.test_fraction, seed=recipe.seed)
     if recipe.limit:
         scan.items = scan.items[: recipe.limit]
+    if recipe.train_limit:
+        train = sorted((item for item in scan.items if item.split == "train"), key=item_key)
+        random.Random(recipe.seed).shuffle(train)
+        kept = {id(item) for item in train[: recipe.train_limit]}
+        scan.items = [item for item in scan.items if item.split != "train" or id(item) in kept]
     return scan
 
 

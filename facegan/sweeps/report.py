@@ -24,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 REPORT_HTML = "report.html"
+# Sample-quality metrics (lower is better), most telling first: with one of them as the objective,
+# the page ranks by the first that any trial reports: the face-identity FID where the trials
+# measure it, else the attribute classifier's.
+PREFERRED_FIDS = ("fid_face", "fid_attr")
 TRIALS_CSV = "trials.csv"
 
 
@@ -80,10 +84,25 @@ class SweepResults:
     def total_kimg(self) -> float:
         return float(self.spec["base"].get("train", {}).get("total_kimg", math.inf))
 
+    @property
+    def rank_metric(self) -> str:
+        """The metric trials are ranked by: the objective, or the preferred FID the trials report
+        when the objective is one of PREFERRED_FIDS."""
+        if self.metric in PREFERRED_FIDS:
+            for name in PREFERRED_FIDS:
+                if any(t.objective(name) is not None for t in self.trials):
+                    return name
+        return self.metric
+
+    @property
+    def rank_mode(self) -> str:
+        return "min" if self.rank_metric != self.metric else self.mode
+
     def ranked(self) -> list[Trial]:
-        """Trials with an objective value, best first."""
-        scored = [t for t in self.trials if t.objective(self.metric) is not None]
-        return sorted(scored, key=lambda t: t.objective(self.metric), reverse=self.mode == "max")
+        """Trials with a value of rank_metric, best first."""
+        metric = self.rank_metric
+        scored = [t for t in self.trials if t.objective(metric) is not None]
+        return sorted(scored, key=lambda t: t.objective(metric), reverse=self.rank_mode == "max")
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -269,7 +288,7 @@ def _samples_html(res: SweepResults, top: int) -> str:
         params = ", ".join(f"{k}={_fmt(t.params.get(k))}" for k in res.keys)
         parts.append(f'<figure><img class="samples" alt="samples of {html.escape(t.trial_id)}" '
                      f'src="data:image/png;base64,{data}"><figcaption>#{rank} {html.escape(t.trial_id)}: '
-                     f"{html.escape(res.metric)}={_fmt(t.objective(res.metric))}<br>{html.escape(params)}"
+                     f"{html.escape(res.rank_metric)}={_fmt(t.objective(res.rank_metric))}<br>{html.escape(params)}"
                      "</figcaption></figure>")
     return "".join(parts)
 
@@ -346,14 +365,16 @@ def render_html(res: SweepResults, *, top: int = 4) -> str:
     if best:
         rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(best.params.get(k)))}</td></tr>"
                        for k in res.keys)
-        best_html = (f"<p>Trial <b>{html.escape(best.trial_id)}</b>: {html.escape(res.metric)} = "
-                     f"{_fmt(best.objective(res.metric))} ({res.mode}) at {_fmt(best.last.get('kimg'))} kimg.</p>"
+        best_html = (f"<p>Trial <b>{html.escape(best.trial_id)}</b>: {html.escape(res.rank_metric)} = "
+                     f"{_fmt(best.objective(res.rank_metric))} ({res.rank_mode}) at {_fmt(best.last.get('kimg'))} "
+                     "kimg.</p>"
                      f'<table id="best">{rows}</table>'
                      f"<p class=note>Full run config: {html.escape(str(res.folder / 'trials' / best.trial_id / 'trial.json'))}</p>")
     else:
         best_html = "<p>No trial has reported the objective yet.</p>"
     seconds = res.summary.get("seconds")
-    header = (f"{html.escape(spec['family'])} sweep, objective {html.escape(res.metric)} ({res.mode}); "
+    ranked_by = f", ranked by {res.rank_metric}" if res.rank_metric != res.metric else ""
+    header = (f"{html.escape(spec['family'])} sweep, objective {html.escape(res.metric)} ({res.mode}){ranked_by}; "
               f"{spec['search']['algorithm']} search, {spec['scheduler']['kind']} scheduler; "
               f"{len(res.trials)} trials (" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")"
               + (f"; {seconds / 60:.1f} min" if isinstance(seconds, (int, float)) else ""))
