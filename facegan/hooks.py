@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+if TYPE_CHECKING:
+    from facegan.stats import Sink
 
 
 def _default_wrap(module: nn.Module, device: torch.device, **ddp_options: Any) -> nn.Module:
@@ -41,7 +44,8 @@ class Hooks:
                         on other ranks and between checkpoints). Ray turns this into
                         ray.train.report(...), which every rank must call.
     should_stop():      polled once per tick (e.g. a Tune scheduler stopping the trial).
-    sinks:              metric sinks used on rank 0 (jsonl, W&B); see facegan.stats.
+    sinks:              metric sinks used on rank 0 besides the loop's JSON lines (W&B, the
+                        progress line): each a facegan.stats.Sink.
     """
 
     rank: int = 0
@@ -52,4 +56,4 @@ class Hooks:
     wrap_model: Callable[[nn.Module, torch.device], nn.Module] = _default_wrap
     report: Callable[[dict[str, float], Path | None], None] = lambda metrics, checkpoint_dir: None
     should_stop: Callable[[], bool] = lambda: False
-    sinks: tuple[Any, ...] = ()
+    sinks: tuple["Sink", ...] = ()

@@ -22,27 +22,30 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from facegan.augpipe import AugmentPipe
-from facegan.checkpoint import check_compatible, prune_checkpoints, save_checkpoint
+from facegan.augpipe import AugmentedNet, AugmentPipe
+from facegan.checkpoint import check_compatible
 from facegan.config import ConfigError, to_dict
 from facegan.data.labels import fixed_attrs
 from facegan.data.stream import ShardSet, eval_loader, train_loader
 from facegan.errors import CheckpointError
 from facegan.families import FAMILIES, RunConfig
-from facegan.families.base import DataInfo
+from facegan.families.base import DataInfo, Family, OptimizerSpec, Phase
 from facegan.families.loading import read_checkpoint
 from facegan.families.steps import StepContext, Steps, mean_over_ranks
 from facegan.hooks import Hooks
 from facegan.images import save_grid_png
+from facegan.runstate import Progress, RankRNG, RunState
 from facegan.runtime import (BadSteps, agree, all_ranks_finite, bare, check_writable_dir, distributed, finite_flag,
-                             gather_rng, resume_dir, setup_torch)
-from facegan.stats import JsonlSink, Stats, plot_loss_curves, save_loss_arrays
+                             resume_dir, setup_torch)
+from facegan.stats import JsonlSink, Sink, Stats, plot_loss_curves, save_loss_arrays
 
 log = logging.getLogger(__name__)
 
@@ -147,391 +150,521 @@ def device_batch(batch: dict, device: torch.device, *, normalize: bool = False,
     return out
 
 
+class Every:
+    """The schedule of one "every N kimg" event (ticks, checkpoints, evaluations): due once the
+    images seen reach the next multiple of `images`, then moved past where it fired. `images` 0:
+    never due."""
+
+    def __init__(self, images: int, *, images_seen: int) -> None:
+        self.images = images
+        self.next: int | None = None
+        self.advance(images_seen)
+
+    def due(self, images_seen: int) -> bool:
+        return self.next is not None and images_seen >= self.next
+
+    def advance(self, images_seen: int) -> None:
+        if self.images > 0:
+            self.next = (images_seen // self.images + 1) * self.images
+
+
+def every_kimg(kimg: float, *, batch_total: int, images_seen: int) -> Every:
+    """`kimg` (a config value; <= 0: never) as a schedule of whole steps: at least one global batch."""
+    return Every(max(batch_total, int(kimg * 1000)) if kimg > 0 else 0, images_seen=images_seen)
+
+
+class SkipNonFinite:
+    """The one rule for non-finite losses: a step is good when every phase's loss is finite on
+    every rank. At the first phase whose loss is not (on any rank), that phase's and every later
+    phase's optimizer update is skipped on every rank (the updates of the phases before it stand);
+    a skipped step runs no `Steps.after_step`, no `lr_factors`, no EMA update, and its losses stay
+    out of the means; `BadSteps` counts it and stops the run after `train.max_bad_steps` in a row.
+
+    How the decision is taken, chosen once per run (the outcome is the same):
+      on the device: fused Adam without fp16's GradScaler. The loss's finiteness, agreed over ranks
+        (`finite_flag`), reaches fused Adam as `found_inf`, which skips the update where it is 1;
+        later phases still run (their updates skipped), so no host sync is needed. The host reads
+        the flag after the step only when the family keeps host-side state per step (`after_step`,
+        `lr_factors`), else at the next tick with the losses.
+      on the host: one `all_ranks_finite` sync per phase; the step stops at the first non-finite
+        phase (every rank alike: a rank skipping backward while others run it would hang DDP).
+        Under fp16 the GradScaler also skips updates with inf gradients and is updated after a
+        good step.
+    """
+
+    def __init__(self, scaler: torch.amp.GradScaler, *, fused: bool, host_needs_flag: bool) -> None:
+        self.scaler, self.host_needs_flag = scaler, host_needs_flag
+        self.on_device = fused and not scaler.is_enabled()
+        self.begin()
+
+    def begin(self) -> None:
+        self.flag: torch.Tensor | None = None   # on the device: the step's finiteness so far
+        self.skipped = False                   # on the host: a phase was not finite
+        self.ok_host: bool | None = True       # whether the step ran; None: only the device knows
+
+    def step(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> bool:
+        """Backward `loss` and step `opt` under the rule; False: the step stops here."""
+        if self.on_device:
+            flag = finite_flag(loss)
+            self.flag = flag if self.flag is None else self.flag * flag
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.found_inf = 1.0 - self.flag   # once a phase failed, the rest of the step is skipped
+            opt.step()
+            return True
+        if not all_ranks_finite(loss):
+            self.skipped = True
+            return False
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(opt)
+        return True
+
+    def end(self) -> None:
+        if self.scaler.is_enabled() and not self.skipped:
+            self.scaler.update()
+        if self.flag is not None:
+            self.ok_host = bool(self.flag.item() > 0) if self.host_needs_flag else None
+        else:
+            self.ok_host = not self.skipped
+
+    @property
+    def device_flag(self) -> torch.Tensor | None:
+        """The flag for device-side consumers (the EMA update) when the host does not know."""
+        return self.flag if self.ok_host is None else None
+
+    @property
+    def ok(self) -> torch.Tensor | bool:
+        """For Stats: the host's answer, or the device flag read back at the tick."""
+        return self.flag if self.ok_host is None else bool(self.ok_host)
+
+
+class Feed:
+    """The phases' real batches: each one drawn moves the stream position and the images seen."""
+
+    def __init__(self, loader: Any, progress: Progress, *, batch_total: int, device: torch.device,
+                 normalize: bool) -> None:
+        self.loader, self.progress, self.batch_total = loader, progress, batch_total
+        self.device, self.normalize = device, normalize
+        self.skipped_samples = 0
+        self.epoch_ended = False   # since the last pop_epoch_end
+
+    def next(self) -> dict[str, torch.Tensor]:
+        batch = next(self.loader)
+        self.progress.batches += 1
+        self.progress.images_seen += self.batch_total
+        self.skipped_samples += batch["num_skipped"]
+        self.epoch_ended = self.epoch_ended or self.loader.batches_seen % self.loader.batches_per_epoch == 0
+        return device_batch(batch, self.device, normalize=self.normalize)
+
+    def pop_epoch_end(self) -> bool:
+        ended, self.epoch_ended = self.epoch_ended, False
+        return ended
+
+    @property
+    def epoch(self) -> int:
+        """The last complete epoch."""
+        return self.loader.batches_seen // self.loader.batches_per_epoch - 1
+
+
+@dataclass
+class Run:
+    """The run's parts as the loop uses them; `state` is the same parts as one checkpoint."""
+
+    nets: dict[str, nn.Module]
+    emas: dict[str, nn.Module]
+    opts: dict[str, torch.optim.Optimizer]
+    specs: dict[str, OptimizerSpec]
+    scaler: torch.amp.GradScaler
+    steps: Steps
+    pipe: AugmentPipe
+    gen: torch.Generator
+    progress: Progress
+    bad: BadSteps
+    state: RunState
+
+
+def build_run(cfg: RunConfig, data: DataInfo, *, device: torch.device, amp_dtype: torch.dtype | None,
+              rank: int, world: int) -> Run:
+    """The family's nets (the same initial weights on every rank: DDP broadcasts rank 0's, but EMA
+    copies must agree too), their EMA copy, one Adam per declared optimizer, the loss scaler, the
+    family's Steps, the augmentation pipe (augment:; ADA's p is its state), this rank's RNG, the
+    counters, and the one RunState they are checkpointed as."""
+    tc, family = cfg.train, FAMILIES[cfg.model.family]
+    torch.manual_seed(tc.seed)
+    nets = family.build_nets(cfg, data)
+    emas = {f"{family.ema}_ema": copy.deepcopy(nets[family.ema]).eval().requires_grad_(False)} if family.ema else {}
+    specs = family.optimizers(cfg)
+    opts = {name: torch.optim.Adam([p for n in spec.nets for p in nets[n].parameters()], lr=spec.lr,
+                                   betas=spec.betas, weight_decay=spec.weight_decay, fused=tc.fused_adam or None)
+            for name, spec in specs.items()}
+    steps = family.build_steps(cfg, data)
+    pipe = AugmentPipe(cfg.augment)
+    unknown = sorted({p.opt for p in family.phases(cfg)} - set(opts))
+    if unknown:
+        raise ConfigError(f"model.family {family.name}: phases step optimizers {unknown} it does not declare")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+    torch.manual_seed(tc.seed * 1000 + rank)
+    gen = torch.Generator(device=device).manual_seed(tc.seed * 1000 + rank)
+    progress = Progress(loader={"seed": tc.seed, "num_workers": cfg.data.num_workers,
+                                "batch_size": cfg.data.batch_size})
+    bad = BadSteps(max_in_row=tc.max_bad_steps, rank=rank, advice="Lower the learning rates or check the data.")
+    # Everything a checkpoint holds, by its key in state.pt: a new piece of training state is one
+    # more entry here (facegan.runstate says what it must provide).
+    components = {**nets, **emas, **{f"opt_{name}": opt for name, opt in opts.items()}, "scaler": scaler,
+                  "family": steps, "augment": pipe, "rng": RankRNG(gen, device, rank=rank, world_size=world)}
+    info = lambda: {"family": family.name, "model": to_dict(cfg.model), "world_size": world,  # noqa: E731
+                    "config": to_dict(cfg), **data.to_meta(), **steps.meta()}
+    state = RunState(components, counters=(progress, bad), info=info)
+    return Run(nets=nets, emas=emas, opts=opts, specs=specs, scaler=scaler, steps=steps, pipe=pipe, gen=gen,
+               progress=progress, bad=bad, state=state)
+
+
+def resume_run(run: Run, path: Path, cfg: RunConfig) -> None:
+    """Restore `run` from the checkpoint at `path` (format 1 upgraded), after checking it fits."""
+    family = FAMILIES[cfg.model.family]
+    state, meta, saved_family, _ = read_checkpoint(path)
+    if saved_family.name != family.name:
+        raise CheckpointError(f"{path}: a {saved_family.name} checkpoint; this run trains {family.name}")
+    check_compatible(meta, to_dict(cfg.model), keys=family.shape_keys, where=path)
+    run.steps.check_resume(meta, where=path)
+    run.state.load(state, meta, where=path)
+
+
+def place(run: Run, tc: Any, device: torch.device) -> None:
+    """Nets, EMA copies, optimizer state and the family's state on the run's device (and memory
+    format: channels_last moves 4-d parameters and buffers in place, the same objects)."""
+    for net in (*run.nets.values(), *run.emas.values()):
+        net.to(device)
+        if tc.channels_last:
+            net.to(memory_format=torch.channels_last)
+    for opt in run.opts.values():
+        _optimizer_to(opt, fused=tc.fused_adam)
+    run.steps.to(device)
+    run.pipe.to(device)
+
+
+def enter_stage(run: Run, family: Family, stage: int, *, clear_moments: bool) -> None:
+    """Switch the nets to `stage`; clear the Adam moments where the family restarts them there."""
+    run.steps.enter_stage(run.nets, stage)
+    if clear_moments and family.reset_optimizers_on_stage:
+        for opt in run.opts.values():
+            opt.state.clear()
+
+
+def wrap_nets(run: Run, hooks: Hooks, device: torch.device, cfg: RunConfig) -> dict[str, nn.Module]:
+    """The training nets: DDP-wrapped (hooks.wrap_model) where they have trainable parameters, in
+    train mode. DDP registers the parameters that require grad when it wraps, so a structure change
+    (nets that grow) re-wraps on every rank at once."""
+    ddp_options = cfg.ray.ddp_options()
+    wrapped = {name: hooks.wrap_model(net, device, **ddp_options) if any(p.requires_grad for p in net.parameters())
+               else net for name, net in run.nets.items()}
+    for net in wrapped.values():
+        if cfg.train.compile:
+            # In place (Module.compile): state_dict keys stay. Under DDP the wrapper is compiled, so
+            # dynamo's DDPOptimizer splits the graph at bucket boundaries and the all-reduce still
+            # overlaps backward.
+            net.compile()
+        net.train()
+    return wrapped
+
+
+def phase_nets(run: Run, wrapped: dict[str, nn.Module], family: Family) -> dict[str, nn.Module]:
+    """The nets a phase sees (ctx.nets): the family's augment_nets take their image input through
+    the augmentation pipe (the training nets themselves for augment.kind none)."""
+    return run.pipe.wrap(wrapped, family.augment_nets, generator=run.gen)
+
+
+def run_phases(run: Run, phases: list[Phase], ctx: StepContext, *, feed: Feed, guard: SkipNonFinite,
+               synced_from: list[set[str]], autocast: Any) -> dict[str, torch.Tensor]:
+    """One training step: each phase `repeat` times, a fresh real batch for each run of a phase
+    that uses data, its loss backpropagated and its optimizer stepped under `guard`'s rule.
+    Returns the phases' scalars (device tensors)."""
+    scalars: dict[str, torch.Tensor] = {}
+    for i, phase in enumerate(phases):
+        opt = run.opts[phase.opt]
+        # Gradients of nets that neither this phase nor a later one of the step updates are never
+        # used (their own phase zeroes them first): DDP skips their all-reduce. A net stepped by a
+        # later phase stays synced, since a graph built here may be backpropagated there.
+        unsynced = [ddp for name, net in ctx.nets.items() if name not in synced_from[i] and isinstance(
+            ddp := net.module if isinstance(net, AugmentedNet) else net, nn.parallel.DistributedDataParallel)]
+        for _ in range(phase.repeat):
+            if phase.uses_data or not ctx.batch:
+                ctx.batch = feed.next()
+            with contextlib.ExitStack() as no_sync:
+                for net in unsynced:
+                    no_sync.enter_context(net.no_sync())
+                with autocast:
+                    loss, sc = run.steps.run(phase.name, ctx)
+                if not guard.step(loss, opt):
+                    return scalars
+            scalars.update(sc)
+    return scalars
+
+
+def finish_step(run: Run, ctx: StepContext, scalars: dict[str, torch.Tensor], *, guard: SkipNonFinite,
+               tc: Any, family: Family, batch_total: int, step_images: int, stats: Stats) -> None:
+    """What follows a step: the family's adaptive state and rate factors (good steps), ADA's p (from
+    r_t averaged over ranks, weighted by the step's flag), the EMA update (on the device, weighted by
+    the flag, where only the device knows), the step's scalars."""
+    p = run.progress
+    run.pipe.observe(scalars, ok=guard.ok, step=p.step, images=step_images, reduce=mean_over_ranks)
+    scalars = {**scalars, **run.pipe.step_scalars()}
+    if guard.ok_host:
+        run.steps.after_step(ctx)
+        for name, factor in run.steps.lr_factors().items():
+            for group in run.opts[name].param_groups:
+                group["lr"] = run.specs[name].lr * factor
+    if run.emas and guard.ok_host is not False:
+        ema_nimg = tc.ema_kimg * 1000
+        if tc.ema_kimg > 0 and tc.ema_rampup > 0:
+            ema_nimg = min(ema_nimg, p.images_seen * tc.ema_rampup)
+        beta = 0.5 ** (batch_total / max(ema_nimg, 1e-8)) if tc.ema_kimg > 0 else 0.0
+        update_ema(run.emas[f"{family.ema}_ema"], bare(ctx.nets[family.ema]), beta=beta, ok=guard.device_flag)
+    stats.add(scalars, step=p.step, images_seen=p.images_seen, ok=guard.ok)
+
+
+class TickWork:
+    """What happens at ticks (train.tick_kimg), epoch ends and the end: per-step rows to the sinks
+    and the skipped-step count, the reduced metrics, evaluations (eval.every_kimg and the end),
+    sample grids and the family's tick side effects; rank 0 writes the files and feeds the sinks."""
+
+    def __init__(self, cfg: RunConfig, run: Run, *, shards: ShardSet, hooks: Hooks, device: torch.device,
+                 autocast: Any) -> None:
+        self.cfg, self.run, self.hooks, self.device, self.autocast = cfg, run, hooks, device, autocast
+        self.family = FAMILIES[cfg.model.family]
+        self.curves = self.family.curves + run.pipe.curves
+        self.rank, self.world = hooks.rank, hooks.world_size
+        tc, self.out = cfg.train, Path(cfg.train.out_dir)
+        steps = run.steps
+        self.stats = Stats()
+        self.sinks: tuple[Sink, ...] = (JsonlSink(self.out / "losses.jsonl"),) + tuple(hooks.sinks) if self.rank == 0 else ()
+        self.epoch_rows: list[dict[str, float]] = []
+        self.grid_latent = self.grid_attrs = self.grid_real = None
+        grid_size = getattr(tc, "grid_size", 0)
+        if self.family.generator is not None and grid_size:
+            self.grid_latent = steps.latent(grid_size, generator=torch.Generator().manual_seed(tc.seed + 7)).to(device)
+            self.grid_attrs = fixed_attrs(shards, grid_size).to(device) if self.family.takes_attrs else None
+            # Grids are drawn on rank 0 only, and real images only for families that reconstruct them:
+            # the other ranks read no shard outside their share.
+            if self.rank == 0 and steps.grid_uses_real:
+                self.grid_real = fixed_reals(shards, min(grid_size, 64)).to(device)
+        self.periodic_eval = None
+        # Sample metrics (fid_attr, ...) when eval.metrics names any; a family's own scoring
+        # (steps.evaluate) runs at the same ticks either way.
+        if self.family.generator is not None and cfg.eval.every_kimg > 0 and cfg.eval.metrics:
+            from facegan.evaluation.periodic import PeriodicEval
+
+            self.periodic_eval = PeriodicEval(cfg.eval, shards=cfg.data.shards, seed=tc.seed)
+        self.final_eval_done = False
+        self.t_tick, self.img_tick = time.perf_counter(), run.progress.images_seen
+
+    def eval_nets(self, wrapped: dict[str, nn.Module]) -> dict[str, nn.Module]:
+        """The nets to sample and score with: EMA copies where the family keeps one."""
+        return {name: self.run.emas.get(f"{name}_ema", bare(net)) for name, net in wrapped.items()}
+
+    def log_steps(self, *, epoch_end: bool, epoch: int, last_ckpt: Path | None) -> None:
+        """Per-step rows to the sinks. Reading them back also reads the steps' flags: skipped steps
+        are counted here, on every rank alike, and too many in a row stop the run before a
+        checkpoint is written."""
+        popped = self.stats.pop_steps()
+        for row in popped:
+            self.run.bad.record(row.ok, step=row.step, images_seen=row.images_seen, last_ckpt=last_ckpt)
+        if self.rank != 0:
+            return
+        rows = [dict(r.values, kind="step", step=r.step, kimg=r.images_seen / 1000) for r in popped if r.ok]
+        for sink in self.sinks:
+            sink.log_rows(rows)
+        self.epoch_rows += rows
+        if epoch_end:
+            save_loss_arrays(self.epoch_rows, self.out / "losses", epoch=epoch)
+            self.epoch_rows = []
+            plot_loss_curves(self.out / "losses.jsonl", self.out / "loss_curve.png", panels=self.curves)
+
+    def metrics(self, *, skipped_samples: int) -> dict[str, float]:
+        p = self.run.progress
+        dt = time.perf_counter() - self.t_tick
+        metrics = self.stats.reduce()
+        metrics.update(kimg=p.kimg, step=p.step, images_seen=p.images_seen,
+                       img_per_sec=(p.images_seen - self.img_tick) / max(dt, 1e-9), bad_steps=self.run.bad.total,
+                       skipped_samples=skipped_samples, **self.run.steps.tick_metrics(p.kimg),
+                       **self.run.pipe.tick_metrics())
+        if self.device.type == "cuda":
+            metrics["peak_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        return metrics
+
+    def evaluate(self, wrapped: dict[str, nn.Module], *, final: bool, last_ckpt: Path | None) -> dict[str, float]:
+        """Sample metrics (every rank draws its share; rank 0 gets the scores) and the family's own."""
+        t_eval, metrics = time.perf_counter(), {}
+        if self.periodic_eval is not None:
+            fam = self.family
+            G = self.eval_nets(wrapped)[fam.generator]
+            D = bare(wrapped[fam.discriminator]) if fam.discriminator else None
+            metrics.update(self.periodic_eval(G=G, D=D, steps=self.run.steps, device=self.device, rank=self.rank,
+                                              world_size=self.world, attrs=self.grid_attrs))
+        scores = self.family_eval(wrapped, final=final, last_ckpt=last_ckpt)
+        self.final_eval_done = self.final_eval_done or final
+        if self.periodic_eval is not None or scores:
+            metrics.update(scores, eval_seconds=time.perf_counter() - t_eval)
+        return metrics
+
+    def family_eval(self, wrapped: dict[str, nn.Module], *, final: bool, last_ckpt: Path | None) -> dict[str, float]:
+        p = self.run.progress
+        with torch.no_grad():
+            return self.run.steps.evaluate(self.eval_nets(wrapped), final=final, rank=self.rank, world_size=self.world,
+                                           out_dir=self.out, kimg=p.kimg, step=p.step, images_seen=p.images_seen,
+                                           checkpoint=last_ckpt, autocast=self.autocast)
+
+    def publish(self, wrapped: dict[str, nn.Module], metrics: dict[str, float]) -> None:
+        """Rank 0: the tick's grids and the family's tick files, then the metrics to every sink."""
+        self.t_tick, self.img_tick = time.perf_counter(), self.run.progress.images_seen
+        if self.rank != 0:
+            return
+        images, seen, steps = {}, self.run.progress.images_seen, self.run.steps
+        if self.grid_latent is not None:
+            with torch.no_grad(), self.autocast:
+                grids = steps.tick_images(self.eval_nets(wrapped), latent=self.grid_latent, attrs=self.grid_attrs,
+                                          real=self.grid_real)
+            for key, img in grids.items():
+                name = "grid" if key == "samples" else key
+                path = self.out / "samples" / f"{name}-{seen:09d}.png"
+                save_grid_png(img, path)
+                # The same bytes: a copy, not a second PNG encode (~40 ms of CPU for a 64-image grid).
+                shutil.copyfile(path, self.out / "samples" / ("latest.png" if key == "samples" else f"{name}-latest.png"))
+                images[key] = path
+            with torch.no_grad():
+                steps.on_tick(self.eval_nets(wrapped), out_dir=self.out, kimg=seen / 1000, images_seen=seen)
+        for sink in self.sinks:
+            sink.log(metrics, step=self.run.progress.step, images=images)
+        log.info("kimg %.1f step %d: %s", metrics["kimg"], self.run.progress.step,
+                 " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if "/" in k and "/acc/" not in k))
+
+    def finish(self) -> None:
+        if self.rank == 0:
+            plot_loss_curves(self.out / "losses.jsonl", self.out / "loss_curve.png", panels=self.curves)
+            self.run.steps.finish(out_dir=self.out)
+            for sink in self.hooks.sinks:
+                sink.close()
+
+
 def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
     """Train cfg.model.family on cfg.data.shards until cfg.train.total_kimg; returns the last tick's metrics."""
     hooks = hooks or Hooks()
     rank, world = hooks.rank, hooks.world_size
-    tc = cfg.train
+    tc, family = cfg.train, FAMILIES[cfg.model.family]
     out = Path(tc.out_dir)
-    ckpt_root = out / "checkpoints"
     device, amp_dtype = setup_torch(tc, hooks)
-    family = FAMILIES[cfg.model.family]
-
     shards = ShardSet.open(cfg.data.shards)
     check_shards(cfg, shards, world_size=world)
     if rank == 0:
         check_writable_dir(out, field="train.out_dir")
     data = data_info(cfg, shards)
 
-    # Same initial weights on every rank (DDP also broadcasts rank 0's, but EMA copies must agree).
-    torch.manual_seed(tc.seed)
-    nets = family.build_nets(cfg, data)
-    ema_name = family.ema
-    emas = {f"{ema_name}_ema": copy.deepcopy(nets[ema_name]).eval().requires_grad_(False)} if ema_name else {}
-    opt_specs = family.optimizers(cfg)
-    fused = tc.fused_adam
-    opts = {name: torch.optim.Adam([p for n in spec.nets for p in nets[n].parameters()], lr=spec.lr,
-                                   betas=spec.betas, weight_decay=spec.weight_decay, fused=fused or None)
-            for name, spec in opt_specs.items()}
-    steps = family.build_steps(cfg, data)
-    # What D sees goes through the augmentation pipe (augment:); its p (ADA) is run state like the family's.
-    pipe = AugmentPipe(cfg.augment)
-    curves = family.curves + pipe.curves
-    phases = family.phases(cfg)
-    unknown = sorted({p.opt for p in phases} - set(opts))
-    if unknown:
-        raise ConfigError(f"model.family {family.name}: phases step optimizers {unknown} it does not declare")
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
-    torch.manual_seed(tc.seed * 1000 + rank)
-    gen = torch.Generator(device=device).manual_seed(tc.seed * 1000 + rank)
-
-    step, images_seen, batches, bad_total = 0, 0, 0, 0
-    trained_seconds = 0.0  # training time before this attempt (from the checkpoint): max_minutes spans restarts
-    saved_stage: int | None = None  # the stage the checkpoint's last step ran in
-    resume = resume_dir(cfg.train.resume, hooks, ckpt_root)
+    # Set up the run's state, then resume it: one definition for both (Run.state).
+    run = build_run(cfg, data, device=device, amp_dtype=amp_dtype, rank=rank, world=world)
+    progress = run.progress
+    resume = resume_dir(tc.resume, hooks, out / "checkpoints")
     if resume is not None:
-        state, meta, saved_family, _ = read_checkpoint(resume)
-        if saved_family.name != family.name:
-            raise CheckpointError(f"{resume}: a {saved_family.name} checkpoint; this run trains {family.name}")
-        check_compatible(meta, to_dict(cfg.model), keys=family.shape_keys, where=resume)
-        steps.check_resume(meta, where=resume)
-        try:
-            for name, net in {**nets, **emas}.items():
-                net.load_state_dict(state[name])
-            for name, opt in opts.items():
-                opt.load_state_dict(state[f"opt_{name}"])
-            scaler.load_state_dict(state["scaler"])
-            steps.load_state_dict(state.get("family", {}))
-            pipe.load_state_dict(state.get("augment", {}))
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"{resume}: does not fit this model: {exc}") from None
-        step, images_seen, bad_total = meta["step"], meta["images_seen"], meta.get("bad_steps", 0)
-        batches = int(meta.get("loader", {}).get("start_batch", step))
-        trained_seconds = float(meta.get("train_seconds", 0.0))
-        saved_stage = meta.get("stage")
-        rng = state.get("rng", {})
-        if meta.get("world_size") == world and f"torch_rank{rank}" in rng:
-            torch.set_rng_state(rng[f"torch_rank{rank}"])
-            gen.set_state(rng[f"gen_rank{rank}"])
-            if device.type == "cuda" and f"cuda_rank{rank}" in rng:
-                torch.cuda.set_rng_state(rng[f"cuda_rank{rank}"], device)
-        else:
-            log.warning("resuming with %d ranks from a %s-rank checkpoint: RNG streams restart",
-                        world, meta.get("world_size"))
+        resume_run(run, resume, cfg)
         if rank == 0:
-            log.info("resumed from %s at step %d (%.1f kimg)", resume, step, images_seen / 1000)
-
-    for net in (*nets.values(), *emas.values()):
-        net.to(device)
-        if tc.channels_last:
-            net.to(memory_format=torch.channels_last)   # 4-d parameters and buffers; the same objects
-    for opt in opts.values():
-        _optimizer_to(opt, fused=fused)
-    steps.to(device)
-    pipe.to(device)
-    # Nets are wrapped (DDP) for the current stage: DDP registers the parameters that require grad
-    # when it wraps, so a structure change (nets that grow) re-wraps on every rank at once.
-    stage = steps.stage(images_seen / 1000)
-    steps.enter_stage(nets, stage)
-    if family.reset_optimizers_on_stage and saved_stage is not None and saved_stage != stage:
-        # The checkpoint ends where a stage begins: clear the moments as an uninterrupted run does there.
-        for opt in opts.values():
-            opt.state.clear()
-
-    ddp_options = cfg.ray.ddp_options()
-
-    def wrap_all() -> dict[str, nn.Module]:
-        out = {name: hooks.wrap_model(net, device, **ddp_options) if any(p.requires_grad for p in net.parameters())
-               else net for name, net in nets.items()}
-        if tc.compile:
-            # In place (Module.compile): state_dict keys stay. Under DDP the wrapper is compiled, so
-            # dynamo's DDPOptimizer splits the graph at bucket boundaries and the all-reduce still
-            # overlaps backward.
-            for net in out.values():
-                net.compile()
-        return out
-
-    wrapped = wrap_all()
-
-    def step_nets() -> dict[str, nn.Module]:
-        """The nets a phase sees: the family's augment_nets take their image input through the pipe."""
-        return pipe.wrap(wrapped, family.augment_nets, generator=gen)
-
-    def augment(x: torch.Tensor) -> torch.Tensor:
-        return pipe(x, generator=gen)
-
-    phase_nets = step_nets()
+            log.info("resumed from %s at step %d (%.1f kimg)", resume, progress.step, progress.kimg)
+    place(run, tc, device)
+    saved_stage, stage = progress.stage, run.steps.stage(progress.kimg)
+    # A checkpoint that ends where a stage begins: clear the moments as an uninterrupted run does there.
+    enter_stage(run, family, stage, clear_moments=saved_stage is not None and saved_stage != stage)
+    progress.stage = stage
+    wrapped = wrap_nets(run, hooks, device, cfg)
+    nets = phase_nets(run, wrapped, family)
 
     # On a GPU the loader sends uint8 (4x fewer bytes to pin and copy) and the device normalises.
-    normalize_on_device = device.type == "cuda"
+    on_gpu = device.type == "cuda"
     loader = train_loader(shards, batch_size=cfg.data.batch_size, rank=rank, world_size=world,
                           num_workers=cfg.data.num_workers, seed=tc.seed, shuffle_buffer=cfg.data.shuffle_buffer,
-                          start_batch=batches, pin_memory=device.type == "cuda", normalize=not normalize_on_device,
+                          start_batch=progress.batches, pin_memory=on_gpu, normalize=not on_gpu,
                           channels_last=tc.channels_last)
-    grid_size = getattr(tc, "grid_size", 0)
-    grid_latent = grid_attrs = grid_real = None
-    if family.generator is not None and grid_size:
-        grid_latent = steps.latent(grid_size, generator=torch.Generator().manual_seed(tc.seed + 7)).to(device)
-        grid_attrs = fixed_attrs(shards, grid_size).to(device) if family.takes_attrs else None
-        # Grids are drawn on rank 0 only, and real images only for families that reconstruct them:
-        # the other ranks read no shard outside their share.
-        if rank == 0 and steps.grid_uses_real:
-            grid_real = fixed_reals(shards, min(grid_size, 64)).to(device)
-
-    periodic_eval = None
-    # Sample metrics (fid_attr, ...) when eval.metrics names any; a family's own scoring
-    # (steps.evaluate) runs at the same ticks either way.
-    if family.generator is not None and cfg.eval.every_kimg > 0 and cfg.eval.metrics:
-        from facegan.evaluation.periodic import PeriodicEval
-
-        periodic_eval = PeriodicEval(cfg.eval, shards=cfg.data.shards, seed=tc.seed)
     batch_total = cfg.data.batch_size * world
-    total_images = int(round(tc.total_kimg * 1000))
-    tick_images = max(batch_total, int(tc.tick_kimg * 1000))
-    ckpt_images = max(batch_total, int(tc.checkpoint_kimg * 1000))
-    next_tick = (images_seen // tick_images + 1) * tick_images
-    next_ckpt = (images_seen // ckpt_images + 1) * ckpt_images
-    eval_images = max(batch_total, int(cfg.eval.every_kimg * 1000)) if cfg.eval.every_kimg > 0 else 0
-    next_eval = (images_seen // eval_images + 1) * eval_images if eval_images else None
-    stats = Stats()
-    sinks = (JsonlSink(out / "losses.jsonl"),) + tuple(hooks.sinks) if rank == 0 else ()
-    progress_sinks = [sink for sink in sinks if hasattr(sink, "progress")]
+    feed = Feed(loader, progress, batch_total=batch_total, device=device, normalize=on_gpu)
+    autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    ticker = TickWork(cfg, run, shards=shards, hooks=hooks, device=device, autocast=autocast)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
-    epoch_rows: list[dict[str, float]] = []
-    skipped_samples = 0
-    bad = BadSteps(max_in_row=tc.max_bad_steps, rank=rank, total=bad_total,
-                   advice="Lower the learning rates or check the data.")
-    autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
-    # Non-finite losses are skipped without a host sync when fused Adam can take the flag (not
-    # under fp16's GradScaler, which sets found_inf itself).
-    deferred = fused and not scaler.is_enabled()
+    ticks = every_kimg(tc.tick_kimg, batch_total=batch_total, images_seen=progress.images_seen)
+    ckpts = every_kimg(tc.checkpoint_kimg, batch_total=batch_total, images_seen=progress.images_seen)
+    evals = every_kimg(cfg.eval.every_kimg, batch_total=batch_total, images_seen=progress.images_seen)
+    total_images = int(round(tc.total_kimg * 1000))
+    phases = family.phases(cfg)
+    # Per phase: the nets whose optimizer this phase or a later one in the step steps.
+    synced_from = [{n for later in phases[i:] for n in run.specs[later.opt].nets} for i in range(len(phases))]
     # A family with per-step host-side state (after_step, lr_factors) must know whether the step
     # ran: one host sync per step for it, after the step's phases, instead of one per phase.
-    host_state_per_step = (type(steps).after_step is not Steps.after_step
-                           or type(steps).lr_factors is not Steps.lr_factors)
-    # Per phase: the nets whose optimizer this phase or a later one in the step steps.
-    synced_from = [{n for later in phases[i:] for n in opt_specs[later.opt].nets} for i in range(len(phases))]
-    t_tick, img_tick = time.perf_counter(), images_seen
-    t_start = time.perf_counter() - trained_seconds
+    host_state = type(run.steps).after_step is not Steps.after_step or type(run.steps).lr_factors is not Steps.lr_factors
+    guard = SkipNonFinite(run.scaler, fused=tc.fused_adam, host_needs_flag=host_state)
     last_ckpt: Path | None = resume
     metrics: dict[str, float] = {}
-    final_eval_done = False
-    for net in wrapped.values():
-        net.train()
+    progress.start_clock()
 
-    def eval_nets() -> dict[str, nn.Module]:
-        """The nets to sample and score with: EMA copies where the family keeps one."""
-        return {name: emas.get(f"{name}_ema", bare(net)) for name, net in wrapped.items()}
-
-    def write_checkpoint() -> Path | None:
-        rng = gather_rng(gen, device)
-        if rank != 0:
-            return None
-        meta = {"family": family.name, "model": to_dict(cfg.model), "step": step, "images_seen": images_seen,
-                "kimg": images_seen / 1000, "world_size": world,
-                "loader": {"seed": tc.seed, "start_batch": batches, "num_workers": cfg.data.num_workers,
-                           "batch_size": cfg.data.batch_size},
-                "bad_steps": bad.total, "train_seconds": time.perf_counter() - t_start, "config": to_dict(cfg),
-                "stage": stage,
-                **data.to_meta(), **steps.meta()}
-        state = {**{name: bare(net).state_dict() for name, net in wrapped.items()},
-                 **{name: ema.state_dict() for name, ema in emas.items()},
-                 **{f"opt_{name}": opt.state_dict() for name, opt in opts.items()},
-                 "scaler": scaler.state_dict(), "family": steps.state_dict(), "augment": pipe.state_dict(),
-                 "rng": rng}
-        path = save_checkpoint(ckpt_root / f"ckpt-{images_seen:09d}", state=state, meta=meta)
-        prune_checkpoints(ckpt_root, keep=tc.keep_checkpoints)
-        return path
-
-    def family_eval(final: bool) -> dict[str, float]:
-        with torch.no_grad():
-            return steps.evaluate(eval_nets(), final=final, rank=rank, world_size=world, out_dir=out,
-                                  kimg=images_seen / 1000, step=step, images_seen=images_seen,
-                                  checkpoint=last_ckpt, autocast=autocast)
-
-    while images_seen < total_images:
-        new_stage = steps.stage(images_seen / 1000)
-        if new_stage != stage:
-            stage = new_stage
-            steps.enter_stage(nets, stage)
-            wrapped = wrap_all()
-            phase_nets = step_nets()
-            if family.reset_optimizers_on_stage:
-                for opt in opts.values():
-                    opt.state.clear()
-            for net in wrapped.values():
-                net.train()
+    while progress.images_seen < total_images:
+        stage = run.steps.stage(progress.kimg)
+        if stage != progress.stage:
+            progress.stage = stage
+            enter_stage(run, family, stage, clear_moments=True)
+            wrapped = wrap_nets(run, hooks, device, cfg)
+            nets = phase_nets(run, wrapped, family)
             if rank == 0:
-                log.info("stage %d at %.1f kimg", stage, images_seen / 1000)
-        ctx = StepContext(nets=phase_nets, batch={}, kimg=images_seen / 1000, generator=gen, augment=augment,
-                          step=step)
-        step_images = images_seen
-        scalars: dict[str, torch.Tensor] = {}
-        skipped, at_epoch = False, False
-        ok_dev: torch.Tensor | None = None   # the step's finiteness flag on the device (deferred checks)
-        for i, phase in enumerate(phases):
-            opt = opts[phase.opt]
-            # Gradients of nets that neither this phase nor a later one of the step updates are never
-            # used (their own phase zeroes them first): DDP skips their all-reduce. A net stepped by a
-            # later phase stays synced, since a graph built here may be backpropagated there.
-            unsynced = [net for name, net in wrapped.items()
-                        if name not in synced_from[i] and isinstance(net, nn.parallel.DistributedDataParallel)]
-            for _ in range(phase.repeat):
-                if phase.uses_data or not ctx.batch:
-                    batch = next(loader)
-                    batches += 1
-                    images_seen += batch_total
-                    skipped_samples += batch["num_skipped"]
-                    at_epoch = at_epoch or loader.batches_seen % loader.batches_per_epoch == 0
-                    ctx.batch = device_batch(batch, device, normalize=normalize_on_device)
-                with contextlib.ExitStack() as no_sync:
-                    for net in unsynced:
-                        no_sync.enter_context(net.no_sync())
-                    with autocast:
-                        loss, sc = steps.run(phase.name, ctx)
-                    if deferred:
-                        # No host sync: the flag (agreed over ranks) reaches fused Adam as found_inf,
-                        # which skips the update and its step count where it is 1, on the device.
-                        # Every rank runs backward either way, so DDP's all-reduces stay matched.
-                        flag = finite_flag(loss)
-                        ok_dev = flag if ok_dev is None else ok_dev * flag
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.found_inf = 1.0 - ok_dev   # once a phase failed, the rest of the step is skipped
-                        opt.step()
-                    else:
-                        # Every rank takes the same branch: a rank skipping backward while others run it hangs DDP.
-                        if not all_ranks_finite(loss):
-                            skipped = True
-                            break
-                        opt.zero_grad(set_to_none=True)
-                        scaler.scale(loss).backward()
-                        scaler.step(opt)
-                scalars.update(sc)
-            if skipped:
-                break
+                log.info("stage %d at %.1f kimg", stage, progress.kimg)
+        # The step: its phases, then what follows a step.
+        ctx = StepContext(nets=nets, batch={}, kimg=progress.kimg, generator=run.gen,
+                          augment=lambda x: run.pipe(x, generator=run.gen), step=progress.step)
+        step_start = progress.images_seen
+        guard.begin()
+        scalars = run_phases(run, phases, ctx, feed=feed, guard=guard, synced_from=synced_from, autocast=autocast)
         ctx.carry.clear()  # a skipped phase must not keep a graph alive into the next step
-        if scaler.is_enabled() and not skipped:
-            scaler.update()
-        step += 1
-        pipe.observe(scalars, ok=ok_dev if ok_dev is not None else not skipped, step=step,
-                     images=images_seen - step_images, reduce=mean_over_ranks)
-        scalars.update(pipe.step_scalars())
-        for sink in progress_sinks:
-            sink.progress(images_seen)
-        # ok_host: whether the step ran, where the host must know it now (None: only the device knows,
-        # until the tick reads the flags back with the losses).
-        if ok_dev is not None:
-            ok_host = bool(ok_dev.item() > 0) if host_state_per_step else None
-        else:
-            ok_host = not skipped
-        if ok_host:
-            steps.after_step(ctx)
-            for name, factor in steps.lr_factors().items():
-                for group in opts[name].param_groups:
-                    group["lr"] = opt_specs[name].lr * factor
-        if emas and ok_host is not False:
-            ema_nimg = tc.ema_kimg * 1000
-            if tc.ema_kimg > 0 and tc.ema_rampup > 0:
-                ema_nimg = min(ema_nimg, images_seen * tc.ema_rampup)
-            beta = 0.5 ** (batch_total / max(ema_nimg, 1e-8)) if tc.ema_kimg > 0 else 0.0
-            update_ema(emas[f"{ema_name}_ema"], bare(wrapped[ema_name]), beta=beta,
-                       ok=ok_dev if ok_host is None else None)
-        stats.add(scalars, step=step, images_seen=images_seen, ok=ok_dev if ok_host is None else ok_host)
+        guard.end()
+        progress.step += 1
+        for sink in ticker.sinks:
+            sink.progress(progress.images_seen)
+        finish_step(run, ctx, scalars, guard=guard, tc=tc, family=family, batch_total=batch_total,
+                    step_images=progress.images_seen - step_start, stats=ticker.stats)
 
-        at_tick = images_seen >= next_tick or images_seen >= total_images
+        # Tick work.
+        seen = progress.images_seen
+        at_tick = ticks.due(seen) or seen >= total_images
         # The time budget is checked on rank 0 only at ticks and shared, so all ranks stop together.
-        out_of_time = at_tick and tc.max_minutes > 0 and agree(time.perf_counter() - t_start > tc.max_minutes * 60)
-        finishing = images_seen >= total_images or out_of_time
-        at_ckpt = images_seen >= next_ckpt or finishing
+        out_of_time = at_tick and tc.max_minutes > 0 and agree(progress.seconds() > tc.max_minutes * 60)
+        finishing = seen >= total_images or out_of_time
+        at_ckpt = ckpts.due(seen) or finishing
+        epoch_end = feed.pop_epoch_end()
         # Per-step rows reach the log by every checkpoint too: a run resumed from one never redoes
-        # the steps before it, so rows still held back then would be lost for good. Reading them
-        # back also reads the steps' flags: skipped steps are counted here, on every rank alike,
-        # and too many in a row stop the run before a checkpoint is written.
-        if at_tick or at_epoch or at_ckpt:
-            popped = stats.pop_steps()
-            for row in popped:
-                bad.record(row.ok, step=row.step, images_seen=row.images_seen, last_ckpt=last_ckpt)
-            if rank == 0:
-                rows = [dict(r.values, kind="step", step=r.step, kimg=r.images_seen / 1000) for r in popped if r.ok]
-                for sink in sinks:
-                    sink.log_rows(rows)
-                epoch_rows += rows
-                if at_epoch:
-                    save_loss_arrays(epoch_rows, out / "losses",
-                                     epoch=loader.batches_seen // loader.batches_per_epoch - 1)
-                    epoch_rows = []
-                    plot_loss_curves(out / "losses.jsonl", out / "loss_curve.png", panels=curves)
+        # the steps before it, so rows still held back then would be lost for good.
+        if at_tick or epoch_end or at_ckpt:
+            ticker.log_steps(epoch_end=epoch_end, epoch=feed.epoch, last_ckpt=last_ckpt)
         if not (at_tick or at_ckpt):
             continue
-        dt = time.perf_counter() - t_tick
-        metrics = stats.reduce()
-        metrics.update(kimg=images_seen / 1000, step=step, images_seen=images_seen,
-                       img_per_sec=(images_seen - img_tick) / max(dt, 1e-9), bad_steps=bad.total,
-                       skipped_samples=skipped_samples, **steps.tick_metrics(images_seen / 1000),
-                       **pipe.tick_metrics())
-        if device.type == "cuda":
-            metrics["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        metrics = ticker.metrics(skipped_samples=feed.skipped_samples)
+
+        # Checkpoint: every rank takes part (RNG states are gathered); rank 0 writes.
         ckpt_dir = None
         if at_ckpt:
-            ckpt_dir = write_checkpoint()
-            if ckpt_dir is not None:
-                last_ckpt = ckpt_dir
-            next_ckpt = (images_seen // ckpt_images + 1) * ckpt_images
+            ckpt_dir = run.state.save(out / "checkpoints" / f"ckpt-{seen:09d}", keep=tc.keep_checkpoints, rank=rank)
+            last_ckpt = ckpt_dir or last_ckpt
+            ckpts.advance(seen)
             if distributed():
                 dist.barrier()  # the checkpoint exists on disk before anyone reports it
-        eval_due = next_eval is not None and images_seen >= next_eval
-        if eval_due or finishing:
-            t_eval = time.perf_counter()
-            if periodic_eval is not None:
-                # Every rank draws its share of the samples; rank 0 gets the scores.
-                G = eval_nets()[family.generator]
-                D = bare(wrapped[family.discriminator]) if family.discriminator else None
-                metrics.update(periodic_eval(G=G, D=D, steps=steps, device=device, rank=rank, world_size=world,
-                                             attrs=grid_attrs))
-            scores = family_eval(final=finishing)
-            final_eval_done = final_eval_done or finishing
-            if periodic_eval is not None or scores:
-                metrics.update(scores, eval_seconds=time.perf_counter() - t_eval)
-            if next_eval is not None:
-                next_eval = (images_seen // eval_images + 1) * eval_images
-        t_tick, img_tick = time.perf_counter(), images_seen
-        if rank == 0:
-            images = {}
-            if grid_latent is not None:
-                with torch.no_grad(), autocast:
-                    grids = steps.tick_images(eval_nets(), latent=grid_latent, attrs=grid_attrs, real=grid_real)
-                for key, img in grids.items():
-                    name = "grid" if key == "samples" else key
-                    path = out / "samples" / f"{name}-{images_seen:09d}.png"
-                    save_grid_png(img, path)
-                    # The same bytes: a copy, not a second PNG encode (~40 ms of CPU for a 64-image grid).
-                    shutil.copyfile(path, out / "samples" / ("latest.png" if key == "samples" else f"{name}-latest.png"))
-                    images[key] = path
-            if grid_latent is not None:
-                with torch.no_grad():
-                    steps.on_tick(eval_nets(), out_dir=out, kimg=images_seen / 1000, images_seen=images_seen)
-            for sink in sinks:
-                sink.log(metrics, step=step, images=images)
-            log.info("kimg %.1f step %d: %s", metrics["kimg"], step,
-                     " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if "/" in k and "/acc/" not in k))
-        next_tick = (images_seen // tick_images + 1) * tick_images
+        if evals.due(seen) or finishing:
+            metrics.update(ticker.evaluate(wrapped, final=finishing, last_ckpt=last_ckpt))
+            evals.advance(seen)
+        ticker.publish(wrapped, metrics)
+        ticks.advance(seen)
         hooks.report(metrics, ckpt_dir)
         if out_of_time:
-            log.info("train.max_minutes=%g reached at %.1f kimg: stopping", tc.max_minutes, images_seen / 1000)
+            log.info("train.max_minutes=%g reached at %.1f kimg: stopping", tc.max_minutes, progress.kimg)
             break
         if hooks.should_stop():
             break
 
-    if not final_eval_done:
+    if not ticker.final_eval_done:
         # Stopped by the runner, or resumed from a checkpoint at the end: the family's last word.
-        extra = family_eval(final=True)
-        metrics = dict(metrics, **extra)
-    if rank == 0:
-        plot_loss_curves(out / "losses.jsonl", out / "loss_curve.png", panels=curves)
-        steps.finish(out_dir=out)
-        for sink in hooks.sinks:
-            sink.close()
+        metrics = dict(metrics, **ticker.family_eval(wrapped, final=True, last_ckpt=last_ckpt))
+    ticker.finish()
     return metrics

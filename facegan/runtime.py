@@ -4,7 +4,7 @@
   optimizers read, no host sync), `all_ranks_finite` (the same as a bool), `agree` (rank 0's
   decision broadcast), so DDP never hangs on a rank that took another branch;
 - `BadSteps`: counts skipped (non-finite) steps and stops the run after `max_bad_steps` in a row;
-- `gather_rng`, `resume_dir`, `bare`: checkpoint/resume helpers;
+- `gather_rng`, `resume_dir`, `bare`: checkpoint/resume helpers (facegan.runstate holds the run's state);
 - `setup_torch`: device (CUDA when asked or available, else CPU), autocast dtype (`pick_precision`),
   threads and determinism.
 """
@@ -187,16 +187,24 @@ def resume_dir(resume: str, hooks: Hooks, ckpt_root: Path) -> Path | None:
 
 
 class BadSteps:
-    """Skipped-step bookkeeping: a step whose loss is non-finite on any rank is skipped on all;
-    `max_in_row` such steps in a row end the run with a TrainingError naming the last good checkpoint.
+    """Skipped-step bookkeeping: a step whose loss is non-finite on any rank is skipped on all
+    (facegan.loop.SkipNonFinite); `max_in_row` such steps in a row end the run with a TrainingError
+    naming the last good checkpoint.
 
     The loop records steps when it reads their flags from the device (at ticks, epoch ends and
     checkpoints, with the per-step losses), in step order, on every rank alike: the run stops there,
-    before any checkpoint is written, with the step and kimg at which the limit was reached."""
+    before any checkpoint is written, with the step and kimg at which the limit was reached. The
+    total is run state (a counter of facegan.runstate.RunState: meta.json's `bad_steps`)."""
 
     def __init__(self, *, max_in_row: int, rank: int, advice: str, total: int = 0) -> None:
         self.max_in_row, self.rank, self.advice = max_in_row, rank, advice
         self.total, self.in_row = total, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"bad_steps": self.total}
+
+    def load_state_dict(self, meta: dict[str, Any]) -> None:
+        self.total, self.in_row = int(meta.get("bad_steps", 0)), 0
 
     def record(self, ok: bool, *, step: int, images_seen: int, last_ckpt: Path | None) -> None:
         if ok:

@@ -6,7 +6,8 @@
     means = stats.reduce()                           # then: means over good steps, one all-reduce over ranks
     for sink in sinks: sink.log(means, step=...)     # sinks exist on rank 0 only
 
-Sinks: `JsonlSink` (always on rank 0); the W&B sink lives in facegan.launch.sinks (W&B only under launch/).
+Sinks (`Sink`): `JsonlSink` (always on rank 0), `ProgressSink` (the terminal line); the W&B sink lives
+in facegan.launch.sinks (W&B only under launch/).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -94,12 +95,36 @@ class Stats:
         return dict(zip(names, means))
 
 
+@runtime_checkable
+class Sink(Protocol):
+    """Where a run's metrics go, on rank 0 (`facegan.hooks.Hooks.sinks`, besides the loop's JsonlSink).
+    The loop calls, in this order over a run:
+
+    progress(images_seen)         after every step (keep it cheap: a no-op, or a counter)
+    log_rows(rows)                per-step rows at ticks, epoch ends and checkpoints: dicts of floats
+                                  with kind="step", step, kimg
+    log(metrics, step=, images=)  the tick's reduced metrics, and its grid PNGs by name
+    close()                       once, when training ends
+    """
+
+    def progress(self, images_seen: int) -> None: ...
+
+    def log_rows(self, rows: list[dict[str, Any]]) -> None: ...
+
+    def log(self, metrics: dict[str, float], *, step: int, images: dict[str, Path] | None = None) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class JsonlSink:
     """Appends one JSON object per line: per-step losses, and tick summaries (kind: tick)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def progress(self, images_seen: int) -> None:
+        pass
 
     def log_rows(self, rows: list[dict[str, Any]]) -> None:
         text = "".join(json.dumps(row) + "\n" for row in rows)

@@ -1,8 +1,11 @@
-"""Checkpoints written before families were packages (format 1) still load, sample and resume.
+"""Checkpoints written by earlier facegans still load, sample and resume.
 
 The fixtures in tests/fixtures/legacy_v1/ were written by facegan at commit 41172b7 (tiny 16 px
 DCGAN and conditional runs, a 32 px report-CNN classifier); their configs name shard folders that
-no longer exist, which loading must not need.
+no longer exist, which loading must not need. tests/fixtures/format_2/ holds format-2 checkpoints
+(16 px DCGAN and BEGAN, 2 steps) written at commit 8f8dfce, before the loop's run state became one
+object (facegan.runstate), by tests/fixtures/format_2/make.py, with what resuming each for 2 more
+steps ended with at that commit.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from facegan.families.loading import load_generator, load_run
 from facegan.loop import train
 
 FIXTURES = REPO / "tests" / "fixtures" / "legacy_v1"
+FORMAT_2 = REPO / "tests" / "fixtures" / "format_2"
 
 
 @pytest.mark.parametrize("name", ["dcgan", "conditional", "classifier"])
@@ -58,6 +62,40 @@ def test_a_format_1_dcgan_checkpoint_resumes_training(tmp_path: Path) -> None:
     assert metrics["images_seen"] == 32 and metrics["step"] == 4   # 2 steps in the fixture + 2 more
     state, meta = load_checkpoint(list_checkpoints(tmp_path / "run" / "checkpoints")[-1])
     assert meta["format_version"] == 2 and "family" in state and {"G", "D", "G_ema", "opt_G", "opt_D"} <= set(state)
+
+
+def _flat(state: dict) -> dict[str, torch.Tensor]:
+    """As tests/fixtures/format_2/make.py keeps a run's end: per net, EMA copy and family state, its
+    floating-point tensors in key order as one tensor."""
+    return {key: torch.cat([t.detach().flatten().float() for _, t in sorted(part.items())
+                            if isinstance(t, torch.Tensor) and t.is_floating_point()])
+            for key, part in state.items() if key not in ("rng", "scaler") and not key.startswith("opt_") and part}
+
+
+@pytest.mark.parametrize("name", ["dcgan", "began"])
+def test_a_format_2_checkpoint_from_before_the_run_state_resumes_to_the_same_tensors(name: str, tmp_path: Path):
+    from facegan.data.recipe import ShardRecipe
+    from facegan.data.writer import build_shards
+
+    fixture = FORMAT_2 / name
+    saved = json.loads((fixture / "meta.json").read_text())
+    assert saved["format_version"] == 2 and saved["step"] == 2
+    shards = tmp_path / "shards"
+    build_shards(from_dict(ShardRecipe, {"source": "synthetic", "count": 64, "resolution": 16, "shard_size": 16,
+                                         "workers": 1, "seed": 1}), root=None, out=shards, progress=False)
+    old = saved["config"]
+    cfg = from_dict(RunConfig, {**old, "data": {**old["data"], "shards": str(shards)},
+                                "train": {**old["train"], "out_dir": str(tmp_path / "run"), "total_kimg": 0.032,
+                                          "resume": str(fixture)}})
+    metrics = train(cfg)
+    assert metrics["step"] == 4 and metrics["images_seen"] == 32
+    state, meta = load_checkpoint(list_checkpoints(tmp_path / "run" / "checkpoints")[-1])
+    assert meta["step"] == 4 and meta["loader"]["start_batch"] == 4
+    expected = torch.load(FORMAT_2 / f"{name}.after_resume.pt", weights_only=True)
+    got = _flat(state)
+    assert set(got) == set(expected) and ("family" in got) == (name == "began")
+    for key, t in expected.items():
+        torch.testing.assert_close(got[key], t, rtol=0, atol=0, msg=f"{name}: {key}")
 
 
 def test_a_newer_format_is_refused_naming_both_versions(tmp_path: Path) -> None:

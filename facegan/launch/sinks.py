@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from facegan.config import to_dict
+from facegan.stats import Sink
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ class WandbSink:
             data[key] = self.wandb.Image(str(path))
         self.run.log(data, step=step)
 
+    def progress(self, images_seen: int) -> None:
+        pass  # W&B gets tick means only
+
     def log_rows(self, rows: list[dict[str, Any]]) -> None:
         pass  # per-step rows stay in the JSON-lines file; W&B gets tick means
 
@@ -71,7 +75,7 @@ class WandbSink:
 
 
 def make_sinks(cfg: Any, *, rank: int = 0, run_id: str | None = None, name: str = "",
-               config_dict: dict[str, Any] | None = None) -> tuple[Any, ...]:
+               config_dict: dict[str, Any] | None = None) -> tuple[Sink, ...]:
     """Rank-0 sinks for a run config: a W&B run when `wandb.enabled` and the mode is not disabled."""
     w = cfg.wandb
     if rank != 0 or not w.enabled or w.mode == "disabled":
