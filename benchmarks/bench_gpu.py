@@ -19,6 +19,8 @@ Three measurements, each printed with img/s and peak GPU memory (torch.cuda.max_
   bare      the same nets, losses and fused Adam in a plain loop on one fixed batch already on the
             GPU: no data, no EMA, no checks, no host sync until the end (the pytorch/examples DCGAN
             step without its `.item()` logging): the compute ceiling for the same settings.
+  augmented facegan with `augment.kind: diffaugment` (facegan.augpipe on every D input) at batch
+            256, bf16, eager, against the same configuration without: the pipe's cost on the GPU.
   stream    `facegan.data.stream.train_loader` alone, as the loop configures it (uint8, pinned,
             channels_last), with 1 and `--workers` loader processes: img/s per loader process, and
             whether the stream keeps up with each facegan configuration.
@@ -157,7 +159,7 @@ def bare_loop(*, dev: Any, batch: int, bf16: bool, compile: bool, channels_last:
 
 def facegan_loop(*, dev: Any, shards: str, out: Path, batch: int, bf16: bool, compile: bool, channels_last: bool,
                  workers: int, seconds: float, min_ticks: int, tick_kimg: float = 4.0,
-                 base_channels: int = 64, threads: int = 0) -> dict[str, float]:
+                 base_channels: int = 64, threads: int = 0, augment: str = "none") -> dict[str, float]:
     """facegan.loop.train for one warm-up tick and then >= min_ticks ticks and >= `seconds`."""
     import torch
 
@@ -172,6 +174,7 @@ def facegan_loop(*, dev: Any, shards: str, out: Path, batch: int, bf16: bool, co
         "train": {"total_kimg": 100_000, "tick_kimg": tick_kimg, "checkpoint_kimg": 1_000_000, "device": dev.type,
                   "precision": "bf16" if bf16 else "fp32", "compile": compile, "channels_last": channels_last,
                   "num_threads": threads, "out_dir": str(out)},
+        "augment": {"kind": augment},
         "wandb": {"enabled": False},
     })
     ticks: list[dict[str, float]] = []
@@ -277,6 +280,19 @@ def main() -> int:
                   f"{ours['img_per_sec'] / base['img_per_sec']:5.2f}", flush=True)
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
+
+        # The augmented arm: DiffAugment on every D input, against the same configuration's row.
+        plain = next((r for r in results["facegan"] if r["batch"] == extra[0][0] and not r["compile"] and r["bf16"]
+                      and r["channels_last"]), None)
+        if plain is not None and time.perf_counter() - t_start <= args.budget_s:
+            aug = facegan_loop(dev=dev, shards=shards, out=Path(tmp) / "run-augmented", batch=plain["batch"],
+                               bf16=True, compile=False, channels_last=True, workers=workers, seconds=args.seconds,
+                               min_ticks=3, tick_kimg=0.016 if args.cpu_smoke else 4.0,
+                               base_channels=args.base_channels, threads=args.threads, augment="diffaugment")
+            results["augmented"] = dict(batch=plain["batch"], kind="diffaugment", **aug)
+            print(f"\naugment.kind diffaugment, batch {plain['batch']}, bf16, eager: {aug['img_per_sec']:.0f} img/s "
+                  f"against {plain['img_per_sec']:.0f} without: DiffAugment adds "
+                  f"{100 * (plain['img_per_sec'] / aug['img_per_sec'] - 1):.1f}% to the step time", flush=True)
 
     stream_rate = results["stream"][str(workers)]
     per_worker = results["stream"]["1"]

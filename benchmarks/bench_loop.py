@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/bench_loop.py --family wgangp --threads 1    # WGAN-GP (n_critic 5)
     .venv/bin/python benchmarks/bench_loop.py --family classifier --threads 1   # the attribute classifier
     .venv/bin/python benchmarks/bench_loop.py --profile                      # + where facegan's step time goes
+    .venv/bin/python benchmarks/bench_loop.py --threads 1 --augment diffaugment   # facegan with augment.kind diffaugment
 
 The DCGAN baseline is pytorch/examples dcgan/main.py: D on a real batch, D on fake.detach(),
 optimizer step, then the G step on the same fakes; Adam(2e-4, betas 0.5/0.999), BCE (with logits:
@@ -21,6 +22,14 @@ Baselines beside "bare" (each skipped with its flag):
                       the same on both sides; facegan / bare also counts fused Adam's speed-up.
   bare + fresh z      (DCGAN) G under no_grad for the D step and again on a new z for the G step,
                       as facegan's DCGAN phases once did: the price of a second G forward.
+  bare + DiffAugment  (DCGAN) the bare loop with every D input (real, fake in the D step, fake in
+                      the G step) through facegan.augpipe's DiffAugment (color, translation,
+                      cutout): the pipe's own cost per step, against the same loop without it.
+
+`--augment diffaugment|ada` gives facegan's run that `augment.kind` (default none): the pipe's
+cost inside facegan is facegan/bare with it against facegan/bare with none (two runs; the bare
+loop is the common yardstick). Targets: DiffAugment adds <= 10% to the step time; the loop with
+none keeps >= 0.97x the bare loop.
 
 Interleaved, so that load from other processes falls on all loops alike: facegan trains with a
 tick every `--tick-steps` steps, and inside each `Hooks.report` every baseline runs that many
@@ -76,6 +85,7 @@ TARGET = 0.97
 BARE = "bare (reference loop)"
 FUSED = "bare + fused Adam"
 FRESH = "bare + fresh z"
+AUG = "bare + DiffAugment"
 OURS = "facegan.loop.train"
 
 
@@ -83,8 +93,15 @@ class BareDCGAN:
     """The pytorch/examples dcgan/main.py training step on facegan's nets and loader."""
 
     def __init__(self, shard_set: ShardSet, args: argparse.Namespace, *, fresh_z: bool = False,
-                 fused: bool = False) -> None:
+                 fused: bool = False, augment: bool = False) -> None:
+        from facegan.augpipe import AugmentPipe
+        from facegan.config import AugmentConfig
+
         torch.manual_seed(0)
+        # DiffAugment on what D sees (augment=True), from a generator of its own; identity otherwise.
+        pipe = AugmentPipe(AugmentConfig(kind="diffaugment" if augment else "none"))
+        gen = torch.Generator().manual_seed(0)
+        self.aug = lambda x: pipe(x, generator=gen)
         nets = build_dcgan(resolution=args.resolution, z_dim=args.z_dim, base_channels=args.base_channels)
         for net in nets.values():
             dcgan_init_(net)
@@ -106,7 +123,7 @@ class BareDCGAN:
             ones, zeros = torch.ones(b), torch.zeros(b)
             # (1) D: maximize log(D(x)) + log(1 - D(G(z)))
             D.zero_grad()
-            out = D(real)
+            out = D(self.aug(real))
             err_real = self.criterion(out, ones)
             err_real.backward()
             d_x = out.sigmoid().mean().item()
@@ -115,7 +132,7 @@ class BareDCGAN:
                     fake = G(torch.randn(b, z_dim))
             else:
                 fake = G(torch.randn(b, z_dim))
-            out = D(fake.detach())
+            out = D(self.aug(fake.detach()))
             err_fake = self.criterion(out, zeros)
             err_fake.backward()
             d_g_z1 = out.sigmoid().mean().item()
@@ -124,7 +141,7 @@ class BareDCGAN:
             G.zero_grad()
             if self.fresh_z:
                 fake = G(torch.randn(b, z_dim))
-            out = D(fake)
+            out = D(self.aug(fake))
             err_g = self.criterion(out, ones)
             err_g.backward()
             d_g_z2 = out.sigmoid().mean().item()
@@ -230,6 +247,8 @@ def facegan_config(shards: Path, out: Path, args: argparse.Namespace) -> RunConf
         sections["eval"] = {"splits": ["val"]}   # scored once, after the window (should_stop ends the run)
     else:
         optim, gan = {"g_lr": 2e-4, "d_lr": 2e-4, "beta1": 0.5, "beta2": 0.999}, {}
+    if args.augment != "none":
+        sections["augment"] = {"kind": args.augment}
     return from_dict(RunConfig, {
         "data": {"shards": str(shards), "batch_size": args.batch_size, "num_workers": args.workers,
                  "shuffle_buffer": args.shuffle_buffer},
@@ -327,6 +346,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=1, help="whole measurements, each with a fresh facegan run")
     ap.add_argument("--no-fresh-z", action="store_true", help="skip the 'bare + fresh z' baseline (DCGAN)")
     ap.add_argument("--no-fused-baseline", action="store_true", help="skip the 'bare + fused Adam' baseline")
+    ap.add_argument("--augment", default="none", choices=["none", "diffaugment", "ada"],
+                    help="facegan's augment.kind (dcgan, wgangp: diffaugment only)")
+    ap.add_argument("--no-augment-baseline", action="store_true", help="skip the 'bare + DiffAugment' baseline")
     ap.add_argument("--profile", action="store_true", help="then one facegan run alone under cProfile")
     args = ap.parse_args()
     if args.steps < args.tick_steps or args.steps % args.tick_steps:
@@ -369,6 +391,8 @@ def main() -> int:
                 baselines[FUSED] = BareDCGAN(shard_set, args, fused=True)
             if not args.no_fresh_z:
                 baselines[FRESH] = BareDCGAN(shard_set, args, fresh_z=True)
+            if not args.no_augment_baseline:
+                baselines[AUG] = BareDCGAN(shard_set, args, augment=True)
         runs = [interleaved(shards, Path(tmp) / f"run{r}", args, baselines) for r in range(args.repeats)]
         del baselines
 
@@ -401,13 +425,20 @@ def main() -> int:
                 + (f"; per repeat {', '.join(f'{r:.3f}' for r in per_run)}" if len(runs) > 1 else "") + ")")
 
     verdict = min(best[OURS] / best[BARE], rate[OURS] / rate[BARE])
-    print(f"\nfacegan vs bare: {ratios(OURS, BARE)}; target >= {TARGET}x on both: "
-          f"{'met' if verdict >= TARGET else 'NOT met'}")
+    aug_note = f" (facegan with augment.kind {args.augment})" if args.augment != "none" else ""
+    print(f"\nfacegan vs bare{aug_note}: {ratios(OURS, BARE)}"
+          + (f"; target >= {TARGET}x on both: {'met' if verdict >= TARGET else 'NOT met'}" if not aug_note else ""))
     if FUSED in rate:
         print(f"facegan vs bare + fused Adam: {ratios(OURS, FUSED)} (the loop's own cost, same optimizer kernel)")
         print(f"bare + fused Adam vs bare: {ratios(FUSED, BARE)} (fused Adam's speed-up)")
     if FRESH in rate:
         print(f"bare + fresh z vs bare: {ratios(FRESH, BARE)} (the second G forward)")
+    if AUG in rate:
+        print(f"bare + DiffAugment vs bare: {ratios(AUG, BARE)}: DiffAugment adds "
+              f"{100 * (rate[BARE] / rate[AUG] - 1):.1f}% to the step time over all ticks "
+              f"({100 * (best[BARE] / best[AUG] - 1):.1f}% on best ticks; target <= 10%)")
+        if args.augment == "diffaugment":
+            print(f"facegan (diffaugment) vs bare + DiffAugment: {ratios(OURS, AUG)} (the loop's cost with the pipe on)")
     if abs(best[OURS] / best[BARE] - rate[OURS] / rate[BARE]) > 0.03:
         print("note: best and all ticks disagree by > 0.03: other processes took CPU; rerun with a larger --steps")
     print(f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (1 min; {os.cpu_count()} cores); "

@@ -211,9 +211,7 @@ class R1Options:
     def __post_init__(self) -> None:
         self.r1_gamma = finite_number("gan.r1_gamma", self.r1_gamma)
         require(0 <= self.r1_gamma <= 1e4, f"gan.r1_gamma: expected 0..10000, got {self.r1_gamma}")
-        if isinstance(self.r1_interval, bool) or not isinstance(self.r1_interval, int) \
-                or not 1 <= self.r1_interval <= 1000:
-            raise ConfigError(f"gan.r1_interval: expected an integer in 1..1000, got {self.r1_interval!r}")
+        int_in_range("gan.r1_interval", self.r1_interval, 1, 1000)
 
     def r1_weight(self, step: int) -> float:
         """The R1 term's weight at 0-based step `step`: gamma/2 * interval where due, else 0."""
@@ -228,6 +226,13 @@ def check_r1_precision(cfg: Any) -> None:
     require(cfg.gan.r1_gamma == 0 or cfg.train.precision != "fp16",
             "train.precision: fp16 is not supported with gan.r1_gamma > 0 (R1's inner gradient is taken outside "
             "the loss scaler); use bf16, fp32 or auto")
+
+
+def int_in_range(name: str, value: Any, low: int, high: int) -> int:
+    """`value` if it is an integer in [low, high], else ConfigError naming `name` (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{name}: expected an integer in {low}..{high}, got {value!r}")
+    return value
 
 
 def finite_number(name: str, value: Any) -> float:

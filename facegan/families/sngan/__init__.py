@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from facegan.config import ConfigError, require
-from facegan.families.base import DataInfo, Family, OptimizerSpec, Phase, TwoTimescaleOptim
+from facegan.config import require
+from facegan.families.base import DataInfo, Family, OptimizerSpec, Phase, TwoTimescaleOptim, int_in_range
 
 MAX_NET_PARAMS = 150_000_000    # per net: refused before anything is allocated
 MAX_N_DIS = 100
@@ -80,8 +80,7 @@ class SNGANOptions:
     n_dis: int = 5                    # D steps (each on a fresh real batch) per G step, 1..100
 
     def __post_init__(self) -> None:
-        if isinstance(self.n_dis, bool) or not isinstance(self.n_dis, int) or not 1 <= self.n_dis <= MAX_N_DIS:
-            raise ConfigError(f"gan.n_dis: expected an integer in 1..{MAX_N_DIS}, got {self.n_dis!r}")
+        int_in_range("gan.n_dis", self.n_dis, 1, MAX_N_DIS)
 
 
 class SNGAN(Family):

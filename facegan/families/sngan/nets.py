@@ -40,6 +40,13 @@ def _xavier(module: nn.Module, gain: float) -> None:
         nn.init.zeros_(module.bias)
 
 
+def _init_residual(block: nn.Module) -> None:
+    """Mimicry's block init: gain sqrt(2) on the residual convs, 1 on the shortcut."""
+    _xavier(block.c1, math.sqrt(2))
+    _xavier(block.c2, math.sqrt(2))
+    _xavier(block.c_sc, 1.0)
+
+
 def _up(x: Tensor) -> Tensor:
     return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
@@ -53,9 +60,7 @@ class GBlock(nn.Module):
         self.c1 = nn.Conv2d(in_ch, out_ch, 3, 1, 1)
         self.c2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1)
         self.c_sc = nn.Conv2d(in_ch, out_ch, 1, 1, 0)
-        _xavier(self.c1, math.sqrt(2))
-        _xavier(self.c2, math.sqrt(2))
-        _xavier(self.c_sc, 1.0)
+        _init_residual(self)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.c1(_up(F.relu(self.b1(x))))
@@ -74,9 +79,7 @@ class DBlock(nn.Module):
         self.c1 = nn.Conv2d(in_ch, hidden, 3, 1, 1)
         self.c2 = nn.Conv2d(hidden, out_ch, 3, 1, 1)
         self.c_sc = nn.Conv2d(in_ch, out_ch, 1, 1, 0)
-        _xavier(self.c1, math.sqrt(2))
-        _xavier(self.c2, math.sqrt(2))
-        _xavier(self.c_sc, 1.0)
+        _init_residual(self)
 
     def forward(self, x: Tensor) -> Tensor:
         h = x if self.optimized else F.relu(x)

@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from facegan.config import ConfigError, require
+from facegan.config import require
 from facegan.families.base import (DataInfo, Family, GanModelConfig, OptimizerSpec, Phase, TwoTimescaleOptim,
-                                   finite_number)
+                                   finite_number, int_in_range)
 
 D_NORMS = ("layer", "none")
 # Both nets together; beyond this a config is refused before anything is allocated (about 600 MB
@@ -87,9 +87,7 @@ class WGANGPOptions:
     def __post_init__(self) -> None:
         self.lambda_gp = finite_number("gan.lambda_gp", self.lambda_gp)
         require(0 <= self.lambda_gp <= 1e4, f"gan.lambda_gp: expected 0..10000, got {self.lambda_gp}")
-        if isinstance(self.n_critic, bool) or not isinstance(self.n_critic, int) \
-                or not 1 <= self.n_critic <= MAX_N_CRITIC:
-            raise ConfigError(f"gan.n_critic: expected an integer in 1..{MAX_N_CRITIC}, got {self.n_critic!r}")
+        int_in_range("gan.n_critic", self.n_critic, 1, MAX_N_CRITIC)
 
 
 class WGANGP(Family):
