@@ -208,7 +208,7 @@ def test_two_worker_ray_run(ray_cluster: Any, synthetic_shards: Path, tmp_path: 
     assert result["metrics"]["step"] == 10 and "eval/test/mean_acc" in result["metrics"]
     state, meta = load_checkpoint(Path(result["checkpoint"]))
     assert meta["kind"] == "classifier" and meta["world_size"] == 2 and meta["images_seen"] == 320
-    assert set(state) == {"C", "opt_C", "scaler", "family", "rng"} and "torch_rank1" in state["rng"]
+    assert set(state) == {"C", "opt_C", "scaler", "family", "augment", "rng"} and "torch_rank1" in state["rng"]
     doc = json.loads((tmp_path / "ray" / EVAL_JSON).read_text())
     # Both ranks scored their halves of each split: every face counted once.
     assert doc["splits"]["val"]["num_images"] == 25 and doc["splits"]["test"]["num_images"] == 15

@@ -51,7 +51,8 @@ def test_run_leaves_grids_losses_curves_and_checkpoints(synthetic_shards: Path, 
     ckpts = list_checkpoints(out / "checkpoints")
     assert [p.name for p in ckpts] == ["ckpt-000000104", "ckpt-000000200"]
     state, meta = load_checkpoint(ckpts[-1])                      # weights_only=True inside
-    assert set(state) == {"G", "D", "G_ema", "opt_G", "opt_D", "scaler", "family", "rng"}
+    assert set(state) == {"G", "D", "G_ema", "opt_G", "opt_D", "scaler", "family", "augment", "rng"}
+    assert state["augment"] == {}   # augment.kind none: no augmentation state
     assert meta["step"] == 25 and meta["images_seen"] == 200 and meta["family"] == "dcgan"
     assert "torch_rank0" in state["rng"] and "gen_rank0" in state["rng"]
 
