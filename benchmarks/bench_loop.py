@@ -263,27 +263,34 @@ def facegan_config(shards: Path, out: Path, args: argparse.Namespace) -> RunConf
 
 
 def interleaved(shards: Path, out: Path, args: argparse.Namespace,
-                baselines: dict[str, BareDCGAN | BareWGANGP | BareClassifier]) -> dict[str, list[tuple[int, float]]]:
+                baselines: dict[str, BareDCGAN | BareWGANGP | BareClassifier],
+                cpu: dict[str, float] | None = None) -> dict[str, list[tuple[int, float]]]:
     """facegan.loop.train, with every baseline run for one tick's steps inside each Hooks.report.
 
     Returns (images, seconds) per tick for each loop. facegan's tick k is the time from leaving
-    report k-1 to entering report k, so the baselines' time inside report is not counted.
+    report k-1 to entering report k, so the baselines' time inside report is not counted. `cpu`
+    gets each loop's process CPU seconds over the measured ticks added (with one torch thread and
+    no loader workers, the work itself: far less sensitive than wall time to other processes).
     """
+    cpu = {} if cpu is None else cpu
     num_ticks = args.steps // args.tick_steps
     times: dict[str, list[tuple[int, float]]] = {name: [] for name in [*baselines, OURS]}
-    state = {"left": 0.0, "images": 0, "reports": 0}
+    state = {"left": 0.0, "images": 0, "reports": 0, "cpu_left": 0.0}
 
     def report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-        entered, images = time.perf_counter(), int(metrics["images_seen"])
+        entered, images, cpu_in = time.perf_counter(), int(metrics["images_seen"]), time.process_time()
         warm = state["reports"] > 0
         if warm:
             times[OURS].append((images - state["images"], entered - state["left"]))
+            cpu[OURS] = cpu.get(OURS, 0.0) + cpu_in - state["cpu_left"]
         state["reports"] += 1
         for name, loop in baselines.items():
+            c0 = time.process_time()
             n, dt = loop.run(args.tick_steps)
             if warm:  # the first call is the baselines' warm-up
                 times[name].append((n, dt))
-        state["left"], state["images"] = time.perf_counter(), images
+                cpu[name] = cpu.get(name, 0.0) + time.process_time() - c0
+        state["left"], state["images"], state["cpu_left"] = time.perf_counter(), images, time.process_time()
 
     hooks = Hooks(report=report, should_stop=lambda: state["reports"] > num_ticks)
     train(facegan_config(shards, out, args), hooks=hooks)
@@ -393,7 +400,8 @@ def main() -> int:
                 baselines[FRESH] = BareDCGAN(shard_set, args, fresh_z=True)
             if not args.no_augment_baseline:
                 baselines[AUG] = BareDCGAN(shard_set, args, augment=True)
-        runs = [interleaved(shards, Path(tmp) / f"run{r}", args, baselines) for r in range(args.repeats)]
+        cpu: dict[str, float] = {}
+        runs = [interleaved(shards, Path(tmp) / f"run{r}", args, baselines, cpu) for r in range(args.repeats)]
         del baselines
 
         if args.profile:
@@ -439,6 +447,13 @@ def main() -> int:
               f"({100 * (best[BARE] / best[AUG] - 1):.1f}% on best ticks; target <= 10%)")
         if args.augment == "diffaugment":
             print(f"facegan (diffaugment) vs bare + DiffAugment: {ratios(OURS, AUG)} (the loop's cost with the pipe on)")
+    steps_per_loop = args.steps * args.repeats
+    print("CPU time per step (this process; robust to other processes' load): "
+          + ", ".join(f"{name} {1000 * c / steps_per_loop:.0f} ms" for name, c in cpu.items()))
+    if AUG in cpu:
+        print(f"DiffAugment's CPU time: +{100 * (cpu[AUG] / cpu[BARE] - 1):.1f}% per bare step (target <= 10%)")
+    print(f"facegan / bare CPU time per step: {cpu[OURS] / cpu[BARE]:.3f}"
+          + (f" (augment.kind {args.augment})" if args.augment != "none" else " (target <= 1 / 0.97 = 1.031)"))
     if abs(best[OURS] / best[BARE] - rate[OURS] / rate[BARE]) > 0.03:
         print("note: best and all ticks disagree by > 0.03: other processes took CPU; rerun with a larger --steps")
     print(f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (1 min; {os.cpu_count()} cores); "
