@@ -21,9 +21,14 @@ def register(sub: Any) -> None:
                      help="random: faceless random images; real: held-out real images (--real-split)")
     e.add_argument("--shards", required=True, help="real shard set (facegan shards build)")
     e.add_argument("--num-samples", type=int, default=5000, help="generated images to score")
-    e.add_argument("--features", default="attr", choices=["attr", "inception"],
+    e.add_argument("--features", default="attr", choices=["attr", "inception", "face"],
                    help="attr: the attribute classifier's features (reported as fid_attr, ...); "
-                        "inception: Inception-v3 from --inception-weights (reported as fid, ...)")
+                        "inception: Inception-v3 from --inception-weights (reported as fid, ...); "
+                        "face: dlib's face descriptor only (fid_face, ...; no classifier needed)")
+    e.add_argument("--face", default="auto", choices=["auto", "on", "off"],
+                   help="face-identity metrics beside --features (fid_face, kid_face, precision/recall_face, "
+                        "identity_diversity, face_detection_rate): auto = when dlib-bin and "
+                        "face_recognition_models are installed (requirements.lock has them)")
     e.add_argument("--classifier", default="", help="attribute classifier checkpoint (or its run folder)")
     e.add_argument("--inception-weights", default="", help="local Inception-v3 weights file")
     e.add_argument("--num-real", type=int, default=10_000, help="at most this many real images per split")
@@ -45,7 +50,8 @@ def register(sub: Any) -> None:
 
 
 def expected_images(req: Any) -> int:
-    """How many images an in-process evaluation featurises: generated, real train, real eval."""
+    """How many images an in-process evaluation featurises: generated, real train, real eval (and
+    generated and real eval again through the face descriptor)."""
     from facegan.data.stream import ShardSet
     from facegan.metrics.features import IMAGE_SUFFIXES
 
@@ -57,7 +63,9 @@ def expected_images(req: Any) -> int:
         fake = min(req.num_samples, shards.count(req.real_split))
     else:
         fake = req.num_samples
-    return fake + sum(min(req.num_real, shards.count(split)) for split in (req.train_split, req.eval_split))
+    real_eval = min(req.num_real, shards.count(req.eval_split))
+    face = fake + real_eval if req.face_extra else 0    # the face pass over the generated and eval images
+    return fake + min(req.num_real, shards.count(req.train_split)) + real_eval + face
 
 
 def cmd_eval(args: Any) -> int:
@@ -68,7 +76,7 @@ def cmd_eval(args: Any) -> int:
                       num_samples=args.num_samples, features=args.features, classifier=args.classifier,
                       inception_weights=args.inception_weights, num_real=args.num_real, eval_split=args.eval_split,
                       train_split=args.train_split, real_split=args.real_split, batch_size=args.batch_size,
-                      seed=args.seed, use_ema=not args.no_ema,
+                      seed=args.seed, use_ema=not args.no_ema, face=args.face,
                       metrics=[m.strip() for m in args.metrics.split(",") if m.strip()])
     if args.workers < 0:
         raise ConfigError(f"--workers: expected 0 or more, got {args.workers}")

@@ -46,6 +46,7 @@ from torch import Tensor
 from facegan.errors import DataError, FaceModelError
 from facegan.images import as_uint8_images
 from facegan.metrics.features import FeatureExtractor
+from facegan.metrics.registry import MetricInputs, register_metric
 
 FACE_NAME = "face"
 DESCRIPTOR_DIM = 128
@@ -58,6 +59,9 @@ CHIP_PADDING = 0.25
 # detector finds on CelebA aligned crops (60 val photos at 64 px, spread about 0.03).
 FACE_BOX = (0.22, 0.35, 0.77, 0.90)
 DETECTORS = ("hog", "mmod")
+# The face-identity scores reports show (facegan compare, the sweep report), in this order.
+FACE_SCORES = ("fid_face", "kid_face", "precision_face", "recall_face", "identity_diversity",
+               "identity_diversity_real", "face_detection_rate", "face_detection_rate_real")
 MAX_BATCH = 1024                 # chips per descriptor call: bounds the memory of one call
 
 MODEL_FILES = {
@@ -267,24 +271,37 @@ class FaceDescriptors:
         return float(self.detected.mean()) if self.detected.size else float("nan")
 
 
-def face_chips(images: Tensor | np.ndarray | Sequence[np.ndarray], *, align: Align = "box",
-               models: FaceModels | None = None) -> tuple[list[np.ndarray], np.ndarray | None]:
-    """Aligned 150x150 uint8 chips, one per image, and (align="detect") the detected flags."""
+def _check_align(align: str, detect: bool | None) -> bool:
     if align not in ("box", "detect"):
         raise ValueError(f"align: expected 'box' or 'detect', got {align!r}")
+    if align == "detect" and detect is False:
+        raise ValueError("detect=False contradicts align='detect' (the box comes from the detector)")
+    return align == "detect" if detect is None else detect
+
+
+def face_chips(images: Tensor | np.ndarray | Sequence[np.ndarray], *, align: Align = "box",
+               detect: bool | None = None, models: FaceModels | None = None
+               ) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """Aligned 150x150 uint8 chips, one per image, and (when the detector ran) the detected flags.
+
+    align="box": landmarks in FACE_BOX; align="detect": in the detector's box, FACE_BOX where it
+    finds none. `detect` (default: align == "detect") runs the detector for the flags alone, so
+    align="box", detect=True aligns every image the same way and still says where a face was found.
+    """
+    run_detector = _check_align(align, detect)
     models = models or load_face_models()
     dlib = _import_dlib()
     chips: list[np.ndarray] = []
     detected: list[bool] = []
     for img in as_face_images(images):
         work = _work_image(img)
-        rect = _detect(models, work) if align == "detect" else None
+        rect = _detect(models, work) if run_detector else None
         detected.append(rect is not None)
-        if rect is None:
+        if rect is None or align == "box":
             rect = _fixed_box(dlib, *work.shape[:2])
         shape = models.landmarks(work, rect)
         chips.append(dlib.get_face_chip(work, shape, size=CHIP_SIZE, padding=CHIP_PADDING))
-    return chips, (np.asarray(detected, dtype=bool) if align == "detect" else None)
+    return chips, (np.asarray(detected, dtype=bool) if run_detector else None)
 
 
 def descriptors_of_chips(chips: Sequence[np.ndarray], *, models: FaceModels | None = None,
@@ -301,14 +318,15 @@ def descriptors_of_chips(chips: Sequence[np.ndarray], *, models: FaceModels | No
 
 
 def describe_faces(images: Tensor | np.ndarray | Sequence[np.ndarray], *, align: Align = "box",
-                   batch_size: int = 64, models: FaceModels | None = None) -> FaceDescriptors:
-    """Descriptors of every image (and with align="detect" whether a face was detected in it).
+                   detect: bool | None = None, batch_size: int = 64,
+                   models: FaceModels | None = None) -> FaceDescriptors:
+    """Descriptors of every image, and whether a face was detected in it (align="detect", or detect=True).
 
     An image with no detectable face is never an error: its descriptor comes from FACE_BOX and
     its `detected` flag is False, so a caller reports it per image.
     """
     models = models or load_face_models()
-    chips, detected = face_chips(images, align=align, models=models)
+    chips, detected = face_chips(images, align=align, detect=detect, models=models)
     return FaceDescriptors(descriptors=descriptors_of_chips(chips, models=models, batch_size=batch_size),
                            detected=detected)
 
@@ -384,3 +402,47 @@ class FaceFeatures(FeatureExtractor):
 def face_extractor(*, batch_size: int = 64, models_dir: str | Path | None = None) -> FaceFeatures:
     """The "face" FeatureExtractor (FaceModelError, one line, when dlib or the models are missing)."""
     return FaceFeatures(batch_size=batch_size, models_dir=models_dir)
+
+
+# -- metrics on face descriptors ---------------------------------------------------------------
+
+DIVERSITY_ROWS = 2000            # pairs among at most this many rows (a seeded subset): 2M distances
+
+
+def identity_diversity(feats_N128: Tensor | np.ndarray, *, seed: int = 0,
+                       max_rows: int = DIVERSITY_ROWS) -> dict[str, float]:
+    """Mean descriptor distance over all pairs of a set (of a seeded subset of `max_rows` rows),
+    and the share of pairs closer than SAME_PERSON_THRESHOLD: how many different people a set shows.
+
+    A generator that draws the same few identities gives a low mean and a high same-person share
+    next to the real set's own values, even when its FID looks fine.
+    """
+    x = torch.as_tensor(np.asarray(feats_N128, dtype=np.float32)).double()
+    if x.ndim != 2 or x.shape[1] != DESCRIPTOR_DIM or x.shape[0] < 2:
+        raise ValueError(f"identity_diversity: expected (N >= 2, {DESCRIPTOR_DIM}) descriptors, got {tuple(x.shape)}")
+    if x.shape[0] > max_rows:
+        x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:max_rows]]
+    d = torch.cdist(x, x)
+    upper = d[torch.triu(torch.ones_like(d, dtype=torch.bool), diagonal=1)]
+    return {"mean": float(upper.mean()), "same_share": float((upper < SAME_PERSON_THRESHOLD).double().mean())}
+
+
+@register_metric("identity_diversity", needs=("fake_feats",), feature_based=True, features=(FACE_NAME,))
+def _identity_diversity(inputs: MetricInputs) -> dict[str, float]:
+    assert inputs.fake_feats is not None
+    seed = inputs.options.seed
+    fake = identity_diversity(inputs.fake_feats, seed=seed)
+    out = {"identity_diversity": fake["mean"], "identity_same_share": fake["same_share"]}
+    if inputs.real_eval_feats is not None and inputs.real_eval_feats.shape[0] >= 2:
+        real = identity_diversity(inputs.real_eval_feats, seed=seed)
+        out.update(identity_diversity_real=real["mean"], identity_same_share_real=real["same_share"])
+    return out
+
+
+@register_metric("face_detection", needs=("fake_detected",), feature_based=False)
+def _face_detection(inputs: MetricInputs) -> dict[str, float]:
+    assert inputs.fake_detected is not None
+    out = {"face_detection_rate": float(inputs.fake_detected.float().mean())}
+    if inputs.real_detected is not None and inputs.real_detected.numel():
+        out["face_detection_rate_real"] = float(inputs.real_detected.float().mean())
+    return out
