@@ -313,3 +313,27 @@ def test_compare_page_and_periodic_eval_show_face_scores(trained: dict[str, Path
     evaluated = [r for r in rows if r.get("kind") == "tick" and "fid_face" in r]
     assert len(evaluated) == 1 and evaluated[0]["kimg"] == pytest.approx(0.16)
     assert {"identity_diversity", "identity_diversity_real", "face_detection_rate"} <= set(evaluated[0])
+
+
+@pytest.mark.slow
+def test_image_folder_lists_the_files_without_a_face(trained: dict[str, Path], tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    from facegan.cli import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, img in enumerate(faces(11)):
+        Image.fromarray(img).save(folder / f"face{i:02d}.png")
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(folder / "blank.png")
+    Image.fromarray(faces(1)[0].mean(axis=2).astype(np.uint8)).save(folder / "grey.png")   # grey: read as RGB
+    out = tmp_path / "e.json"
+    assert main(["eval", "--images", str(folder), "--shards", str(trained["shards"]), "--features", "face",
+                 "--num-real", "16", "--no-progress", "--json", str(out)]) == 0
+    face = json.loads(out.read_text())["face"]
+    found = F.detect_faces(faces(11))
+    expected = sorted([str(folder / "blank.png")] + [str(folder / f"face{i:02d}.png") for i in range(11) if not found[i]]
+                      + ([str(folder / "grey.png")] if not F.detect_faces(faces(1).mean(axis=3).astype(np.uint8)[0])[0]
+                         else []))
+    assert sorted(face["files_without_face"]) == expected and face["fake_without_face"] == len(expected)
+    assert f"{len(expected)} of 13 generated images have no face" in capsys.readouterr().out

@@ -65,7 +65,8 @@ def expected_images(req: Any) -> int:
         fake = req.num_samples
     real_eval = min(req.num_real, shards.count(req.eval_split))
     face = fake + real_eval if req.face_extra else 0    # the face pass over the generated and eval images
-    return fake + min(req.num_real, shards.count(req.train_split)) + real_eval + face
+    train = min(req.num_real, shards.count(req.train_split)) if req.needs_train else 0
+    return fake + train + real_eval + face
 
 
 def cmd_eval(args: Any) -> int:
@@ -102,6 +103,12 @@ def cmd_eval(args: Any) -> int:
         if bar is not None:
             bar.close()
     print(format_table([result]))
+    face = result.get("face")
+    if face and face["fake_without_face"]:
+        listed = face.get("files_without_face", [])
+        print(f"{face['fake_without_face']} of {int(result['scores']['num_fake'])} generated images have no face "
+              f"dlib's detector finds (scored from the fixed face box)"
+              + (f", e.g. {', '.join(listed[:3])} (all listed in the JSON)" if listed else ""))
     if result["scores"].get("ms_ssim_alarm", 0) > 0:
         print("WARNING: generated images are nearly identical to each other (MS-SSIM alarm): mode collapse?")
     if args.json:

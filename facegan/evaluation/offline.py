@@ -154,6 +154,13 @@ class EvalRequest:
                               f"{memory_bytes() / 2**30:.1f} GiB: ask for fewer")
 
     @property
+    def needs_train(self) -> bool:
+        """Whether a metric asked for looks at the training split (memorisation); all do by default."""
+        from facegan.metrics import METRICS
+
+        return not self.metrics or any("real_train_feats" in METRICS[m].needs for m in self.metrics)
+
+    @property
     def face_extra(self) -> bool:
         """Whether a face pass runs beside the main features (features != "face")."""
         if self.features == "face" or self.face == "off":
@@ -242,6 +249,7 @@ class Share:
     fake_detected: Tensor = field(default_factory=lambda: _empty(torch.bool))
     eval_face: Tensor = field(default_factory=_empty)
     eval_detected: Tensor = field(default_factory=lambda: _empty(torch.bool))
+    fake_names: list[str] = field(default_factory=list)   # --images: the file of each generated image
 
 
 def face_fields(req: EvalRequest, *, fake_images: Tensor | None = None, eval_images: Tensor | None = None,
@@ -304,6 +312,7 @@ def compute_share(req: EvalRequest, *, rank: int = 0, world_size: int = 1,
     height, width = shards.resolution
     extractor = make_extractor(req)
     skipped = 0
+    names: list[str] = []
     if req.source == "checkpoint":
         gen = load_generator(req.checkpoint, ema=req.use_ema)
         h, w = gen.resolution
@@ -323,16 +332,17 @@ def compute_share(req: EvalRequest, *, rank: int = 0, world_size: int = 1,
         folder = read_image_folder(req.images, height=height, width=width, max_images=req.num_samples)
         skipped = len(folder.skipped)
         fakes = folder.images[rank::world_size]
+        names = folder.paths[rank::world_size]
     fake_images, fake_feats = _images_and_features(extractor, fakes, batch_size=req.batch_size, progress=progress)
     train_feats = extract_features(extractor, _counted(shard_images(
         shards_dir=req.shards, split=req.train_split, max_images=req.num_real, batch_size=req.batch_size,
-        rank=rank, world_size=world_size), progress), batch_size=req.batch_size)
+        rank=rank, world_size=world_size), progress), batch_size=req.batch_size) if req.needs_train else _empty()
     eval_images, eval_feats = _images_and_features(
         extractor, shard_images(shards_dir=req.shards, split=req.eval_split, max_images=req.num_real,
                                 batch_size=req.batch_size, rank=rank, world_size=world_size),
         batch_size=req.batch_size, progress=progress)
     return Share(fake_feats=fake_feats, fake_images=fake_images, train_feats=train_feats, eval_feats=eval_feats,
-                 eval_images=eval_images, skipped_inputs=skipped,
+                 eval_images=eval_images, skipped_inputs=skipped, fake_names=names,
                  **face_fields(req, fake_images=fake_images, eval_images=eval_images, progress=progress))
 
 
@@ -363,7 +373,8 @@ def _images_and_features(extractor, images: Tensor | Iterator[Tensor], *, batch_
 def merge_shares(shares: list[Share]) -> Share:
     tensors = ("fake_feats", "fake_images", "train_feats", "eval_feats", "eval_images", *FACE_FIELDS)
     return Share(**{f: torch.cat([getattr(s, f) for s in shares]) for f in tensors},
-                 skipped_inputs=sum(s.skipped_inputs for s in shares))
+                 skipped_inputs=sum(s.skipped_inputs for s in shares),
+                 fake_names=[n for s in shares for n in s.fake_names])
 
 
 def canonical_order(images_NCHW: Tensor) -> Tensor:
@@ -398,7 +409,8 @@ def statistics(req: EvalRequest, share: Share, *, disc: nn.Module | None = None)
     main = [m for m in req.metrics if METRICS[m].applies_to(req.features)
             and (m != "face_detection" or req.features == "face")]
     scores = compute_metrics(names=main if req.metrics else None, feature_name=req.features,
-                             real_train_feats=share.train_feats, real_eval_feats=share.eval_feats,
+                             real_train_feats=share.train_feats if share.train_feats.numel() else None,
+                             real_eval_feats=share.eval_feats,
                              fake_feats=share.fake_feats, fake_images=share.fake_images,
                              real_images=share.eval_images, disc=disc, options=options,
                              **(detected if req.features == "face" else {}))
@@ -439,14 +451,20 @@ def evaluate(req: EvalRequest, *, shares: list[Share] | None = None,
 
 
 def face_summary(share: Share) -> dict[str, Any]:
-    """How the face metrics were measured, and how many images had no face the detector could find."""
+    """How the face metrics were measured, and how many images (with --images: which files) had no
+    face the detector could find; such an image is scored all the same, from the fixed face box."""
     from facegan.metrics import face
 
-    return {"descriptor": face.MODEL_FILES["descriptor"], "landmarks": face.MODEL_FILES["landmarks"],
-            "detector": "dlib HOG frontal face detector", "align": "fixed box (facegan.metrics.face.FACE_BOX)",
-            "work_size": face.WORK_SIZE, "same_person_threshold": face.SAME_PERSON_THRESHOLD,
-            "fake_without_face": int((~share.fake_detected).sum()),
-            "eval_without_face": int((~share.eval_detected).sum()) if share.eval_detected.numel() else None}
+    summary: dict[str, Any] = {
+        "descriptor": face.MODEL_FILES["descriptor"], "landmarks": face.MODEL_FILES["landmarks"],
+        "detector": "dlib HOG frontal face detector", "align": "fixed box (facegan.metrics.face.FACE_BOX)",
+        "work_size": face.WORK_SIZE, "same_person_threshold": face.SAME_PERSON_THRESHOLD,
+        "fake_without_face": int((~share.fake_detected).sum()),
+        "eval_without_face": int((~share.eval_detected).sum()) if share.eval_detected.numel() else None}
+    if share.fake_names:
+        summary["files_without_face"] = [n for n, found in zip(share.fake_names, share.fake_detected.tolist())
+                                         if not found]
+    return summary
 
 
 def describe_source(req: EvalRequest) -> str:
@@ -474,8 +492,8 @@ def format_table(results: list[dict[str, Any]]) -> str:
             cells.append(f"{'-':>12}" if v is None else f"{v:>12.4g}")
         lines.append(f"{r['source']:<{label_w}}  " + "  ".join(cells))
     n = results[0]["scores"]
-    lines.append(f"({int(n['num_fake'])} generated vs {int(n['num_real_eval'])} held-out real; "
-                 f"{int(n['num_real_train'])} training images for memorisation)")
+    train = f"; {int(n['num_real_train'])} training images for memorisation" if n["num_real_train"] else ""
+    lines.append(f"({int(n['num_fake'])} generated vs {int(n['num_real_eval'])} held-out real{train})")
     return "\n".join(lines)
 
 

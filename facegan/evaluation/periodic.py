@@ -51,10 +51,11 @@ class PeriodicEval:
                 self.extractor, shard_images(shards_dir=self.shards, split=req.eval_split, max_images=req.num_real,
                                              batch_size=req.batch_size, rank=rank, world_size=world_size),
                 batch_size=req.batch_size)
+            empty, empty_u8 = torch.empty(0), torch.empty(0, dtype=torch.uint8)
+            # Only memorisation looks at the training split: skipped (its features too) unless listed.
             train_feats = shard_features(self.extractor, shards_dir=self.shards, split=req.train_split,
                                          max_images=req.num_real, batch_size=req.batch_size, rank=rank,
-                                         world_size=world_size)
-            empty, empty_u8 = torch.empty(0), torch.empty(0, dtype=torch.uint8)
+                                         world_size=world_size) if req.needs_train else empty
             self.real = _gather(Share(fake_feats=empty, fake_images=empty_u8, train_feats=train_feats,
                                       eval_feats=eval_feats, eval_images=eval_images,
                                       **face_fields(req, eval_images=eval_images)), world_size)
