@@ -49,6 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from facegan.augment import IdentityFilter, Source, augment_batch, shard_sources  # noqa: E402
+from facegan.errors import ConfigError  # noqa: E402
 from facegan.inversion import Edit, FaceCheck, InvertOptions  # noqa: E402
 
 ARMS = ("real", "classical", "facegan", "both")
@@ -224,7 +225,8 @@ def main() -> int:
     ap.add_argument("--classifier", required=True, help="attribute classifier (directions and the strength search)")
     ap.add_argument("--k", default="1,3,5", help="enrolment photos per identity (default 1,3,5)")
     ap.add_argument("--seeds", type=int, default=10, help="enrolment draws (default 10)")
-    ap.add_argument("--pool", type=int, default=10, help="photos per identity that may enrol and are augmented")
+    ap.add_argument("--pool", type=int, default=6, help="photos per identity that may enrol and are augmented "
+                                                        "(default 6)")
     ap.add_argument("--attributes", default=SHIFT_ATTRS, help=f"attribute edits and shift tests (default {SHIFT_ATTRS})")
     ap.add_argument("--shift-k", type=int, default=3, help="attribute shift: enrolment photos without A per identity")
     ap.add_argument("--scale", type=float, default=1.0, help="direction scale the strengths multiply (default 1)")
@@ -242,6 +244,9 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     ks = [int(k) for k in args.k.split(",")]
     seeds = list(range(args.seeds))
+    if not ks or min(ks) < 1 or args.pool < max(ks) + 1 or args.seeds < 1 or args.shift_k < 1:
+        raise SystemExit(f"--k: expected 1 or more per identity, and --pool ({args.pool}) above the largest K "
+                         "(so that K draws vary over seeds); --seeds and --shift-k >= 1")
     t_start = time.perf_counter()
 
     from facegan.families.classifier.scoring import load_classifier
@@ -261,9 +266,14 @@ def main() -> int:
 
     try:
         directions = load_directions(gen.checkpoint)
-    except Exception:  # none stored yet: compute them as `facegan directions` does
-        found = find_directions(gen, classifier, num_samples=args.direction_samples, seed=0)
-        save_directions(found, gen.checkpoint)
+    except ConfigError:  # none stored yet: compute them as `facegan directions` does
+        try:
+            found = find_directions(gen, classifier, num_samples=args.direction_samples, seed=0)
+        except ConfigError as exc:       # the classifier reads no attribute in this generator's faces
+            print(f"no attribute directions: {exc}", flush=True)
+            found = {"directions": {}}
+        else:
+            save_directions(found, gen.checkpoint)
         directions = found["directions"]
     targets, edits = shift_edits(args.attributes, scale=args.scale, directions=directions)
     missing = [f"{n}={v}" for n, v in targets if n not in directions]
@@ -312,10 +322,8 @@ def main() -> int:
             idx = pooled[b:b + batch]
             variants = augment_batch(gen, [sources[i] for i in idx], edits=all_edits, variants=len(all_edits),
                                      options=options, directions=directions, jitter=0.0, seed=0, identity=identity)
-            kept_imgs = [v.image for vs in variants for v in vs if v.kept]
-            desc = iter(describe_faces(torch.stack(kept_imgs), align="detect").descriptors) if kept_imgs else iter(())
-            for i, vs in zip(idx, variants):
-                made[i] = [{**v.record(), "descriptor": next(desc) if v.kept else None} for v in vs]
+            for i, vs in zip(idx, variants):       # descriptors: the identity filter's own
+                made[i] = [{**v.record(), "descriptor": v.descriptor if v.kept else None} for v in vs]
             print(f"  inverted, edited and filtered {min(b + batch, len(pooled))}/{len(pooled)} photos "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
         return made
@@ -352,6 +360,10 @@ def main() -> int:
     results: dict[str, Any] = {"closed_set": {}, "attribute_shift": {}}
     for k in ks:
         runs = [(enrolment_draw(ids, k=k, seed=s, pool=pool)) for s in seeds]
+        if len(runs[0].identities) < 2:
+            results["closed_set"][f"K={k}"] = {"probes": 0, "skipped": {str(i): n for i, n in runs[0].skipped.items()},
+                                               "note": f"fewer than 2 identities with {k + 1} or more photos"}
+            continue
         per_seed = [score(d.enrol, d.probes) for d in runs]
         results["closed_set"][f"K={k}"] = _summarise(per_seed, probes=len(runs[0].probes),
                                                      identities=len(runs[0].identities), skipped=runs[0].skipped)
@@ -360,7 +372,7 @@ def main() -> int:
         has = attrs[:, j] == bool(value)
         shift = attribute_shift(ids, has, allowed=set(pooled))
         label = f"{name}={value}"
-        if not shift.probes:
+        if len(shift.enrol_pool) < 2 or not shift.probes:
             results["attribute_shift"][label] = {"probes": 0, "note": "no identity has photos both with and without"}
             continue
         per_seed = []

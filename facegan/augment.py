@@ -146,6 +146,7 @@ class Variant:
     strength: float = 1.0                    # the multiple of the edit's scale used
     landed: bool | None = None               # the classifier read the edit's targets (None: not searched)
     distance: float | None = None            # dlib descriptor distance to the photo (None: not measured)
+    descriptor: Any = None                   # its dlib descriptor (128,) where measured
     dropped: str = ""                        # why it was dropped: one of DROPPED ("": kept)
 
     @property
@@ -209,7 +210,8 @@ def filter_identity(identity: IdentityFilter, photos: Tensor, variants: list[lis
     import numpy as np
 
     dist = np.linalg.norm(src_desc[[i for i, _ in todo]] - made_desc, axis=1)
-    for (i, v), d in zip(todo, dist):
+    for (i, v), d, desc in zip(todo, dist, made_desc):
+        v.descriptor = desc
         if not src_found[i]:
             v.dropped = "no_face"
             continue

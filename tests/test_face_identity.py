@@ -23,12 +23,10 @@ from PIL import Image
 from torch import nn
 
 from facegan.augment import IdentityFilter, Variant, _make_variant, filter_identity, identity_summary
-from facegan.config import from_dict
 from facegan.data.synthetic import render_face
 from facegan.errors import ConfigError
-from facegan.families import RunConfig
 from facegan.inversion import Edit, FaceCheck, identity_report, save_directions
-from facegan.loop import train
+from test_inversion import tiny_run  # noqa: F401  (the fixture: a tiny DCGAN and classifier)
 
 pytest.importorskip("dlib")
 REPO = Path(__file__).resolve().parents[1]
@@ -152,27 +150,21 @@ def test_edit_strength_search_takes_the_smallest_strength_that_lands() -> None:
 # --- the command line on a tiny generator
 
 @pytest.fixture(scope="module")
-def tiny(synthetic_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny DCGAN on the 32 px synthetic shards, a stored direction, and photos: a face dlib
-    detects, the same face as a grey-scale PNG, and a flat grey image (no face)."""
-    root = tmp_path_factory.mktemp("identity")
-    train(from_dict(RunConfig, {
-        "data": {"shards": str(synthetic_shards), "batch_size": 16, "num_workers": 0},
-        "model": {"family": "dcgan", "resolution": 32, "z_dim": 16, "base_channels": 8},
-        "train": {"total_kimg": 0.16, "tick_kimg": 0.16, "checkpoint_kimg": 0.16, "out_dir": str(root / "gan"),
-                  "num_threads": 1, "grid_size": 4},
-        "wandb": {"enabled": False}}))
+def tiny(tiny_run: dict[str, Path]) -> dict[str, Path]:
+    """test_inversion's tiny DCGAN (32 px synthetic shards), a stored direction, and photos: a face
+    dlib detects, the same face as a grey-scale PNG, and a flat grey image (no face)."""
     from facegan.families.loading import load_generator
 
-    gen = load_generator(root / "gan")
+    root = tiny_run["root"]
+    gen = load_generator(tiny_run["gan"])
     save_directions({"directions": {"Smiling": torch.randn(16, generator=torch.Generator().manual_seed(0))},
                      "counts": {}, "skipped": [], "num_samples": 0, "latent_dim": 16}, gen.checkpoint)
-    photos = root / "photos"
+    photos = root / "identity_photos"
     photos.mkdir()
     Image.fromarray(render_face(seed=0, index=FACE, height=64, width=64)).save(photos / "face.png")
     Image.fromarray(render_face(seed=0, index=FACE, height=64, width=64)).convert("L").save(photos / "face_grey.png")
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(photos / "blank.png")
-    return {"gan": root / "gan", "photos": photos, "root": root}
+    return {"gan": tiny_run["gan"], "photos": photos, "root": root}
 
 
 def _cli(argv: list[str]) -> int:
