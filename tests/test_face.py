@@ -337,3 +337,25 @@ def test_image_folder_lists_the_files_without_a_face(trained: dict[str, Path], t
                          else []))
     assert sorted(face["files_without_face"]) == expected and face["fake_without_face"] == len(expected)
     assert f"{len(expected)} of 13 generated images have no face" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_auto_mode_without_the_packages_says_how_to_install(trained: dict[str, Path], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """--face auto leaves the face metrics out where the packages are missing, with one line saying so;
+    --face on refuses to start."""
+    from facegan.cli import main
+
+    monkeypatch.setattr(F, "face_available", lambda: False)
+    out = tmp_path / "e.json"
+    assert main(["eval", "--baseline", "random", "--shards", str(trained["shards"]), "--classifier",
+                 str(trained["clf"]), "--num-samples", "16", "--num-real", "16", "--no-progress",
+                 "--json", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "face metrics (fid_face, identity_diversity, ...) skipped" in err and "pip install 'facegan[face]'" in err
+    assert not FACE_KEYS & set(json.loads(out.read_text())["scores"])
+    monkeypatch.setattr(F, "_cached_models", lambda *a: (_ for _ in ()).throw(
+        FaceModelError(f"face metrics need dlib, which cannot be imported; {F.INSTALL_HELP}")))
+    assert main(["eval", "--baseline", "random", "--shards", str(trained["shards"]), "--classifier",
+                 str(trained["clf"]), "--face", "on", "--json", str(tmp_path / "f.json")]) == 2
+    assert "need dlib" in capsys.readouterr().err and not (tmp_path / "f.json").exists()

@@ -49,6 +49,13 @@ def cmd_compare(args: Any) -> int:
                          labels=[x.strip() for x in args.labels.split(",") if x.strip()],
                          eval_split=args.eval_split, seed=args.seed, batch_size=args.batch_size,
                          use_ema=not args.no_ema, face=args.face)
+    if req.face == "auto":
+        from facegan.metrics.face import face_available, skipped_note
+
+        if not face_available():
+            import sys
+
+            print(skipped_note(), file=sys.stderr)
     result = compare_runs(req)
     print(format_compare_table(result))
     paths = write_compare(result, args.out)

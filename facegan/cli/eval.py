@@ -84,6 +84,12 @@ def cmd_eval(args: Any) -> int:
     if args.json and (Path(args.json).is_dir() or Path(args.json).suffix.lower() != ".json"):
         raise ConfigError(f"--json: expected a .json file to write, got {args.json}")
     req.preflight()
+    if req.face == "auto" and req.features != "face" and not req.face_extra:
+        import sys
+
+        from facegan.metrics.face import skipped_note
+
+        print(skipped_note(), file=sys.stderr)
     shares = None
     if args.workers > 0:
         from facegan.launch.evaluate import ray_shares

@@ -108,6 +108,11 @@ def face_available() -> bool:
     return all((d / MODEL_FILES[k]).is_file() for k in ("descriptor", "landmarks"))
 
 
+def skipped_note() -> str:
+    """The line `--face auto` prints when the face metrics are left out for want of the packages."""
+    return f"note: face metrics (fid_face, identity_diversity, ...) skipped: {INSTALL_HELP}"
+
+
 @dataclass(frozen=True)
 class FaceModels:
     """dlib's descriptor, 5-point landmark model and a face detector, loaded once per process."""
