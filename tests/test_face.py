@@ -82,6 +82,12 @@ def test_a_picture_without_a_face_is_reported_per_image_not_an_error(eight: np.n
     np.testing.assert_allclose(boxed.descriptors, F.face_descriptors(batch), atol=1e-5)
     with pytest.raises(ValueError, match="align='box'"):
         _ = F.describe_faces(batch).detection_rate
+    # dlib's CNN (MMOD) detector through the same work-size path; it finds no face in the blank image.
+    mmod = F.detect_faces([blank, eight[1]], detector="mmod")
+    assert mmod.shape == (2,) and mmod.dtype == bool and not mmod[0]
+    assert F.load_face_models(detector="mmod").detector_name == "mmod"
+    with pytest.raises(ValueError, match="detector: expected one of"):
+        F.load_face_models(detector="cnn")  # type: ignore[arg-type]
 
 
 def test_grey_is_replicated_16_bit_and_others_get_one_line(eight: np.ndarray) -> None:
