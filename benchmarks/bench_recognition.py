@@ -16,7 +16,8 @@ a few enrolment photos per person.
   to bound the cost), every other photo of the identity is a probe. Identities with fewer than
   K + 1 photos are left out (and counted). Two recognisers on the enrolment descriptors:
   nearest centroid (Euclidean distance to each identity's mean descriptor) and a linear probe
-  (multinomial logistic regression, L2, L-BFGS). Top-1 accuracy over the probes.
+  (ridge classifier: least squares onto +-1 one-hot targets, L2 0.01, closed form). Top-1
+  accuracy over the probes.
 - Arms: `real` (the K photos); `classical` (+ --classical flips / crop jitter / colour jitter of
   each); `facegan` (+ each photo's inverted-and-edited variants that pass facegan augment's
   identity filter: one edit towards each attribute of --attributes, strength searched per photo
@@ -124,26 +125,18 @@ def nearest_centroid(enrol: np.ndarray, enrol_y: np.ndarray, probes: np.ndarray)
     return labels[d.argmin(1)]
 
 
-def linear_probe(enrol: np.ndarray, enrol_y: np.ndarray, probes: np.ndarray, *, l2: float = 1e-4,
-                 steps: int = 100) -> np.ndarray:
-    """Multinomial logistic regression on the descriptors (L2 on the weights, L-BFGS)."""
+def linear_probe(enrol: np.ndarray, enrol_y: np.ndarray, probes: np.ndarray, *, l2: float = 1e-2) -> np.ndarray:
+    """A linear classifier on the descriptors: ridge regression onto +-1 one-hot targets in closed
+    form (scikit-learn's RidgeClassifier), a bias column unpenalised; the highest score wins."""
     labels, y = np.unique(enrol_y, return_inverse=True)
-    x = torch.from_numpy(np.asarray(enrol, dtype=np.float32)).double()
-    w = torch.zeros(x.shape[1], len(labels), dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(len(labels), dtype=torch.float64, requires_grad=True)
-    target = torch.from_numpy(y)
-    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x @ w + b, target) + l2 * w.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        scores = torch.from_numpy(np.asarray(probes, dtype=np.float32)).double() @ w + b
-    return labels[scores.argmax(1).numpy()]
+    x = np.concatenate([np.asarray(enrol, dtype=np.float64), np.ones((len(enrol), 1))], axis=1)
+    target = -np.ones((len(enrol), len(labels)))
+    target[np.arange(len(enrol)), y] = 1.0
+    penalty = l2 * np.eye(x.shape[1])
+    penalty[-1, -1] = 0.0
+    w = np.linalg.solve(x.T @ x + penalty, x.T @ target)
+    scores = np.concatenate([np.asarray(probes, dtype=np.float64), np.ones((len(probes), 1))], axis=1) @ w
+    return labels[scores.argmax(1)]
 
 
 def interval(values: list[float]) -> tuple[float, float | None]:
