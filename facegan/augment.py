@@ -17,6 +17,14 @@ manifest: labels keep the source's identity (and its other labels), `attrs` set 
 target where the edit names attributes, `source_key` the original's key, `augmented: true`, the
 edit's name, and the original's split. The result passes `facegan shards verify` and trains like
 any shards. Unreadable photos are skipped and listed.
+
+Identity filter (`IdentityFilter`, on by default in `facegan augment`): every variant's dlib face
+descriptor is compared with its photo's (facegan.inversion.FaceCheck) and only variants still the
+same person (distance <= max_distance, dlib's 0.6 by default) are written; the distances and the
+number dropped (and why) go into the new set's manifest. With an attribute classifier, an edit by
+attribute directions is searched per photo over `strengths` (multiples of the edit's scale, the
+smallest first): the first strength at which the classifier reads the edit's target attributes is
+taken, and the variant is dropped when none lands or when the landed edit is no longer the person.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from torch import Tensor
 
 from facegan.errors import ConfigError, DataError
 from facegan.families.loading import Generator
-from facegan.inversion import Edit, InvertOptions, apply_edit, invert
+from facegan.inversion import Edit, FaceCheck, InvertOptions, apply_edit, invert
 
 STAGING_SUFFIX = ".staging"
 DONE = "done.json"
@@ -105,26 +113,136 @@ def variant_edits(edits: list[Edit], *, variants: int, key: str, seed: int) -> l
     return [edits[(start + i) % len(edits)] for i in range(variants)]
 
 
+MAX_STRENGTHS = 32
+DROPPED = {"identity": "descriptor distance to the photo over --max-identity-distance",
+           "not_landed": "the classifier did not read the edit's target at any strength tried",
+           "no_face": "no face detected in the source photo (identity cannot be checked)"}
+
+
+@dataclass(frozen=True)
+class IdentityFilter:
+    """Keep a variant only while it is still its photo's person; optionally search edit strengths."""
+
+    check: FaceCheck
+    max_distance: float                      # dlib descriptor distance (0.6: dlib's same-person threshold)
+    classifier: torch.nn.Module | None = None
+    strengths: tuple[float, ...] = (1.0,)    # multiples of a direction edit's scale tried, smallest first
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_distance <= 2:
+            raise ConfigError(f"--max-identity-distance: expected 0 < D <= 2 (descriptor distances lie in [0, 2]; "
+                              f"0 turns the filter off), got {self.max_distance}")
+        if not 1 <= len(self.strengths) <= MAX_STRENGTHS or any(not 0 < f <= 100 for f in self.strengths):
+            raise ConfigError(f"--strengths: expected 1..{MAX_STRENGTHS} multiples in (0, 100], got "
+                              f"{list(self.strengths)}")
+
+
+@dataclass
+class Variant:
+    """One variant of a source photo: the edit it took, the face, and what the filter found."""
+
+    edit: Edit
+    image: Tensor
+    strength: float = 1.0                    # the multiple of the edit's scale used
+    landed: bool | None = None               # the classifier read the edit's targets (None: not searched)
+    distance: float | None = None            # dlib descriptor distance to the photo (None: not measured)
+    descriptor: Any = None                   # its dlib descriptor (128,) where measured
+    dropped: str = ""                        # why it was dropped: one of DROPPED ("": kept)
+
+    @property
+    def kept(self) -> bool:
+        return not self.dropped
+
+    def record(self) -> dict[str, Any]:
+        return {"edit": self.edit.name, "strength": self.strength, "landed": self.landed,
+                "identity_distance": None if self.distance is None else round(self.distance, 4),
+                "kept": self.kept, **({"dropped": self.dropped} if self.dropped else {})}
+
+
+def _scaled(edit: Edit, factor: float) -> Edit:
+    return Edit(name=edit.name, codes=edit.codes, attrs=edit.attrs,
+                directions={k: v * factor for k, v in edit.directions.items()})
+
+
+def _lands(classifier: torch.nn.Module, faces: Tensor, targets: dict[str, float]) -> Tensor:
+    """(N,) bool: the classifier reads every target attribute of the edit in each face."""
+    from facegan.families.classifier.scoring import attribute_probs
+
+    names = list(classifier.attr_names)
+    probs = attribute_probs(classifier, faces)
+    ok = torch.ones(faces.shape[0], dtype=torch.bool)
+    for name, value in targets.items():
+        ok &= (probs[:, names.index(name)] > 0.5) == (value > 0.5)
+    return ok
+
+
+def _make_variant(gen: Generator, latent: Tensor, attrs: Tensor | None, edit: Edit, *,
+                  directions: dict[str, Tensor] | None, noise: Tensor | None,
+                  identity: IdentityFilter | None) -> Variant:
+    """The edit applied to one latent; with a classifier, the smallest strength at which it lands."""
+    searched = identity is not None and identity.classifier is not None and bool(edit.directions)
+    factors = identity.strengths if searched and identity is not None else (1.0,)
+    lats, atts = [], []
+    for f in factors:
+        lat, att = apply_edit(gen, latent, attrs, _scaled(edit, f), directions=directions)
+        if noise is not None:
+            lat = gen.steps.project_latent(lat + noise)
+        lats.append(lat)
+        atts.append(att)
+    faces = gen.generate(torch.cat(lats), torch.cat(atts) if atts[0] is not None else None)
+    if not searched or identity is None or identity.classifier is None:
+        return Variant(edit=edit, image=faces[0])
+    landed = _lands(identity.classifier, faces, edit.target_attrs())
+    if not bool(landed.any()):
+        return Variant(edit=edit, image=faces[-1], strength=factors[-1], landed=False, dropped="not_landed")
+    j = int(landed.nonzero()[0])
+    return Variant(edit=edit, image=faces[j], strength=factors[j], landed=True)
+
+
+def filter_identity(identity: IdentityFilter, photos: Tensor, variants: list[list[Variant]]) -> None:
+    """Measure each variant against its photo (one batched descriptor pass) and drop those that
+    are no longer the person; a photo with no detectable face drops all its variants."""
+    todo = [(i, v) for i, vs in enumerate(variants) for v in vs if v.kept]
+    if not todo:
+        return
+    src_desc, src_found = identity.check.describe(photos)
+    made_desc, _ = identity.check.describe(torch.stack([v.image for _, v in todo]))
+    import numpy as np
+
+    dist = np.linalg.norm(src_desc[[i for i, _ in todo]] - made_desc, axis=1)
+    for (i, v), d, desc in zip(todo, dist, made_desc):
+        v.descriptor = desc
+        if not src_found[i]:
+            v.dropped = "no_face"
+            continue
+        v.distance = float(d)
+        if d > identity.max_distance:
+            v.dropped = "identity"
+
+
 def augment_batch(gen: Generator, sources: list[Source], *, edits: list[Edit], variants: int, options: InvertOptions,
                   directions: dict[str, Tensor] | None, jitter: float, seed: int,
-                  predictor: Callable[[Tensor], Tensor] | None = None) -> list[list[tuple[Edit, Tensor]]]:
-    """Per source, `variants` (edit, image) pairs: one batched inversion, then the edits."""
+                  predictor: Callable[[Tensor], Tensor] | None = None,
+                  identity: IdentityFilter | None = None) -> list[list[Variant]]:
+    """Per source, `variants` Variants: one batched inversion, then the edits (searched and
+    identity-filtered with `identity`; dropped variants are returned with kept=False)."""
     photos = torch.stack([s.image for s in sources])
     # Each photo's random starts are seeded by its key, so batching does not change its latent.
     result = invert(gen, photos, options, predictor=predictor, indices=[_seed_of(s.key, seed) % 2**31 for s in sources])
-    out: list[list[tuple[Edit, Tensor]]] = []
+    out: list[list[Variant]] = []
     with torch.no_grad():
         for i, source in enumerate(sources):
             latent = result.latent[i:i + 1]
             attrs = result.attrs[i:i + 1] if result.attrs is not None else None
             noise_gen = torch.Generator().manual_seed(_seed_of(source.key, seed + 1))
-            faces = []
+            made = []
             for edit in variant_edits(edits, variants=variants, key=source.key, seed=seed):
-                lat, att = apply_edit(gen, latent, attrs, edit, directions=directions)
-                if jitter > 0:
-                    lat = gen.steps.project_latent(lat + jitter * torch.randn(lat.shape, generator=noise_gen))
-                faces.append((edit, gen.generate(lat, att)[0]))
-            out.append(faces)
+                noise = jitter * torch.randn(latent.shape, generator=noise_gen) if jitter > 0 else None
+                made.append(_make_variant(gen, latent, attrs, edit, directions=directions, noise=noise,
+                                          identity=identity))
+            out.append(made)
+    if identity is not None:
+        filter_identity(identity, photos, out)
     return out
 
 
@@ -141,8 +259,9 @@ def variant_labels(source: Source, edit: Edit, *, attr_names: list[str], index: 
     return labels
 
 
-def stage(root: Path, source: Source, faces: list[tuple[Edit, Tensor]], *, attr_names: list[str]) -> None:
-    """One source's variants as PNG + JSON sidecars in root/<key>/, made visible by a rename."""
+def stage(root: Path, source: Source, faces: list[Variant], *, attr_names: list[str]) -> None:
+    """One source's kept variants as PNG + JSON sidecars in root/<key>/, made visible by a rename;
+    done.json records every variant (kept or dropped) for the manifest."""
     from facegan.images import save_pngs
 
     final = root / source.key
@@ -150,12 +269,17 @@ def stage(root: Path, source: Source, faces: list[tuple[Edit, Tensor]], *, attr_
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    kept = [(i, v) for i, v in enumerate(faces) if v.kept]
     try:
-        paths = save_pngs(torch.stack([f for _, f in faces]), tmp, prefix=source.key)
-        for i, ((edit, _), path) in enumerate(zip(faces, paths)):
-            path.with_suffix(".json").write_text(json.dumps(variant_labels(source, edit, attr_names=attr_names,
-                                                                           index=i), sort_keys=True))
-        (tmp / DONE).write_text(json.dumps({"key": source.key, "variants": len(faces)}))
+        if kept:
+            paths = save_pngs(torch.stack([v.image for _, v in kept]), tmp, prefix=source.key)
+            for (i, v), path in zip(kept, paths):
+                labels = variant_labels(source, v.edit, attr_names=attr_names, index=i)
+                if v.distance is not None:
+                    labels["identity_distance"] = round(v.distance, 4)
+                path.with_suffix(".json").write_text(json.dumps(labels, sort_keys=True))
+        (tmp / DONE).write_text(json.dumps({"key": source.key, "variants": len(kept),
+                                            "records": [v.record() for v in faces]}))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -164,10 +288,30 @@ def stage(root: Path, source: Source, faces: list[tuple[Edit, Tensor]], *, attr_
         raise DataError(f"cannot write augmented faces to {final}: {exc.strerror or exc}") from None
 
 
+def identity_summary(records: dict[str, list[dict[str, Any]]], identity: IdentityFilter | None) -> dict[str, Any]:
+    """The manifest's `identity_filter` section: settings, counts kept/dropped (by reason) and every
+    variant's distance (records: source key -> its variants' records)."""
+    rows = [r for rs in records.values() for r in rs]
+    reasons = {k: sum(r.get("dropped") == k for r in rows) for k in DROPPED}
+    dists = [r["identity_distance"] for r in rows if r["identity_distance"] is not None]
+    doc: dict[str, Any] = {"enabled": identity is not None, "variants": len(rows),
+                           "kept": sum(r["kept"] for r in rows), "dropped": sum(not r["kept"] for r in rows),
+                           "dropped_by_reason": reasons, "reasons": DROPPED, "variants_per_source": records}
+    if identity is not None:
+        doc.update(max_distance=identity.max_distance, measure="dlib face descriptor distance to the source photo",
+                   strengths=list(identity.strengths) if identity.classifier is not None else None,
+                   classifier=str(getattr(identity.classifier, "checkpoint", "")) or None,
+                   mean_distance=round(sum(dists) / len(dists), 4) if dists else None)
+    return doc
+
+
 def staging_fingerprint(*, checkpoint: str, edits: list[Edit], variants: int, options: InvertOptions, jitter: float,
-                        seed: int, sources: str) -> str:
+                        seed: int, sources: str, identity: IdentityFilter | None = None) -> str:
     """What the staged faces depend on: a rerun with another fingerprint starts the staging afresh."""
     doc = {"checkpoint": checkpoint, "edits": [vars(e) for e in edits], "variants": variants, "jitter": jitter,
            "seed": seed, "sources": sources, "losses": options.losses, "steps": options.steps, "lr": options.lr,
-           "restarts": options.restarts, "inversion_seed": options.seed}
+           "restarts": options.restarts, "inversion_seed": options.seed,
+           "identity": None if identity is None else
+           {"max_distance": identity.max_distance, "strengths": list(identity.strengths),
+            "classifier": str(getattr(identity.classifier, "checkpoint", "")) if identity.classifier else None}}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -229,7 +229,8 @@ def require(cond: bool, message: str) -> None:
 # so a bad value fails before any Ray job starts, and none of this imports torch.
 
 # The metrics facegan.metrics registers (a test checks the two agree): eval.metrics names them.
-METRIC_NAMES = ("fid", "kid", "precision_recall", "ms_ssim", "memorisation", "d_accuracy")
+METRIC_NAMES = ("fid", "kid", "precision_recall", "ms_ssim", "memorisation", "d_accuracy", "identity_diversity",
+                "face_detection")
 
 @dataclass(kw_only=True)
 class DataConfig:
@@ -252,7 +253,8 @@ class GanEvalConfig:
     every_kimg: float = 0.0                # >0: evaluate every this many kimg (at ticks); 0: off (fastest)
     num_samples: int = 1000                # generated images per evaluation (over all ranks)
     num_real: int = 2000                   # at most this many real images per split (features cached)
-    features: Literal["attr", "inception"] = "attr"   # attr -> fid_attr, ...; inception -> fid, ...
+    features: Literal["attr", "inception", "face"] = "attr"   # attr -> fid_attr, ...; inception -> fid, ...; face -> fid_face
+    face: bool = False                     # also dlib face-identity metrics (fid_face, identity_diversity, ...)
     classifier: str = ""                   # attribute classifier checkpoint (features: attr)
     inception_weights: str = ""            # local Inception-v3 weights file (features: inception)
     metrics: list[str] = field(default_factory=lambda: ["fid", "kid", "precision_recall", "ms_ssim"])
@@ -267,7 +269,7 @@ class GanEvalConfig:
             if self.features == "attr":
                 require(bool(self.classifier), "eval.classifier: eval.every_kimg > 0 with features: attr needs "
                         "the attribute classifier's checkpoint (facegan classifier train ...)")
-            else:
+            elif self.features == "inception":
                 require(bool(self.inception_weights), "eval.inception_weights: features: inception needs a local "
                         "Inception-v3 weights file")
         unknown = [m for m in self.metrics if m not in METRIC_NAMES]

@@ -28,5 +28,9 @@ class InceptionWeightsError(UserError):
     """An Inception weights file is missing or is not one of the two accepted formats."""
 
 
+class FaceModelError(UserError):
+    """dlib or the face_recognition_models package is missing, or one of its model files is damaged."""
+
+
 class OutputError(UserError):
     """A file cannot be written (disk full, read-only, quota); what was written before stays intact."""

@@ -20,6 +20,12 @@ with the rows held fixed (`attrs`, default: the rows' training rates); their edi
 Attribute directions (`find_directions`): sample N latents, let the attribute classifier read the
 faces, and take per attribute the mean latent of faces with it minus the mean of faces without
 (`facegan directions`); an edit adds `scale x direction` to a photo's latent.
+
+Identity (`identity_report`): dlib's face descriptor (facegan.metrics.face, the same path as the
+`face` metrics) of each photo and of what was made from it; their distance, and whether it is
+under dlib's same-person threshold (0.6). The photo's face is found by dlib's HOG detector (the
+fixed aligned-crop box where it finds none); a photo with no detectable face is reported as such
+and left out of the share rather than measured against a non-face.
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from facegan.errors import CheckpointError, ConfigError
+from facegan.errors import CheckpointError, ConfigError, FaceModelError
 from facegan.families.loading import Generator
+from facegan.metrics.face import SAME_PERSON_THRESHOLD
 
 LOSSES = ("mse", "ssim", "ms_ssim", "vgg")
 VGG_LAYERS = 23                    # vgg16.features[:23]: conv1_1 ... relu4_3
@@ -262,6 +269,91 @@ def invert(gen: Generator, photos: Tensor, options: InvertOptions, *, attrs: Ten
         images = _generate(gen, latent, attrs)
     return Inversion(latent=latent, start=start, start_images=start_images, images=images,
                      scores=scores(images, photos), start_kind=kind, attrs=attrs)
+
+
+# ============================================================================ identity
+
+@dataclass(frozen=True)
+class FaceCheck:
+    """dlib descriptors of source photos and of the faces made from them (facegan.metrics.face)."""
+
+    threshold: float = SAME_PERSON_THRESHOLD      # dlib's same-person distance (0.6)
+    batch_size: int = 64
+
+    def describe(self, images: Tensor) -> tuple[Any, Any]:
+        """(descriptors (N, 128) float32, detected (N,) bool) of images in [-1, 1]."""
+        from facegan.metrics.face import describe_faces
+
+        found = describe_faces(images.float().clamp(-1, 1), align="detect", batch_size=self.batch_size)
+        return found.descriptors, found.detected
+
+    def distances(self, photos: Tensor, faces: Tensor, *, per_photo: int = 1) -> tuple[list[list[float]], list[bool]]:
+        """Per photo: the descriptor distance to each of its `per_photo` faces (faces are photo-major:
+        photo 0's first, then photo 1's ...), and whether a face was detected in the photo."""
+        import numpy as np
+
+        from facegan.metrics.face import face_distance
+
+        if faces.shape[0] != photos.shape[0] * per_photo:
+            raise ValueError(f"distances: {faces.shape[0]} faces for {photos.shape[0]} photos x {per_photo}")
+        both, detected = self.describe(torch.cat([photos, faces]))
+        src, made = both[:photos.shape[0]], both[photos.shape[0]:]
+        dist = face_distance(np.repeat(src, per_photo, axis=0), made).reshape(photos.shape[0], per_photo)
+        return [[float(d) for d in row] for row in dist], [bool(x) for x in detected[:photos.shape[0]]]
+
+
+def face_check_or_none(enabled: bool = True, *, threshold: float = SAME_PERSON_THRESHOLD) -> tuple[FaceCheck | None, str]:
+    """A FaceCheck where dlib and its models load, else None and the one line saying why."""
+    if not enabled:
+        return None, "identity not measured (--no-identity)"
+    from facegan.metrics.face import load_face_models
+
+    try:
+        load_face_models()
+    except FaceModelError as exc:
+        return None, f"identity not measured: {exc}"
+    return FaceCheck(threshold=threshold), ""
+
+
+def identity_report(check: FaceCheck, photos: Tensor, outputs: dict[str, Tensor]) -> dict[str, Any]:
+    """Per photo, the descriptor distance photo -> each output (name -> N images in photo order) and
+    whether it is the same person; per output, the share of photos under the threshold (photos with
+    no detectable face left out and counted)."""
+    names = list(outputs)
+    faces = torch.stack([outputs[k] for k in names], dim=1).flatten(0, 1)       # photo-major
+    dist, detected = check.distances(photos, faces, per_photo=len(names))
+    per_photo = []
+    for row, found in zip(dist, detected):
+        if not found:
+            per_photo.append({"face_detected": False, "identity_distance": {k: None for k in names},
+                              "same_person": {k: None for k in names}})
+            continue
+        per_photo.append({"face_detected": True, "identity_distance": {k: round(d, 4) for k, d in zip(names, row)},
+                          "same_person": {k: d < check.threshold for k, d in zip(names, row)}})
+    measured = [i for i, found in enumerate(detected) if found]
+    summary: dict[str, Any] = {"threshold": check.threshold, "photos_measured": len(measured),
+                               "photos_without_face": len(detected) - len(measured), "outputs": {}}
+    for j, name in enumerate(names):
+        ds = [dist[i][j] for i in measured]
+        summary["outputs"][name] = {
+            "mean_distance": round(sum(ds) / len(ds), 4) if ds else None,
+            "same_person_share": round(sum(d < check.threshold for d in ds) / len(ds), 4) if ds else None}
+    return {"per_photo": per_photo, "summary": summary}
+
+
+def format_identity(summary: dict[str, Any]) -> str:
+    """One line per output: mean distance and same-person share."""
+    lines = []
+    for name, row in summary["outputs"].items():
+        if row["mean_distance"] is None:
+            lines.append(f"  identity {name}: not measured (no detectable face in any photo)")
+        else:
+            lines.append(f"  identity {name}: mean dlib distance {row['mean_distance']:.3f}, "
+                         f"{100 * row['same_person_share']:.0f}% same person (< {summary['threshold']:g})")
+    if summary["photos_without_face"]:
+        lines.append(f"  {summary['photos_without_face']} photo(s) with no detectable face: identity not measured "
+                     "for them (listed per photo)")
+    return "\n".join(lines)
 
 
 # ============================================================================ directions and edits

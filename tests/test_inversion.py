@@ -289,7 +289,8 @@ def test_augment_writes_a_verified_shard_set_that_trains_and_resumes(tiny_run: d
 
     out = tmp_path / "aug"
     argv = ["augment", str(synthetic_shards), "--split", "train", "--checkpoint", str(tiny_run["gan"]), "--variants",
-            "2", "--jitter", "0.3", "--steps", "3", "--restarts", "2", "--out", str(out), "--no-progress"]
+            "2", "--jitter", "0.3", "--steps", "3", "--restarts", "2", "--out", str(out), "--no-progress",
+            "--max-identity-distance", "0"]    # every variant (the identity filter: tests/test_face_identity.py)
     assert _cli(argv) == 0
     assert "augmented 120 images (0 staged by an earlier run)" in capsys.readouterr().out
     assert verify_shards(out) == []
@@ -324,7 +325,8 @@ def test_augment_a_photo_folder_lists_bad_photos(tiny_run: dict[str, Path], tmp_
     (photos / "broken.jpg").write_text("not an image")
     out = tmp_path / "aug"
     assert _cli(["augment", str(photos), "--checkpoint", str(tiny_run["gan"]), "--variants", "1", "--jitter", "0.2",
-                 "--steps", "2", "--restarts", "1", "--out", str(out), "--no-progress"]) == 0
+                 "--steps", "2", "--restarts", "1", "--out", str(out), "--no-progress",
+                 "--max-identity-distance", "0"]) == 0
     said = capsys.readouterr().out
     assert "augmented 3 images" in said and "skipped" in said and "broken.jpg" in said
     assert _cli(["augment", str(photos), "--checkpoint", str(tiny_run["gan"]), "--out", str(tmp_path / "x")]) == 2

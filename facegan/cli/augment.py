@@ -3,6 +3,14 @@
     facegan augment data/celeba64 --split train --checkpoint runs/dcgan --variants 4 \\
         --direction Smiling=1.5 --direction Eyeglasses=2 --jitter 0.2 --out data/celeba64_aug
     facegan augment photos/ --checkpoint runs/infogan --variants 3 --set cat=2 --set cat=5 --out data/mine_aug
+    facegan augment data/celeba64 --split val --checkpoint runs/dcgan --direction Eyeglasses=1 \\
+        --classifier runs/classifier --strengths 1,2,3 --max-identity-distance 0.6 --out data/celeba64_glasses
+
+Variants that are no longer their photo's person (dlib descriptor distance over
+--max-identity-distance, default 0.6: dlib's same-person threshold; 0 turns the filter off) are
+dropped; with --classifier, each direction edit's strength is searched per photo (the smallest of
+--strengths at which the classifier reads the edit's target). The manifest's `identity_filter`
+section records every variant's distance and how many were dropped and why.
 """
 
 from __future__ import annotations
@@ -64,8 +72,38 @@ def _sources(args: argparse.Namespace, gen: Any, skipped: list[dict[str, str]]) 
     return list(folder_sources(paths, crop=gen.crop, resolution=gen.resolution, skipped=skipped)), str(src), "png"
 
 
+def _identity_filter(args: argparse.Namespace, gen: Any) -> Any:
+    """The IdentityFilter the flags ask for (None with --max-identity-distance 0)."""
+    from facegan.augment import IdentityFilter
+    from facegan.inversion import FaceCheck
+
+    try:
+        strengths = tuple(sorted(float(f) for f in args.strengths.split(",") if f.strip()))
+    except ValueError:
+        raise ConfigError(f"--strengths: expected comma-separated numbers, got {args.strengths!r}") from None
+    if args.max_identity_distance == 0:
+        if args.classifier:
+            raise ConfigError("--classifier: the strength search is part of the identity filter; it needs "
+                              "--max-identity-distance > 0")
+        return None
+    IdentityFilter(check=FaceCheck(), max_distance=args.max_identity_distance, strengths=strengths)  # validate
+    from facegan.metrics.face import load_face_models
+
+    load_face_models()          # FaceModelError (one line: how to install) before anything is inverted
+    classifier = None
+    if args.classifier:
+        from facegan.families.classifier.scoring import load_classifier
+
+        classifier = load_classifier(args.classifier)
+        if gen.attr_names and list(classifier.attr_names) != list(gen.attr_names):
+            raise ConfigError("--classifier: its attributes are not the generator's shard set's")
+    return IdentityFilter(check=FaceCheck(threshold=args.max_identity_distance), max_distance=args.max_identity_distance,
+                          classifier=classifier, strengths=strengths if classifier is not None else (1.0,))
+
+
 def cmd_augment(args: argparse.Namespace) -> int:
-    from facegan.augment import (DONE, MAX_VARIANTS, STAGING_SUFFIX, augment_batch, stage, staging_fingerprint)
+    from facegan.augment import (DONE, MAX_VARIANTS, STAGING_SUFFIX, augment_batch, identity_summary, stage,
+                                 staging_fingerprint)
     from facegan.cli.invert import _options
     from facegan.data.recipe import ShardRecipe
     from facegan.data.writer import build_shards, make_progress
@@ -86,6 +124,11 @@ def cmd_augment(args: argparse.Namespace) -> int:
     options = _options(args)
     gen = load_generator(args.checkpoint, ema=not args.no_ema)
     edits = _edits(args, gen)
+    identity = _identity_filter(args, gen)
+    if identity is not None and identity.classifier is not None:
+        unknown = [k for e in edits for k in e.target_attrs() if k not in identity.classifier.attr_names]
+        if unknown:
+            raise ConfigError(f"--classifier: it does not score {unknown[0]!r}")
     directions = load_directions(gen.checkpoint) if any(e.directions for e in edits) else None
     missing = [k for e in edits for k in e.directions if directions is not None and k not in directions]
     if missing:
@@ -94,7 +137,7 @@ def cmd_augment(args: argparse.Namespace) -> int:
     sources, described, fmt = _sources(args, gen, skipped)
     staging = out.with_name(out.name + STAGING_SUFFIX)
     fingerprint = staging_fingerprint(checkpoint=gen.checkpoint, edits=edits, variants=args.variants, options=options,
-                                      jitter=args.jitter, seed=args.seed, sources=described)
+                                      jitter=args.jitter, seed=args.seed, sources=described, identity=identity)
     finger_file = staging / "fingerprint.json"
     if staging.exists() and (not finger_file.is_file()
                              or json.loads(finger_file.read_text()).get("fingerprint") != fingerprint):
@@ -114,12 +157,21 @@ def cmd_augment(args: argparse.Namespace) -> int:
     for i in range(0, len(todo), BATCH):
         batch = todo[i:i + BATCH]
         faces = augment_batch(gen, batch, edits=edits, variants=args.variants, options=options,
-                              directions=directions, jitter=args.jitter, seed=args.seed, predictor=predictor)
+                              directions=directions, jitter=args.jitter, seed=args.seed, predictor=predictor,
+                              identity=identity)
         for source, variants in zip(batch, faces):
             stage(staging, source, variants, attr_names=attr_names)
         bar.update(len(batch))
     bar.close()
     (staging / "skipped.json").write_text(json.dumps(skipped, indent=1))
+    records = {s.key: json.loads((staging / s.key / DONE).read_text()).get("records", []) for s in sources}
+    filtered = identity_summary(records, identity)
+    if filtered["kept"] == 0:
+        raise ConfigError(f"augment: the identity filter dropped all {filtered['variants']} variants ("
+                          + ", ".join(f"{k}: {n}" for k, n in filtered["dropped_by_reason"].items() if n)
+                          + f"); nothing written to {out}. Loosen --max-identity-distance (0: off), add "
+                          "--strengths, or use a better trained generator (every distance is in "
+                          f"{staging}/*/{DONE})")
     h, w = gen.resolution
     recipe = ShardRecipe(source="folder", labels_json=True, resolution=[h, w] if h != w else h, crop="none",
                          format=fmt, shard_size=args.shard_size, workers=args.shard_workers, seed=args.seed,
@@ -128,16 +180,38 @@ def cmd_augment(args: argparse.Namespace) -> int:
     result = build_shards(recipe, root=staging, out=out, progress=not args.no_progress and sys.stderr.isatty(),
                           overwrite=args.overwrite)
     m = result.manifest
+    _record_in_manifest(out, filtered)
     print(f"augmented {len(sources)} images ({len(sources) - len(todo)} staged by an earlier run) from {described} "
           f"into {m['counts']['total']} variants in {out} (train {m['counts']['train']}, val {m['counts']['val']}, "
           f"test {m['counts']['test']}): {len(edits)} edit(s) {', '.join(e.name for e in edits)}, "
           f"{args.variants} per image")
+    if identity is not None:
+        why = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in filtered["dropped_by_reason"].items() if n)
+        mean = filtered["mean_distance"]
+        print(f"  identity filter (dlib distance <= {identity.max_distance:g}): kept {filtered['kept']} of "
+              f"{filtered['variants']} variants" + (f", dropped {filtered['dropped']} ({why})" if why else "")
+              + (f"; mean distance {mean:.3f}" if mean is not None else "")
+              + f"; per variant in {out}/manifest.json (identity_filter)")
     for s in skipped[:10]:
         print(f"  skipped {s['input']}: {s['reason']}")
     if len(skipped) > 10:
         print(f"  ... and {len(skipped) - 10} more (listed in {staging / 'skipped.json'})")
     print(f"  check it: facegan shards verify {out}")
     return 0
+
+
+def _record_in_manifest(out: Path, filtered: dict[str, Any]) -> None:
+    """Add the identity filter's section to the new set's manifest (written whole, then renamed)."""
+    import os
+
+    from facegan.data.writer import MANIFEST
+
+    path = out / MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["identity_filter"] = filtered
+    tmp = path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 def register(sub: Any) -> None:
@@ -158,6 +232,14 @@ def register(sub: Any) -> None:
                    help="an edit for InfoGAN/InfoBEGAN: a latent code, e.g. cat=3; repeatable")
     a.add_argument("--jitter", type=float, default=0.0,
                    help="std of a seeded latent perturbation per variant (latent units; default 0)")
+    a.add_argument("--max-identity-distance", type=float, default=0.6, metavar="D",
+                   help="keep a variant only if its dlib face-descriptor distance to its photo is <= D (default "
+                        "0.6, dlib's same-person threshold; 0: no filter)")
+    a.add_argument("--classifier", default="", help="attribute classifier: search each direction edit's strength "
+                                                    "per photo until the classifier reads the target")
+    a.add_argument("--strengths", default="0.5,1,1.5,2,3",
+                   help="with --classifier: multiples of each edit's scale tried, smallest first (default "
+                        "0.5,1,1.5,2,3)")
     a.add_argument("--out", required=True, help="the new shard set's folder (staging beside it: OUT.staging)")
     a.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
     a.add_argument("--shard-workers", type=int, default=1, help="processes writing the shards (default 1)")

@@ -30,6 +30,9 @@ def register(sub: Any) -> None:
     c.add_argument("--seed", type=int, default=0, help="seed of the latents (the same for every run)")
     c.add_argument("--batch-size", type=int, default=64, help="images per generation/feature batch")
     c.add_argument("--no-ema", action="store_true", help="score the raw generators instead of their EMA")
+    c.add_argument("--face", default="auto", choices=["auto", "on", "off"],
+                   help="face-identity scores (fid_face, identity diversity, detection rate; dlib): "
+                        "auto = when dlib-bin and face_recognition_models are installed")
     c.set_defaults(func=cmd_compare)
 
 
@@ -45,7 +48,14 @@ def cmd_compare(args: Any) -> int:
                          attrs=attrs,
                          labels=[x.strip() for x in args.labels.split(",") if x.strip()],
                          eval_split=args.eval_split, seed=args.seed, batch_size=args.batch_size,
-                         use_ema=not args.no_ema)
+                         use_ema=not args.no_ema, face=args.face)
+    if req.face == "auto":
+        from facegan.metrics.face import face_available, skipped_note
+
+        if not face_available():
+            import sys
+
+            print(skipped_note(), file=sys.stderr)
     result = compare_runs(req)
     print(format_compare_table(result))
     paths = write_compare(result, args.out)

@@ -21,9 +21,14 @@ def register(sub: Any) -> None:
                      help="random: faceless random images; real: held-out real images (--real-split)")
     e.add_argument("--shards", required=True, help="real shard set (facegan shards build)")
     e.add_argument("--num-samples", type=int, default=5000, help="generated images to score")
-    e.add_argument("--features", default="attr", choices=["attr", "inception"],
+    e.add_argument("--features", default="attr", choices=["attr", "inception", "face"],
                    help="attr: the attribute classifier's features (reported as fid_attr, ...); "
-                        "inception: Inception-v3 from --inception-weights (reported as fid, ...)")
+                        "inception: Inception-v3 from --inception-weights (reported as fid, ...); "
+                        "face: dlib's face descriptor only (fid_face, ...; no classifier needed)")
+    e.add_argument("--face", default="auto", choices=["auto", "on", "off"],
+                   help="face-identity metrics beside --features (fid_face, kid_face, precision/recall_face, "
+                        "identity_diversity, face_detection_rate): auto = when dlib-bin and "
+                        "face_recognition_models are installed (requirements.lock has them)")
     e.add_argument("--classifier", default="", help="attribute classifier checkpoint (or its run folder)")
     e.add_argument("--inception-weights", default="", help="local Inception-v3 weights file")
     e.add_argument("--num-real", type=int, default=10_000, help="at most this many real images per split")
@@ -45,7 +50,8 @@ def register(sub: Any) -> None:
 
 
 def expected_images(req: Any) -> int:
-    """How many images an in-process evaluation featurises: generated, real train, real eval."""
+    """How many images an in-process evaluation featurises: generated, real train, real eval (and
+    generated and real eval again through the face descriptor)."""
     from facegan.data.stream import ShardSet
     from facegan.metrics.features import IMAGE_SUFFIXES
 
@@ -57,7 +63,10 @@ def expected_images(req: Any) -> int:
         fake = min(req.num_samples, shards.count(req.real_split))
     else:
         fake = req.num_samples
-    return fake + sum(min(req.num_real, shards.count(split)) for split in (req.train_split, req.eval_split))
+    real_eval = min(req.num_real, shards.count(req.eval_split))
+    face = fake + real_eval if req.face_extra else 0    # the face pass over the generated and eval images
+    train = min(req.num_real, shards.count(req.train_split)) if req.needs_train else 0
+    return fake + train + real_eval + face
 
 
 def cmd_eval(args: Any) -> int:
@@ -68,13 +77,19 @@ def cmd_eval(args: Any) -> int:
                       num_samples=args.num_samples, features=args.features, classifier=args.classifier,
                       inception_weights=args.inception_weights, num_real=args.num_real, eval_split=args.eval_split,
                       train_split=args.train_split, real_split=args.real_split, batch_size=args.batch_size,
-                      seed=args.seed, use_ema=not args.no_ema,
+                      seed=args.seed, use_ema=not args.no_ema, face=args.face,
                       metrics=[m.strip() for m in args.metrics.split(",") if m.strip()])
     if args.workers < 0:
         raise ConfigError(f"--workers: expected 0 or more, got {args.workers}")
     if args.json and (Path(args.json).is_dir() or Path(args.json).suffix.lower() != ".json"):
         raise ConfigError(f"--json: expected a .json file to write, got {args.json}")
     req.preflight()
+    if req.face == "auto" and req.features != "face" and not req.face_extra:
+        import sys
+
+        from facegan.metrics.face import skipped_note
+
+        print(skipped_note(), file=sys.stderr)
     shares = None
     if args.workers > 0:
         from facegan.launch.evaluate import ray_shares
@@ -94,6 +109,12 @@ def cmd_eval(args: Any) -> int:
         if bar is not None:
             bar.close()
     print(format_table([result]))
+    face = result.get("face")
+    if face and face["fake_without_face"]:
+        listed = face.get("files_without_face", [])
+        print(f"{face['fake_without_face']} of {int(result['scores']['num_fake'])} generated images have no face "
+              f"dlib's detector finds (scored from the fixed face box)"
+              + (f", e.g. {', '.join(listed[:3])} (all listed in the JSON)" if listed else ""))
     if result["scores"].get("ms_ssim_alarm", 0) > 0:
         print("WARNING: generated images are nearly identical to each other (MS-SSIM alarm): mode collapse?")
     if args.json:

@@ -5,6 +5,10 @@
     facegan edit a.jpg --checkpoint runs/dcgan --direction Smiling=2 --direction Eyeglasses=2 --out edit.png
     facegan edit a.jpg --checkpoint runs/infogan --set cat=3 --set c1=0.8 --out edit.png
     facegan edit a.jpg --checkpoint runs/conditional --attrs Smiling=1,Eyeglasses=1 --out edit.png
+
+invert and edit also measure identity: dlib's face-descriptor distance photo -> reconstruction and
+photo -> each edit, per photo, with the share under dlib's same-person threshold (0.6), in
+scores.json (invert) or the JSON beside the grid (edit); --no-identity skips it.
 """
 
 from __future__ import annotations
@@ -76,6 +80,20 @@ def run_inversion(args: argparse.Namespace, gen: Any) -> dict[str, Any]:
             "scores": result.scores, "start_kind": result.start_kind, "attrs": result.attrs}
 
 
+def _identity(args: argparse.Namespace, photos: Any, outputs: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """identity_report of photo -> each output (facegan.inversion), or None and why not."""
+    from facegan.inversion import face_check_or_none, identity_report
+
+    check, note = face_check_or_none(not args.no_identity)
+    return (identity_report(check, photos, outputs), "") if check is not None else (None, note)
+
+
+def _print_identity(identity: dict[str, Any] | None, note: str) -> None:
+    from facegan.inversion import format_identity
+
+    print(format_identity(identity["summary"]) if identity is not None else f"  {note}")
+
+
 def cmd_invert(args: argparse.Namespace) -> int:
     import torch
 
@@ -99,10 +117,18 @@ def cmd_invert(args: argparse.Namespace) -> int:
                "photos": [{"photo": str(p), **s} for p, s in zip(args.photos, res["scores"])]}
     for key in ("mse", "ssim", "ms_ssim"):
         summary[f"mean_{key}"] = sum(s[key] for s in res["scores"]) / n
+    identity, note = _identity(args, res["photos"], {"reconstruction": res["images"]})
+    if identity is not None:
+        for row, measured in zip(summary["photos"], identity["per_photo"]):
+            row.update(face_detected=measured["face_detected"],
+                       identity_distance=measured["identity_distance"]["reconstruction"],
+                       same_person=measured["same_person"]["reconstruction"])
+        summary["identity"] = identity["summary"]
     (out / "scores.json").write_text(json.dumps(summary, indent=1))
     print(f"inverted {n} photo{'s' if n > 1 else ''} with {gen.family.name} ({gen.kimg:.1f} kimg), start: "
           f"{res['start_kind']}, losses {args.loss}: mean MSE {summary['mean_mse']:.4f}, SSIM "
           f"{summary['mean_ssim']:.3f}, MS-SSIM {summary['mean_ms_ssim']:.3f}")
+    _print_identity(identity, note)
     print(f"  grid (photo | start | result): {out / 'reconstruction.png'}\n  scores: {out / 'scores.json'}\n"
           f"  latents: {out / 'latents.pt'}")
     return 0
@@ -134,16 +160,25 @@ def cmd_edit(args: argparse.Namespace) -> int:
         if missing:
             raise ConfigError(f"--direction: no direction for {missing[0]!r} (stored: {', '.join(sorted(directions))})")
     res = run_inversion(args, gen)
-    columns = [res["photos"], res["images"]]
+    outputs = {"reconstruction": res["images"]}
     with torch.no_grad():
         for edit in edits:
             latent, attrs = apply_edit(gen, res["latent"], res["attrs"], edit, directions=directions)
-            columns.append(gen.generate(latent, attrs))
-    grid = torch.stack(columns, dim=1).flatten(0, 1)
-    save_grid_png(grid, out, nrow=len(columns))
+            outputs[edit.name] = gen.generate(latent, attrs)
+    identity, note = _identity(args, res["photos"], outputs)
+    doc: dict[str, Any] = {"checkpoint": gen.checkpoint, "family": gen.family.name, "grid": str(out),
+                           "columns": ["photo", *outputs], "photos": []}
+    for i, (photo, score) in enumerate(zip(args.photos, res["scores"])):
+        doc["photos"].append({"photo": str(photo), **score, **(identity["per_photo"][i] if identity else {})})
+    if identity is not None:
+        doc["identity"] = identity["summary"]
+    grid = torch.stack([res["photos"], *outputs.values()], dim=1).flatten(0, 1)
+    save_grid_png(grid, out, nrow=len(outputs) + 1)
+    out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
     print(f"wrote {out}: per photo, the photo, its reconstruction (MS-SSIM "
           f"{sum(s['ms_ssim'] for s in res['scores']) / len(res['scores']):.3f}) and "
-          + ", ".join(e.name for e in edits))
+          + ", ".join(e.name for e in edits) + f"; scores and identity distances: {out.with_suffix('.json')}")
+    _print_identity(identity, note)
     return 0
 
 
@@ -185,14 +220,22 @@ def _inversion_args(p: argparse.ArgumentParser, *, photos: bool = True) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress line")
 
 
+def _identity_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-identity", action="store_true",
+                   help="skip the dlib descriptor distance photo -> result (measured by default where dlib is "
+                        "installed)")
+
+
 def register(sub: Any) -> None:
     i = sub.add_parser("invert", help="find the latents that redraw real photos (GAN inversion)")
     _inversion_args(i)
+    _identity_arg(i)
     i.add_argument("--out", required=True, help="output folder: reconstruction.png, scores.json, latents.pt")
     i.set_defaults(func=cmd_invert)
 
     e = sub.add_parser("edit", help="invert photos, then change codes, attributes or attribute directions")
     _inversion_args(e)
+    _identity_arg(e)
     e.add_argument("--set", action="append", default=[], metavar="CODE=VALUE", help="InfoGAN code, e.g. cat=3, c1=0.8")
     e.add_argument("--attrs", default="", help="overlay/conditional: NAME=0|1 pairs, e.g. Smiling=1,Eyeglasses=1")
     e.add_argument("--direction", action="append", default=[], metavar="NAME=SCALE",

@@ -9,6 +9,9 @@ exactly as `facegan eval` scores a checkpoint (facegan.evaluation.offline), with
 run i's images come from the same latents as run j's wherever the families share a latent: fid_attr,
 kid_attr, precision/recall in the attribute classifier's features against the val split, MS-SSIM
 diversity, memorisation against train. The real features are extracted once for all runs.
+With the face package installed (`face`: auto, the default), also dlib's face-identity scores of
+`facegan eval`: fid_face, kid_face, precision/recall in face-descriptor space, identity diversity
+against the real images' own, and the face detector's rate against the real rate.
 
 Beside them, for the CelebA report's attributes (Eyeglasses, Bangs, Wearing_Hat, Wavy_Hair by
 default): the share of each run's generated faces the classifier finds with the attribute
@@ -39,13 +42,17 @@ import torch
 from facegan.checkpoint import find_checkpoint, read_meta
 from facegan.config import ConfigError
 from facegan.evaluation.offline import (EvalRequest, Share, _images_and_features, chunks_for, draw_chunk,
-                                        generator_attrs, resolve_classifier, statistics)
+                                        face_fields, generator_attrs, resolve_classifier, statistics)
 
 REPORT_ATTRS = ("Eyeglasses", "Bangs", "Wearing_Hat", "Wavy_Hair")
 # (result key, column title, lower is better? None: neither) in the page's score table, in this order.
 SCORE_COLUMNS = (("fid_attr", "FID (attr)", True), ("kid_attr", "KID (attr)", True),
                  ("precision_attr", "precision", False), ("recall_attr", "recall", False),
-                 ("ms_ssim", "MS-SSIM", True), ("memorisation_ratio_attr", "memorisation ratio", None))
+                 ("ms_ssim", "MS-SSIM", True), ("memorisation_ratio_attr", "memorisation ratio", None),
+                 ("fid_face", "FID (face)", True), ("kid_face", "KID (face)", True),
+                 ("precision_face", "precision (face)", False), ("recall_face", "recall (face)", False),
+                 ("identity_diversity", "identity diversity", None),
+                 ("face_detection_rate", "faces detected", False))
 MAX_RUNS = 32
 MIN_IMAGES = 10                   # precision/recall needs k + 1 = 4 neighbours, FID a covariance
 MAX_SAMPLES = 50_000
@@ -69,8 +76,11 @@ class CompareRequest:
     seed: int = 0
     batch_size: int = 64
     use_ema: bool = True
+    face: str = "auto"                # face-identity scores: auto (when installed), on, off
 
     def __post_init__(self) -> None:
+        if self.face not in ("auto", "on", "off"):
+            raise ConfigError(f"compare.face (--face): expected auto, on or off, got {self.face!r}")
         if not self.runs or len(self.runs) > MAX_RUNS:
             raise ConfigError(f"compare: expected 1..{MAX_RUNS} runs, got {len(self.runs)}")
         for run in self.runs:
@@ -184,6 +194,9 @@ def compare_runs(req: CompareRequest) -> dict[str, Any]:
     train_feats = shard_features(extractor, shards_dir=req.shards, split="train", max_images=req.num_real,
                                  batch_size=req.batch_size)
     real_rates, num_labelled = label_rates(req.shards, req.eval_split, req.attrs)
+    face_req = EvalRequest(shards=req.shards, baseline="random", classifier=req.classifier, face=req.face,
+                           batch_size=req.batch_size)
+    real_face = face_fields(face_req, eval_images=eval_images)
     real = {"label_rates": real_rates, "num_labelled": num_labelled,
             "classifier_rates": attribute_rates(classifier, eval_images, req.attrs, batch_size=req.batch_size),
             "num_images": int(eval_images.shape[0]), "grid": eval_images[: req.grid_size]}
@@ -193,11 +206,13 @@ def compare_runs(req: CompareRequest) -> dict[str, Any]:
         ereq = EvalRequest(shards=req.shards, checkpoint=str(ckpt), num_samples=req.num_samples, features="attr",
                            classifier=req.classifier, num_real=req.num_real, eval_split=req.eval_split,
                            batch_size=req.batch_size, seed=req.seed, use_ema=req.use_ema,
-                           ms_ssim_pairs=min(1000, req.num_samples), kid_subset_size=min(1000, req.num_samples))
+                           ms_ssim_pairs=min(1000, req.num_samples), kid_subset_size=min(1000, req.num_samples),
+                           face=req.face)
         gen = load_generator(ckpt, ema=req.use_ema)
         fake_images, fake_feats = _fakes(gen, ereq, extractor)
         share = Share(fake_feats=fake_feats, fake_images=fake_images, train_feats=train_feats,
-                      eval_feats=eval_feats, eval_images=eval_images)
+                      eval_feats=eval_feats, eval_images=eval_images, **real_face,
+                      **face_fields(ereq, fake_images=fake_images))
         disc = gen.run.nets.get(gen.family.discriminator) if gen.family.discriminator else None
         scores = statistics(ereq, share, disc=disc)
         del gen
@@ -341,6 +356,15 @@ def render_html(result: dict[str, Any], grids: dict[str, Path]) -> str:
                  f"with published Inception FIDs); MS-SSIM of generated pairs (lower: more diverse; real pairs: "
                  f"{_fmt(ms_real)}); memorisation ratio: generated-to-nearest-train over held-out-to-nearest-train "
                  "distance (well below 1: copying). Train time from the checkpoint's meta.</div>")
+    if any("fid_face" in r["scores"] for r in runs):
+        first = next(r["scores"] for r in runs if "fid_face" in r["scores"])
+        parts.append("<div class='note' id='face-note'>Face columns: dlib's face-recognition descriptor (ResNet, "
+                     "128-d; facegan.metrics.face), not Inception: FID/KID/precision/recall (face) compare identity "
+                     "statistics with the real images', and are comparable only with other facegan face scores at "
+                     "the same resolution. Identity diversity: mean descriptor distance between generated faces "
+                     f"(real {esc(split)} images: {_fmt(first.get('identity_diversity_real'))}; under 0.6 is "
+                     "dlib's same person). Faces detected: share dlib's HOG detector finds (real: "
+                     f"{_pct(first.get('face_detection_rate_real'))}).</div>")
 
     # Attribute rates.
     parts.append(f"<h2>Attributes</h2><table id='attrs'><tr><th>attribute</th><th>real {esc(split)} (labels)</th>"

@@ -20,6 +20,14 @@ generated images. Fakes are drawn in fixed chunks of `CHUNK` images, chunk i fro
 
 Metric names follow the feature network: `fid` only for Inception; `fid_attr` etc. for the
 project's attribute classifier, so nobody compares them with published FIDs.
+
+Face identity (`--face`, default auto: on wherever dlib-bin and face_recognition_models are
+installed, as requirements.lock installs them): beside the main feature network, the generated and
+held-out real images also go through dlib's face descriptor (facegan.metrics.face, the same path for
+both sets) and its HOG face detector, giving fid_face, kid_face, precision_face/recall_face,
+identity_diversity (against identity_diversity_real) and face_detection_rate (against
+face_detection_rate_real). `--features face` makes the descriptor the main network instead (no
+classifier needed; memorisation_face then too).
 """
 
 from __future__ import annotations
@@ -46,7 +54,8 @@ CHUNK = 64                      # images per generation chunk: the unit Ray work
 MIN_IMAGES = 10                 # fewer and precision/recall (k = 3) or FID cannot be computed
 MAX_IMAGES = 1_000_000          # generated images are kept (uint8) for MS-SSIM: bounded by memory too
 SOURCES = ("checkpoint", "images", "random", "real")
-FEATURES = ("attr", "inception")
+FEATURES = ("attr", "inception", "face")
+FACE_MODES = ("auto", "on", "off")
 
 
 @dataclass(kw_only=True)
@@ -71,6 +80,7 @@ class EvalRequest:
     metrics: list[str] = field(default_factory=list)   # [] = every metric whose inputs exist
     ms_ssim_pairs: int = 1000
     kid_subset_size: int = 1000
+    face: str = "auto"                # face-identity metrics beside the main features: auto (if installed), on, off
 
     def __post_init__(self) -> None:
         given = [n for n in ("checkpoint", "images", "baseline") if getattr(self, n)]
@@ -81,6 +91,12 @@ class EvalRequest:
             raise ConfigError(f"eval.baseline: expected 'random' or 'real', got {self.baseline!r}")
         if self.features not in FEATURES:
             raise ConfigError(f"eval.features: expected one of {list(FEATURES)}, got {self.features!r}")
+        if self.face not in FACE_MODES:
+            raise ConfigError(f"eval.face (--face): expected one of {list(FACE_MODES)}, got {self.face!r}")
+        if self.features == "face" or self.face == "on":
+            from facegan.metrics.face import load_face_models
+
+            load_face_models()   # FaceModelError (one line: how to install) before anything starts
         if self.features == "inception" and not self.inception_weights:
             raise ConfigError("eval.features=inception needs --inception-weights PATH (a local Inception-v3 "
                               "weights file: the standard FID weights or torchvision's inception_v3 state_dict)")
@@ -105,6 +121,10 @@ class EvalRequest:
             unknown = [m for m in self.metrics if m not in METRICS]
             if unknown:
                 raise ConfigError(f"eval.metrics: unknown {unknown}; known: {sorted(METRICS)}")
+            face_only = [m for m in self.metrics if m in FACE_ONLY_METRICS]
+            if face_only and self.features != "face" and not self.face_extra:
+                raise ConfigError(f"eval.metrics: {face_only} need face descriptors: --face on "
+                                  f"(dlib-bin and face_recognition_models installed) or --features face")
 
     def preflight(self) -> None:
         """What can be checked before any image is drawn: the real splits hold enough images, an
@@ -132,6 +152,24 @@ class EvalRequest:
             raise ConfigError(f"--num-samples {self.num_samples} and --num-real {self.num_real} at {h}x{w} need "
                               f"{need / 2**30:.1f} GiB of images in memory; this machine has "
                               f"{memory_bytes() / 2**30:.1f} GiB: ask for fewer")
+
+    @property
+    def needs_train(self) -> bool:
+        """Whether a metric asked for looks at the training split (memorisation); all do by default."""
+        from facegan.metrics import METRICS
+
+        return not self.metrics or any("real_train_feats" in METRICS[m].needs for m in self.metrics)
+
+    @property
+    def face_extra(self) -> bool:
+        """Whether a face pass runs beside the main features (features != "face")."""
+        if self.features == "face" or self.face == "off":
+            return False
+        if self.face == "on":
+            return True
+        from facegan.metrics.face import face_available
+
+        return face_available()
 
     @property
     def source(self) -> str:
@@ -187,9 +225,19 @@ def random_chunks(num_samples: int, *, height: int, width: int, seed: int, rank:
 
 # --- one worker's share, then the statistics
 
+FACE_ONLY_METRICS = ("identity_diversity", "face_detection")
+FACE_FIELDS = ("fake_face", "fake_detected", "eval_face", "eval_detected")
+
+
+def _empty(dtype: torch.dtype = torch.float32) -> Tensor:
+    return torch.empty(0, dtype=dtype)
+
+
 @dataclass
 class Share:
-    """What one process contributes: features and a few images of each set (gathered before statistics)."""
+    """What one process contributes: features and images of each set (gathered before statistics),
+    and with face metrics the face descriptors and detector flags of the generated and eval images
+    (empty when there are none)."""
 
     fake_feats: Tensor
     fake_images: Tensor
@@ -197,13 +245,50 @@ class Share:
     eval_feats: Tensor
     eval_images: Tensor
     skipped_inputs: int = 0
+    fake_face: Tensor = field(default_factory=_empty)
+    fake_detected: Tensor = field(default_factory=lambda: _empty(torch.bool))
+    eval_face: Tensor = field(default_factory=_empty)
+    eval_detected: Tensor = field(default_factory=lambda: _empty(torch.bool))
+    fake_names: list[str] = field(default_factory=list)   # --images: the file of each generated image
+
+
+def face_fields(req: EvalRequest, *, fake_images: Tensor | None = None, eval_images: Tensor | None = None,
+                progress: Callable[[int], None] | None = None) -> dict[str, Tensor]:
+    """The face fields of a Share for the images given: dlib descriptors and HOG detector flags
+    (the face pass beside the main features), or only the flags when the main features already
+    are face descriptors (features="face"); {} when there are no face metrics."""
+    if not (req.face_extra or req.features == "face"):
+        return {}
+    from facegan.metrics.face import describe_faces, detect_faces, load_face_models
+
+    models = load_face_models()
+    out: dict[str, Tensor] = {}
+    for prefix, images in (("fake", fake_images), ("eval", eval_images)):
+        if images is None:
+            continue
+        feats, flags = [], []
+        batches = images.split(req.batch_size) if images.ndim == 4 and images.shape[0] else []
+        for batch in _counted(batches, progress if req.face_extra else None):
+            if req.face_extra:
+                faces = describe_faces(batch, detect=True, batch_size=min(req.batch_size, 1024), models=models)
+                feats.append(torch.from_numpy(faces.descriptors))
+                assert faces.detected is not None
+                flags.append(torch.from_numpy(faces.detected))
+            else:
+                flags.append(torch.from_numpy(detect_faces(batch, models=models)))
+        if req.face_extra:
+            out[f"{prefix}_face"] = torch.cat(feats) if feats else _empty()
+        out[f"{prefix}_detected"] = torch.cat(flags) if flags else _empty(torch.bool)
+    return out
 
 
 def make_extractor(req: EvalRequest):
-    from facegan.metrics import attr_extractor, load_inception
+    from facegan.metrics import attr_extractor, face_extractor, load_inception
 
     if req.features == "inception":
         return load_inception(req.inception_weights)
+    if req.features == "face":
+        return face_extractor(batch_size=min(req.batch_size, 1024))
     return attr_extractor(checkpoint=resolve_classifier(req.classifier))
 
 
@@ -227,6 +312,7 @@ def compute_share(req: EvalRequest, *, rank: int = 0, world_size: int = 1,
     height, width = shards.resolution
     extractor = make_extractor(req)
     skipped = 0
+    names: list[str] = []
     if req.source == "checkpoint":
         gen = load_generator(req.checkpoint, ema=req.use_ema)
         h, w = gen.resolution
@@ -246,16 +332,18 @@ def compute_share(req: EvalRequest, *, rank: int = 0, world_size: int = 1,
         folder = read_image_folder(req.images, height=height, width=width, max_images=req.num_samples)
         skipped = len(folder.skipped)
         fakes = folder.images[rank::world_size]
+        names = folder.paths[rank::world_size]
     fake_images, fake_feats = _images_and_features(extractor, fakes, batch_size=req.batch_size, progress=progress)
     train_feats = extract_features(extractor, _counted(shard_images(
         shards_dir=req.shards, split=req.train_split, max_images=req.num_real, batch_size=req.batch_size,
-        rank=rank, world_size=world_size), progress), batch_size=req.batch_size)
+        rank=rank, world_size=world_size), progress), batch_size=req.batch_size) if req.needs_train else _empty()
     eval_images, eval_feats = _images_and_features(
         extractor, shard_images(shards_dir=req.shards, split=req.eval_split, max_images=req.num_real,
                                 batch_size=req.batch_size, rank=rank, world_size=world_size),
         batch_size=req.batch_size, progress=progress)
     return Share(fake_feats=fake_feats, fake_images=fake_images, train_feats=train_feats, eval_feats=eval_feats,
-                 eval_images=eval_images, skipped_inputs=skipped)
+                 eval_images=eval_images, skipped_inputs=skipped, fake_names=names,
+                 **face_fields(req, fake_images=fake_images, eval_images=eval_images, progress=progress))
 
 
 def _counted(batches: Iterable[Tensor], progress: Callable[[int], None] | None) -> Iterator[Tensor]:
@@ -283,9 +371,10 @@ def _images_and_features(extractor, images: Tensor | Iterator[Tensor], *, batch_
 
 
 def merge_shares(shares: list[Share]) -> Share:
-    return Share(*(torch.cat([getattr(s, f) for s in shares]) for f in
-                   ("fake_feats", "fake_images", "train_feats", "eval_feats", "eval_images")),
-                 skipped_inputs=sum(s.skipped_inputs for s in shares))
+    tensors = ("fake_feats", "fake_images", "train_feats", "eval_feats", "eval_images", *FACE_FIELDS)
+    return Share(**{f: torch.cat([getattr(s, f) for s in shares]) for f in tensors},
+                 skipped_inputs=sum(s.skipped_inputs for s in shares),
+                 fake_names=[n for s in shares for n in s.fake_names])
 
 
 def canonical_order(images_NCHW: Tensor) -> Tensor:
@@ -301,17 +390,37 @@ def statistics(req: EvalRequest, share: Share, *, disc: nn.Module | None = None)
     """Every metric over the gathered sets (features already extracted)."""
     from facegan.metrics import MetricOptions, compute_metrics
 
+    from facegan.metrics import METRICS
+
     fake_order, eval_order = canonical_order(share.fake_images), canonical_order(share.eval_images)
+
+    def order(t: Tensor, idx: Tensor) -> Tensor:
+        return t[idx] if t.numel() else t
+
     share = Share(fake_feats=share.fake_feats[fake_order], fake_images=share.fake_images[fake_order],
                   train_feats=share.train_feats, eval_feats=share.eval_feats[eval_order],
-                  eval_images=share.eval_images[eval_order], skipped_inputs=share.skipped_inputs)
+                  eval_images=share.eval_images[eval_order], skipped_inputs=share.skipped_inputs,
+                  fake_face=order(share.fake_face, fake_order), fake_detected=order(share.fake_detected, fake_order),
+                  eval_face=order(share.eval_face, eval_order), eval_detected=order(share.eval_detected, eval_order))
 
     options = MetricOptions(ms_ssim_pairs=req.ms_ssim_pairs, kid_subset_size=req.kid_subset_size, seed=req.seed)
-    name = "inception" if req.features == "inception" else "attr"
-    scores = compute_metrics(names=req.metrics or None, feature_name=name,
-                             real_train_feats=share.train_feats, real_eval_feats=share.eval_feats,
+    detected = {"fake_detected": share.fake_detected if share.fake_detected.numel() else None,
+                "real_detected": share.eval_detected if share.eval_detected.numel() else None}
+    main = [m for m in req.metrics if METRICS[m].applies_to(req.features)
+            and (m != "face_detection" or req.features == "face")]
+    scores = compute_metrics(names=main if req.metrics else None, feature_name=req.features,
+                             real_train_feats=share.train_feats if share.train_feats.numel() else None,
+                             real_eval_feats=share.eval_feats,
                              fake_feats=share.fake_feats, fake_images=share.fake_images,
-                             real_images=share.eval_images, disc=disc, options=options)
+                             real_images=share.eval_images, disc=disc, options=options,
+                             **(detected if req.features == "face" else {}))
+    if share.fake_face.numel():
+        # The face pass beside the main features: held-out real images only (no train descriptors,
+        # so no memorisation_face), the detector's flags for the detection rate.
+        face = [m for m in req.metrics if m != "memorisation" and (METRICS[m].feature_based or m == "face_detection")]
+        scores.update(compute_metrics(names=face if req.metrics else None, feature_name="face",
+                                      real_eval_feats=share.eval_face, fake_feats=share.fake_face,
+                                      options=options, **detected))
     scores.update(num_fake=float(share.fake_feats.shape[0]), num_real_train=float(share.train_feats.shape[0]),
                   num_real_eval=float(share.eval_feats.shape[0]), skipped_inputs=float(share.skipped_inputs))
     return scores
@@ -330,6 +439,8 @@ def evaluate(req: EvalRequest, *, shares: list[Share] | None = None,
     scores = statistics(req, share, disc=disc)
     result: dict[str, Any] = {"request": asdict(req), "source": describe_source(req), "workers": workers,
                               "scores": scores}
+    if share.fake_detected.numel():
+        result["face"] = face_summary(share)
     if req.source == "checkpoint":
         from facegan.checkpoint import read_meta
 
@@ -337,6 +448,23 @@ def evaluate(req: EvalRequest, *, shares: list[Share] | None = None,
         result["checkpoint"] = str(path)
         result["kimg"] = read_meta(path).get("kimg")
     return result
+
+
+def face_summary(share: Share) -> dict[str, Any]:
+    """How the face metrics were measured, and how many images (with --images: which files) had no
+    face the detector could find; such an image is scored all the same, from the fixed face box."""
+    from facegan.metrics import face
+
+    summary: dict[str, Any] = {
+        "descriptor": face.MODEL_FILES["descriptor"], "landmarks": face.MODEL_FILES["landmarks"],
+        "detector": "dlib HOG frontal face detector", "align": "fixed box (facegan.metrics.face.FACE_BOX)",
+        "work_size": face.WORK_SIZE, "same_person_threshold": face.SAME_PERSON_THRESHOLD,
+        "fake_without_face": int((~share.fake_detected).sum()),
+        "eval_without_face": int((~share.eval_detected).sum()) if share.eval_detected.numel() else None}
+    if share.fake_names:
+        summary["files_without_face"] = [n for n, found in zip(share.fake_names, share.fake_detected.tolist())
+                                         if not found]
+    return summary
 
 
 def describe_source(req: EvalRequest) -> str:
@@ -364,8 +492,8 @@ def format_table(results: list[dict[str, Any]]) -> str:
             cells.append(f"{'-':>12}" if v is None else f"{v:>12.4g}")
         lines.append(f"{r['source']:<{label_w}}  " + "  ".join(cells))
     n = results[0]["scores"]
-    lines.append(f"({int(n['num_fake'])} generated vs {int(n['num_real_eval'])} held-out real; "
-                 f"{int(n['num_real_train'])} training images for memorisation)")
+    train = f"; {int(n['num_real_train'])} training images for memorisation" if n["num_real_train"] else ""
+    lines.append(f"({int(n['num_fake'])} generated vs {int(n['num_real_eval'])} held-out real{train})")
     return "\n".join(lines)
 
 

@@ -12,7 +12,13 @@ reported as a comparable FID. Which real set each metric compares against:
 * fid, kid, precision/recall: fakes vs `real_eval_feats` (held-out real images);
 * memorisation: fakes and `real_eval_feats` vs their nearest neighbours in `real_train_feats`;
 * ms_ssim: pairs within `fake_images` (and within `real_images` for the real-data reference);
-* d_accuracy: `disc` on `real_images` (held-out) and `fake_images`.
+* d_accuracy: `disc` on `real_images` (held-out) and `fake_images`;
+* identity_diversity (face features only): pairs within the fakes and within `real_eval_feats`;
+* face_detection: `fake_detected` / `real_detected`, the face detector's per-image flags.
+
+A metric registered with `features=(...)` applies to those feature networks only (identity
+diversity means something in a face-recognition space, not in Inception's); its result names
+already say so and are not suffixed.
 
     .venv/bin/python -m pytest tests/test_metrics.py -q
 """
@@ -61,6 +67,8 @@ class MetricInputs:
     fake_images: Tensor | None = None        # (N, 3, H, W) generated, uint8 or float [-1, 1]
     real_images: Tensor | None = None        # (N, 3, H, W) held-out real, uint8 or float [-1, 1]
     disc: nn.Module | None = None            # a discriminator: images in [-1, 1] -> one logit each
+    fake_detected: Tensor | None = None      # (N,) bool: a face detector found a face in each fake
+    real_detected: Tensor | None = None      # (N,) bool: ... in each held-out real image
     options: MetricOptions = MetricOptions()
 
 
@@ -75,12 +83,16 @@ class MetricSpec:
     fn: Callable[[MetricInputs], dict[str, float]]
     needs: tuple[str, ...]
     feature_based: bool
+    features: tuple[str, ...] = ()           # () = any feature network; else only these (results unsuffixed)
+
+    def applies_to(self, feature_name: str | None) -> bool:
+        return not self.features or feature_name in self.features
 
 
 METRICS: dict[str, MetricSpec] = {}
 
 
-def register_metric(name: str, *, needs: Sequence[str], feature_based: bool
+def register_metric(name: str, *, needs: Sequence[str], feature_based: bool, features: Sequence[str] = ()
                     ) -> Callable[[Callable[[MetricInputs], dict[str, float]]], Callable[[MetricInputs], dict[str, float]]]:
     """Decorator adding a metric function to METRICS under `name`."""
     unknown = [n for n in needs if n not in INPUT_NAMES]
@@ -90,7 +102,8 @@ def register_metric(name: str, *, needs: Sequence[str], feature_based: bool
     def add(fn: Callable[[MetricInputs], dict[str, float]]) -> Callable[[MetricInputs], dict[str, float]]:
         if name in METRICS:
             raise ValueError(f"metric {name!r} is already registered")
-        METRICS[name] = MetricSpec(name=name, fn=fn, needs=tuple(needs), feature_based=feature_based)
+        METRICS[name] = MetricSpec(name=name, fn=fn, needs=tuple(needs), feature_based=feature_based,
+                                   features=tuple(features))
         return fn
 
     return add
@@ -105,19 +118,21 @@ def compute_metrics(*, names: Sequence[str] | None = None, feature_name: str | N
                     real_train_feats: Tensor | None = None, real_eval_feats: Tensor | None = None,
                     fake_feats: Tensor | None = None, fake_images: Tensor | None = None,
                     real_images: Tensor | None = None, disc: nn.Module | None = None,
+                    fake_detected: Tensor | None = None, real_detected: Tensor | None = None,
                     options: MetricOptions | None = None) -> dict[str, float]:
     """Compute the named metrics (default: every metric whose inputs are given) as {result name: float}.
 
     `feature_name` is the `name` of the FeatureExtractor that made the feature matrices; it is
-    required as soon as a feature-based metric runs. Naming a metric whose inputs are missing is
-    a ValueError that says which inputs.
+    required as soon as a feature-based metric runs. Naming a metric whose inputs are missing, or
+    one that does not apply to `feature_name`, is a ValueError that says why.
     """
     inputs = MetricInputs(real_train_feats=real_train_feats, real_eval_feats=real_eval_feats,
                           fake_feats=fake_feats, fake_images=fake_images, real_images=real_images, disc=disc,
+                          fake_detected=fake_detected, real_detected=real_detected,
                           options=options or MetricOptions())
     given = {n for n in INPUT_NAMES if getattr(inputs, n) is not None}
     if names is None:
-        specs = [s for s in METRICS.values() if set(s.needs) <= given]
+        specs = [s for s in METRICS.values() if set(s.needs) <= given and s.applies_to(feature_name)]
     else:
         unknown = [n for n in names if n not in METRICS]
         if unknown:
@@ -127,12 +142,16 @@ def compute_metrics(*, names: Sequence[str] | None = None, feature_name: str | N
             missing = [n for n in spec.needs if n not in given]
             if missing:
                 raise ValueError(f"metric {spec.name!r} needs {', '.join(missing)}")
+            if not spec.applies_to(feature_name):
+                raise ValueError(f"metric {spec.name!r} applies to {' or '.join(spec.features)} features only, "
+                                 f"not {feature_name!r}")
     if any(s.feature_based for s in specs) and not feature_name:
         raise ValueError("feature_name: required for feature-based metrics (the FeatureExtractor's name, "
                          f"e.g. {INCEPTION_NAME!r} or 'attr')")
     results: dict[str, float] = {}
     for spec in specs:
         for key, value in spec.fn(inputs).items():
-            out = result_name(key, feature_name=feature_name or "") if spec.feature_based else key
+            suffixed = spec.feature_based and not spec.features
+            out = result_name(key, feature_name=feature_name or "") if suffixed else key
             results[out] = float(value)
     return results

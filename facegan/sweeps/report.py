@@ -8,7 +8,9 @@ initial order, else the objective), the best configuration, the objective agains
 hyperparameter and the learning curves (inline SVG from matplotlib), and the best trials' latest
 sample grids (inline PNG). It reads only the files `facegan.launch.tune` writes (sweep_spec.json,
 sweep.json, trials/<id>/{trial.json,starts.jsonl,results.jsonl,done.json,samples/latest.png}),
-so it also works on a sweep that is still running or was interrupted.
+so it also works on a sweep that is still running or was interrupted. Trials that report dlib's
+face-identity scores (eval.face: true or eval.features: face) get a column for each of them, their
+last reported value (facegan.metrics.face.FACE_SCORES).
 """
 
 from __future__ import annotations
@@ -144,12 +146,19 @@ def load_results(folder: str | Path) -> SweepResults:
 
 # ============================================================================ table and CSV
 
+def _face_columns(res: SweepResults) -> list[str]:
+    """The face-identity scores some trial reported (not the objective, which has its own column)."""
+    from facegan.metrics.face import FACE_SCORES
+
+    return [k for k in FACE_SCORES if k != res.metric and any(k in r for t in res.trials for r in t.rows)]
+
+
 def _columns(res: SweepResults) -> list[tuple[str, str]]:
     """(name, kind) of the table's columns; kind num or str."""
     metric = res.metric
     return ([("trial", "str"), ("status", "str")] + [(k, "num") for k in res.keys]
-            + [(metric, "num"), (f"best {metric}", "num"), ("kimg", "num"), ("starts", "num"),
-               ("img_per_sec", "num"), ("error", "str")])
+            + [(metric, "num"), (f"best {metric}", "num")] + [(k, "num") for k in _face_columns(res)]
+            + [("kimg", "num"), ("starts", "num"), ("img_per_sec", "num"), ("error", "str")])
 
 
 def _row(res: SweepResults, t: Trial) -> dict[str, Any]:
@@ -158,6 +167,11 @@ def _row(res: SweepResults, t: Trial) -> dict[str, Any]:
         row[key] = t.params.get(key)
     row[res.metric] = t.objective(res.metric)
     row[f"best {res.metric}"] = t.best(res.metric, res.mode)
+    from facegan.metrics.face import FACE_SCORES
+
+    for key in FACE_SCORES:   # the last value reported (periodic evaluations skip some ticks)
+        if key != res.metric:
+            row[key] = next((r[key] for r in reversed(t.rows) if isinstance(r.get(key), (int, float))), None)
     row["kimg"] = t.last.get("kimg")
     row["starts"] = t.starts
     row["img_per_sec"] = t.last.get("img_per_sec")
@@ -171,7 +185,8 @@ def write_csv(res: SweepResults, path: Path) -> Path:
         writer = csv.DictWriter(f, fieldnames=cols)
         writer.writeheader()
         for t in res.trials:
-            writer.writerow({k: ("" if v is None else v) for k, v in _row(res, t).items()})
+            row = _row(res, t)
+            writer.writerow({k: ("" if row[k] is None else row[k]) for k in cols})
     return path
 
 

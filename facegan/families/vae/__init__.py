@@ -137,7 +137,7 @@ class VAEEvalConfig(GanEvalConfig):
             if self.features == "attr":
                 require(bool(self.classifier), f"eval.classifier: eval.metrics {self.metrics} with features: attr "
                         "need the attribute classifier's checkpoint (facegan classifier train ...)")
-            else:
+            elif self.features == "inception":
                 require(bool(self.inception_weights), "eval.inception_weights: features: inception needs a local "
                         "Inception-v3 weights file")
 
