@@ -197,7 +197,7 @@ def make_trainer(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: Train
 
 def forward_reports(queue: Any) -> Any:
     """A Train callback (run on the Train controller) handing every report and checkpoint to the driver."""
-    from ray.train.v2.api.callback import UserCallback
+    from ray.train import UserCallback
 
     class ForwardReports(UserCallback):
         def __init__(self, q: Any) -> None:
