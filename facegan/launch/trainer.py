@@ -39,7 +39,7 @@ from facegan.errors import UserError
 from facegan.families import RunConfig
 from facegan.hooks import Hooks
 from facegan.launch.cluster import ensure_ray
-from facegan.launch.sinks import make_sinks
+from facegan.launch.sinks import make_sinks, netrc_key
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +154,14 @@ def fit(trainer: Any, cfg: RunConfig) -> Any:
 
 def ship_wandb_key(cfg: RunConfig, key: str | None = None) -> Any:
     """An ObjectRef to the W&B key (default: this driver's WANDB_API_KEY) when rank 0 may need it
-    (W&B on and not forced offline, a key given), else None.
+    (W&B on and not forced offline, a key given; for wandb.mode online also `wandb login`'s), else None.
 
     The object store is not shown on the dashboard, unlike a job's or an actor's runtime_env and a
     Train run's train_loop_config; the ref lives as long as this driver. Without a key here, rank 0
     uses its own node's environment (or `wandb login`)."""
-    key = os.environ.get(WANDB_KEY, "") if key is None else key
+    if key is None:
+        # wandb.mode: online also takes the key `wandb login` stored in this driver's ~/.netrc.
+        key = os.environ.get(WANDB_KEY, "") or ((netrc_key() or "") if cfg.wandb.mode == "online" else "")
     if not key or not cfg.wandb.enabled or cfg.wandb.mode in ("disabled", "offline"):
         return None
     import ray
