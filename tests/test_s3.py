@@ -198,6 +198,26 @@ def _ray_train_workers(endpoint: str) -> list[Any]:
     return found
 
 
+def ray_checkpoints(env: dict[str, str]) -> list[str]:
+    """Ray Train's checkpoint folders of the run in s3://bucket/runs/run (complete: meta.json in)."""
+    return sorted({k.split("/")[2] for k in keys(env, "runs/run/")
+                   if k.split("/")[2].startswith("checkpoint_") and k.endswith("/meta.json")})
+
+
+def registered_checkpoint(env: dict[str, str]) -> bool:
+    """Whether Ray Train has registered a checkpoint of the run (its manager's snapshot in the
+    bucket names one): only then does a restart resume from it rather than start over."""
+    names = ray_checkpoints(env)
+    if not names:
+        return False
+    try:
+        snapshot = client(env).get_object(Bucket="bucket", Key="runs/run/checkpoint_manager_snapshot.json")
+    except Exception:   # not written yet
+        return False
+    body = snapshot["Body"].read().decode()
+    return any(name in body for name in names)
+
+
 @pytest.mark.slow
 @pytest.mark.kills_ray_processes
 def test_ray_build_and_a_killed_ray_train_run_resumed_from_the_bucket(s3: dict[str, str], tmp_path: Path) -> None:
@@ -226,7 +246,7 @@ def test_ray_build_and_a_killed_ray_train_run_resumed_from_the_bucket(s3: dict[s
     try:
         deadline = time.time() + 300
         while time.time() < deadline and train.poll() is None:
-            if any("checkpoint_" in k for k in keys(s3, "runs/run/")):
+            if registered_checkpoint(s3):
                 workers = _ray_train_workers(s3["AWS_ENDPOINT_URL"])
                 if workers:
                     killed = workers[-1].pid
@@ -241,7 +261,7 @@ def test_ray_build_and_a_killed_ray_train_run_resumed_from_the_bucket(s3: dict[s
     assert killed is not None, "the run ended before a checkpoint reached the bucket:\n" + stdout[-3000:]
     assert train.returncode == 0, stdout[-4000:]
     # Ray's checkpoints are in the bucket; the last one is the end of the run.
-    ray_ckpts = sorted({k.split("/")[2] for k in keys(s3, "runs/run/") if k.split("/")[2].startswith("checkpoint_")})
+    ray_ckpts = ray_checkpoints(s3)
     assert ray_ckpts
     metas = [json.loads(client(s3).get_object(Bucket="bucket", Key=f"runs/run/{c}/meta.json")["Body"].read())
              for c in ray_ckpts]

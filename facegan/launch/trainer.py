@@ -80,6 +80,21 @@ def run_location(cfg: RunConfig) -> tuple[str, str]:
     return cfg.ray.storage_path or str(out_dir / "ray"), out_dir.name
 
 
+def ray_storage(cfg: RunConfig) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for Ray's RunConfig. A URL (s3://bucket/runs) goes through
+    fsspec, wrapped for pyarrow: the same S3 client, credentials, endpoint and timeouts as the
+    shard sets (facegan.data.store), its bucket checked before any worker starts. A local path as is."""
+    storage, _ = run_location(cfg)
+    if not _is_url(storage) or storage.startswith("file://"):
+        return storage, None
+    import pyarrow.fs
+
+    from facegan.data.store import FsspecStore
+
+    store = FsspecStore(storage)
+    return store.path.rstrip("/"), pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(store.fs))
+
+
 def preflight(cfg: RunConfig) -> None:
     """Catch what would otherwise fail inside every worker, once per retry, after a ~15 s start."""
     from facegan.data.stream import ShardSet
@@ -179,7 +194,8 @@ def make_trainer(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: Train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    storage, name = run_location(cfg)
+    _, name = run_location(cfg)
+    storage, storage_fs = ray_storage(cfg)
     rc = cfg.ray
     backend = rc.backend if rc.backend != "auto" else ("nccl" if rc.use_gpu else "gloo")
     return TorchTrainer(
@@ -192,7 +208,7 @@ def make_trainer(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: Train
         scaling_config=ScalingConfig(num_workers=rc.num_workers, use_gpu=rc.use_gpu,
                                      resources_per_worker=worker_resources(cfg),
                                      placement_strategy=rc.placement_strategy),
-        run_config=RayRunConfig(name=name, storage_path=storage, callbacks=callbacks,
+        run_config=RayRunConfig(name=name, storage_path=storage, storage_filesystem=storage_fs, callbacks=callbacks,
                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
                                 failure_config=FailureConfig(max_failures=rc.max_failures)))
 
@@ -265,9 +281,16 @@ def run_training(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: Train
         if watcher is not None:
             watcher.stop()
     return {"metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
-            "checkpoint": result.checkpoint.path if result.checkpoint else "",
+            "checkpoint": _storage_url(storage, result.checkpoint.path) if result.checkpoint else "",
             "run_dir": f"{storage.rstrip('/')}/{name}",
             "wandb_dir": _wandb_dir(cfg)}
+
+
+def _storage_url(storage: str, path: str) -> str:
+    """A path Ray reports inside ray.storage_path's filesystem, as a URL when that storage is one."""
+    if _is_url(storage) and not _is_url(path):
+        return f"{storage.split('://', 1)[0]}://{path.lstrip('/')}"
+    return path
 
 
 class _ProgressWatcher:
