@@ -135,6 +135,30 @@ def test_shards_build_verify_stream_inspect_on_s3(s3: dict[str, str], tmp_path: 
     no_secret_in(tmp_path, texts=tuple(outputs))
 
 
+def test_import_webdataset_tars_from_s3(s3: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from facegan.data.importer import import_shards
+    from facegan.data.stream import ShardSet, train_loader
+    from facegan.data.writer import verify_shards
+    from test_webdataset_interop import shard_writer_set
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                 "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.setenv(name, s3[name])
+    shard_writer_set(tmp_path / "wds", n=30)
+    for path in sorted((tmp_path / "wds").iterdir()):
+        client(s3).upload_file(str(path), "bucket", f"wds/{path.name}")
+    res = facegan(s3, "shards", "import", "s3://bucket/wds", "--attrs", "smiling")
+    assert res.returncode == 0 and "imported 30 samples" in res.stdout, res.stdout + res.stderr
+    assert "wds/manifest.json" in keys(s3, "wds/")
+    # A brace pattern over part of it, the manifest kept locally (--out), the shards read from the bucket.
+    m = import_shards(["s3://bucket/wds/faces-{000000..000001}.tar"], out=str(tmp_path / "m"))
+    assert m["counts"]["total"] == 20 and m["shard_location"] == "s3://bucket/wds"
+    for where in ("s3://bucket/wds", str(tmp_path / "m")):
+        assert verify_shards(where) == []
+        batch = next(train_loader(ShardSet.open(where), batch_size=4, num_workers=0))
+        assert batch["image"].shape == (4, 3, 32, 32) and batch["num_skipped"] == 0
+
+
 def test_missing_bucket_rejected_credentials_and_a_silent_server_are_one_line_each(
         s3: dict[str, str], tmp_path: Path) -> None:
     build = ("shards", "build", "--source", "synthetic", "--count", "32", "--resolution", "32", "--out")
