@@ -162,6 +162,7 @@ def test_shard_writer_output_imports_streams_verifies_and_inspects(tmp_path: Pat
                        "--workers", "0").returncode == 0
 
 
+@pytest.mark.slow
 def test_imported_set_trains(tmp_path: Path) -> None:
     from facegan.config import from_dict
     from facegan.families import RunConfig
@@ -223,6 +224,7 @@ def img2dataset_folder(out: Path, *, n_shards: int = 3, per_shard: int = 6) -> N
         (out / f"{s:05d}_stats.json").write_text(json.dumps({"count": per_shard, "successes": per_shard}))
 
 
+@pytest.mark.slow
 def test_img2dataset_folder_imports_and_trains_with_cli(tmp_path: Path) -> None:
     src = tmp_path / "laion_faces"
     img2dataset_folder(src)
