@@ -149,6 +149,37 @@ def find_checkpoint(path: str | Path) -> Path:
     return found[-1]
 
 
+def fetch_checkpoint(url: str, into: Path) -> Path:
+    """A checkpoint at an fsspec URL (s3://bucket/runs/NAME/checkpoint_..., as Ray Train keeps them
+    in ray.storage_path), or the newest one in a run folder there, copied into the folder `into`."""
+    from facegan.data.store import FsspecStore
+
+    store = FsspecStore(url)
+    fs, root = store.fs, store.path.rstrip("/")
+    try:
+        if fs.exists(f"{root}/{META}"):
+            chosen = root
+        else:
+            found = []
+            for folder in (root, f"{root}/checkpoints"):
+                if not fs.isdir(folder):
+                    continue
+                for sub in fs.ls(folder, detail=False):
+                    if fs.exists(f"{sub}/{META}"):
+                        found.append((json.loads(fs.cat_file(f"{sub}/{META}")).get("images_seen", 0), sub))
+            if not found:
+                raise CheckpointError(f"{url}: no facegan checkpoint here (no {META}, no checkpoint folders under it)")
+            chosen = max(found)[1]
+        local = Path(into) / chosen.rstrip("/").rsplit("/", 1)[-1]
+        local.mkdir(parents=True, exist_ok=True)
+        for remote in fs.ls(chosen, detail=False):
+            if fs.isfile(remote):
+                fs.get_file(remote, str(local / remote.rsplit("/", 1)[-1]))
+    except OSError as exc:
+        raise CheckpointError(f"{url}: cannot read: {exc.strerror or exc}") from None
+    return local
+
+
 def prune_checkpoints(root: Path, *, keep: int) -> None:
     """Keep the newest `keep` checkpoints under root; remove the temporary folders of writers that
     died mid-save (a run has one writer, rank 0, and it calls this after its own save)."""

@@ -421,3 +421,7 @@ class WandbConfig:
     group: str = ""
     name: str = ""
     mode: Literal["auto", "offline", "online", "disabled"] = "auto"   # auto: online only with a key
+    # online: WANDB_API_KEY, or the key `wandb login` stored in ~/.netrc
+    job_type: Literal["train", "sweep-trial", "eval"] = "train"   # sweeps set sweep-trial
+    tags: list[str] = field(default_factory=list)   # besides the family and (in a sweep) the sweep's name
+    log_checkpoints: bool = False          # upload the last checkpoint as a "model" artifact at the end

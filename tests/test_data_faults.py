@@ -458,7 +458,7 @@ def test_every_shards_option_has_help() -> None:
     parser = build_parser()
     shards = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "shards")[1]
     subs = shards._subparsers._group_actions[0].choices
-    assert set(subs) == {"build", "verify", "inspect", "stream"}
+    assert set(subs) == {"build", "import", "verify", "inspect", "stream"}
     for name, sub in subs.items():
         for action in sub._actions:
             if action.dest != "help":

@@ -123,6 +123,7 @@ def test_grid_points_linked_keys_and_trial_configs(tmp_path: Path, synthetic_sha
     assert cfg.train.total_kimg == 0.048 and cfg.ray.num_workers == 1
     assert cfg.train.out_dir == str(tmp_path / "sweep" / "trials" / "abc")
     assert (cfg.wandb.group, cfg.wandb.name) == ("toy", "toy-abc")      # one W&B run per trial, grouped by sweep
+    assert cfg.wandb.job_type == "sweep-trial"                          # tagged with the sweep's name (launch.sinks)
 
 
 def test_pbt_resume_point_takes_the_trials_own_rates(tmp_path: Path) -> None:

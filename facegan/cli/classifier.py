@@ -14,7 +14,7 @@ from typing import Any
 
 def cmd_classifier_train(args: argparse.Namespace) -> int:
     from facegan.checkpoint import list_checkpoints
-    from facegan.cli.train import run
+    from facegan.cli.train import run, wandb_lines
     from facegan.families import load_run_config
     from facegan.families.classifier.scoring import EVAL_JSON, format_table
 
@@ -26,8 +26,8 @@ def cmd_classifier_train(args: argparse.Namespace) -> int:
           f"({metrics.get('img_per_sec', 0):.0f} img/s in the last tick)")
     print(f"  checkpoint:   {ckpts[-1] if ckpts else '(none)'}")
     print(f"  evaluation:   {out / EVAL_JSON}   (per step: {out / 'losses.jsonl'})")
-    if wandb_dir:
-        print(f"  W&B run:      {wandb_dir}")
+    for line in wandb_lines(wandb_dir):
+        print(line)
     evaluation = out / EVAL_JSON
     if evaluation.is_file():  # rank 0 wrote it; on a multi-node cluster it may be on another machine
         for result in json.loads(evaluation.read_text())["splits"].values():

@@ -1,8 +1,9 @@
-"""`facegan shards build|verify|inspect|stream`: write, check and read shard sets.
+"""`facegan shards build|import|verify|inspect|stream`: write, adopt, check and read shard sets.
 
     facegan shards build shards/synthetic_demo.yaml --out data/shards/demo
     facegan shards build --source celeba --root ~/celeba --out data/shards/celeba64 --resolution 64
     facegan shards build shards/celeba64.yaml --root /shared/celeba --out /shared/shards/celeba64 --ray
+    facegan shards import /data/wds --attrs Smiling,Male     # tars another tool wrote: adds manifest.json
     facegan shards verify data/shards/demo
     facegan shards inspect data/shards/demo --preview preview.png
     facegan shards stream data/shards/demo --batches 50
@@ -188,6 +189,28 @@ def cmd_shards_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shards_import(args: argparse.Namespace) -> int:
+    """Write a manifest for WebDataset tars another tool wrote (facegan.data.importer)."""
+    from facegan.data.importer import ImportOptions, import_shards
+
+    def names(text: str | None) -> tuple[str, ...]:
+        return tuple(n.strip() for n in text.split(",")) if text else ()
+
+    opts = ImportOptions(attrs=names(args.attrs), cls_as=None if args.cls_as == "none" else args.cls_as,
+                         split=args.split, val=tuple(args.val), test=tuple(args.test))
+    m = import_shards(args.sources, out=args.out, opts=opts, progress=not args.no_progress and sys.stderr.isatty())
+    where = args.out or (m.get("shard_location") or args.sources[0])
+    c = m["counts"]
+    print(f"imported {c['total']} samples (train {c['train']}, val {c['val']}, test {c['test']}) in "
+          f"{len(m['shards'])} shards at {m['resolution'][0]}x{m['resolution'][1]} {m['image_ext']}; "
+          f"labels: {', '.join(m['label_fields'] + (['attrs ' + ','.join(m['attr_names'])] if m['attr_names'] else [])) or 'none'}")
+    print(f"  skipped samples: {m['num_skipped']}; shards left out: {len(m['skipped_shards'])}")
+    for s in (m["skipped_shards"] + m["skipped"])[:10]:
+        print(f"    skipped {s.get('name') or s['input']}: {s['reason']}")
+    print(f"  manifest: {where.rstrip('/')}/manifest.json" if args.out else "  manifest written beside the shards")
+    return 0
+
+
 def register(sub: Any) -> None:
     shards = sub.add_parser("shards", help="build, verify, inspect and stream shard sets")
     ssub = shards.add_subparsers(dest="shards_command", required=True)
@@ -218,6 +241,20 @@ def register(sub: Any) -> None:
     i.add_argument("--preview", help="write a preview grid PNG here")
     i.add_argument("--json", help="write the report as JSON here")
     i.set_defaults(func=cmd_shards_inspect)
+
+    im = ssub.add_parser("import", help="adopt WebDataset tars another tool wrote (ShardWriter, img2dataset) as a set")
+    im.add_argument("sources", nargs="+", metavar="DIR|URL",
+                    help="folder or fsspec URL of .tar/.tar.gz/.tgz shards, a shard, or a brace pattern "
+                         "('s3://b/set/shard-{000000..000009}.tar'); all in one folder")
+    im.add_argument("--out", help="write manifest.json here instead of beside the shards (read-only sources)")
+    im.add_argument("--attrs", help="comma-separated .json keys that become attributes (true or > 0 = 1)")
+    im.add_argument("--cls-as", default="identity",
+                    help="label field a .cls / integer .txt becomes: identity | partition | age | gender | race | none")
+    im.add_argument("--split", default="train", help="split of shards not named train-/val-/test-... (default train)")
+    im.add_argument("--val", action="append", default=[], metavar="GLOB", help="shard names (glob) that are the val split")
+    im.add_argument("--test", action="append", default=[], metavar="GLOB", help="shard names (glob) that are the test split")
+    im.add_argument("--no-progress", action="store_true", help="no progress bar")
+    im.set_defaults(func=cmd_shards_import)
 
     s = ssub.add_parser("stream", help="stream training batches and report the rate")
     s.add_argument("dir", help="shard set folder or URL (holds manifest.json)")

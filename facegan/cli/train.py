@@ -72,12 +72,23 @@ def summarize_run(cfg: Any, metrics: dict[str, float], *, wandb_dir: str = "") -
         per_epoch = f", per epoch: {out / 'losses'}/" if (out / "losses").is_dir() else ""
         lines.append(f"  losses:       per step: {out / 'losses.jsonl'}{per_epoch}")
     lines.append(f"  checkpoint:   {ckpts[-1] if ckpts else '(none)'}")
-    if wandb_dir:
-        lines.append(f"  W&B run:      {wandb_dir}")
+    lines += wandb_lines(wandb_dir)
     losses = {k: v for k, v in metrics.items() if ("/" in k or k.startswith("D(")) and "/acc/" not in k}
     if losses:
         lines.append("  last tick:    " + "  ".join(f"{k}={v:.3f}" for k, v in sorted(losses.items())))
     return "\n".join(lines)
+
+
+def wandb_lines(wandb_dir: str) -> list[str]:
+    """The run's W&B folder and, for an offline run, the command that uploads it."""
+    if not wandb_dir:
+        return []
+    from facegan.launch.sinks import sync_command
+
+    lines = [f"  W&B run:      {wandb_dir}"]
+    if Path(wandb_dir).name.startswith("offline-run-"):
+        lines.append(f"  W&B upload:   {sync_command(wandb_dir)}   (offline run; after `wandb login`)")
+    return lines
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

@@ -212,7 +212,7 @@ def decode_hwc(data: bytes, *, ext: str, height: int, width: int, out: np.ndarra
     shape or channel count.
     """
     try:
-        if ext == "jpg":
+        if ext == "jpg" or ext == "jpeg":   # "jpeg": the extension of some imported sets
             arr = simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)
         elif ext == "npy":
             n = height * width * 3
@@ -234,7 +234,7 @@ def decode_hwc(data: bytes, *, ext: str, height: int, width: int, out: np.ndarra
         raise ImageError(f"cannot decode {ext}: {exc}") from None
     if arr.shape != (height, width, 3):
         raise ImageError(f"expected a {height}x{width}x3 image, got {'x'.join(map(str, arr.shape))}")
-    if out is not None and ext != "jpg":   # simplejpeg decoded a right-sized JPEG into `out` itself
+    if out is not None and ext != "jpg" and ext != "jpeg":   # simplejpeg decoded a right-sized JPEG into `out` itself
         out[...] = arr
         return out
     return arr

@@ -6,7 +6,6 @@ the classifier's majority baseline need.
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 from facegan.data.store import open_store
 from facegan.data.stream import ShardSet, eval_loader
 from facegan.data.tario import TarFormatError, iter_samples
+from facegan.data.writer import labels_reader, shard_location
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +24,14 @@ def label_counts(shards: ShardSet, split: str) -> tuple[np.ndarray, int]:
     num_attrs = len(shards.attr_names)
     pos = np.zeros(num_attrs, dtype=np.int64)
     n = 0
-    store = open_store(shards.location)
+    store = open_store(shard_location(shards.location, shards.manifest))
+    read_labels = labels_reader(shards.manifest)
     for rec in shards.shards(split):
         try:
             with store.open_read(rec["name"]) as f:
                 for sample in iter_samples(f):
-                    raw = sample.get("json")
-                    attrs = json.loads(raw).get("attrs") if raw is not None else None
+                    labels = read_labels([sample])[0]
+                    attrs = labels.get("attrs") if isinstance(labels, dict) else None
                     if attrs is None or len(attrs) != num_attrs:
                         continue
                     pos += np.asarray(attrs, dtype=np.int64) > 0

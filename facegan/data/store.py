@@ -9,10 +9,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from facegan.data.records import DataError
 
@@ -114,12 +115,57 @@ class LocalStore(Store):
         return n
 
 
+# S3 (s3fs): bounded waits, so a server that does not answer is an error within seconds, not after
+# botocore's default 60 s per attempt. Credentials and the endpoint come from the environment or
+# the AWS config as boto reads them (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile,
+# AWS_ENDPOINT_URL for an S3-compatible server); facegan never takes or writes them itself.
+S3_PROTOCOLS = ("s3", "s3a")
+S3_CONFIG: dict[str, Any] = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3, "mode": "standard"}}
+_S3_PROBE_CONFIG: dict[str, Any] = {"connect_timeout": 3, "read_timeout": 5,
+                                     "retries": {"total_max_attempts": 1, "mode": "standard"}}
+
+
+def storage_options(url: str) -> dict[str, Any]:
+    """fsspec options facegan adds for `url` (S3's timeouts), beside the user's fsspec config."""
+    protocol = url.split("://", 1)[0].lower() if "://" in url else ""
+    return {"config_kwargs": S3_CONFIG} if protocol in S3_PROTOCOLS else {}
+
+
+@functools.lru_cache(maxsize=64)
+def check_bucket(url: str, bucket: str) -> None:
+    """One short request to the bucket behind `url` (once per process and bucket): a bucket that
+    does not exist, credentials the server rejects or an endpoint that does not answer become one
+    DataError line naming the URL, instead of a botocore traceback minutes later."""
+    import fsspec
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+    fs = fsspec.filesystem("s3", config_kwargs=_S3_PROBE_CONFIG, skip_instance_cache=True)
+    try:
+        fs.info(bucket)
+    except FileNotFoundError:
+        raise DataError(f"{url}: S3 bucket {bucket!r} does not exist (at {endpoint}); create it first") from None
+    except PermissionError as exc:
+        raise DataError(f"{url}: S3 refused the credentials for bucket {bucket!r} ({exc}); check "
+                        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the AWS profile") from None
+    except Exception as exc:   # botocore's own types (no credentials, connect/read timeouts)
+        name = type(exc).__name__
+        if "Credential" in name:
+            raise DataError(f"{url}: no S3 credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                            "(or AWS_PROFILE)") from None
+        if "Endpoint" in name or "Timeout" in name or "Connect" in name or isinstance(exc, OSError):
+            raise DataError(f"{url}: the S3 endpoint {endpoint} does not answer ({name}); check AWS_ENDPOINT_URL "
+                            "and the network") from None
+        raise
+
+
 class FsspecStore(Store):
     def __init__(self, url: str) -> None:
         import fsspec
 
-        self.fs, self.path = fsspec.core.url_to_fs(url)
+        self.fs, self.path = fsspec.core.url_to_fs(url, **storage_options(url))
         self.location = url.rstrip("/")
+        if url.split("://", 1)[0].lower() in S3_PROTOCOLS:
+            check_bucket(url.split("://", 1)[0].lower() + "://" + self.path.split("/", 1)[0], self.path.split("/", 1)[0])
 
     @property
     def shared(self) -> bool:
@@ -224,8 +270,9 @@ def open_url(url: str) -> BinaryIO:
     if "://" in url and not url.startswith("file://"):
         import fsspec
 
-        return fsspec.open(url, "rb").open()
+        return fsspec.open(url, "rb", **storage_options(url)).open()
     return open(url.removeprefix("file://"), "rb")
 
 
-__all__ = ["Store", "LocalStore", "FsspecStore", "PipeStore", "open_store", "open_url"]
+__all__ = ["Store", "LocalStore", "FsspecStore", "PipeStore", "check_bucket", "open_store", "open_url",
+           "storage_options"]

@@ -42,7 +42,7 @@ from facegan.data.limits import check_memory
 from facegan.data.records import DataError
 from facegan.data.store import open_store, open_url
 from facegan.data.tario import TarFormatError, iter_samples
-from facegan.data.writer import load_manifest, samples_labels, strict_checks
+from facegan.data.writer import labels_reader, load_manifest, shard_location
 from facegan.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class ShardSet:
         return shards
 
     def urls(self, split: str) -> list[str]:
-        store = open_store(self.location)
+        store = open_store(shard_location(self.location, self.manifest))
         return [store.url(s["name"]) for s in self.shards(split)]
 
     def count(self, split: str) -> int:
@@ -113,7 +113,7 @@ class ShardStream(IterableDataset):
         self.split = split
         self.height, self.width = shard_set.resolution
         self.ext = shard_set.manifest["image_ext"]
-        self.strict = strict_checks(shard_set.manifest)
+        self.read_labels = labels_reader(shard_set.manifest)
         self.attr_names = shard_set.attr_names
         self.label_fields = list(shard_set.manifest.get("label_fields", []))
         self.batch_size = batch_size
@@ -218,7 +218,7 @@ class ShardStream(IterableDataset):
     def _checked(self, samples: list[dict[str, Any]], url: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """(sample, labels) of those samples whose image and labels pass their crc32s; the others
         are logged and dropped."""
-        pairs = list(zip(samples, samples_labels(samples, ext=self.ext, strict=self.strict)))
+        pairs = list(zip(samples, self.read_labels(samples)))
         bad = [(sample, labels) for sample, labels in pairs if isinstance(labels, ValueError)]
         for sample, exc in bad:
             log.warning("skipping sample %s of %s: %s", sample.get("__key__"), url, exc)

@@ -14,6 +14,7 @@ writer join them without re-parsing anything.
 
 from __future__ import annotations
 
+import gzip
 import zlib
 from typing import Any, BinaryIO, Iterator
 
@@ -132,6 +133,14 @@ class _Blocks:
         return self.buf[pos:pos + n]
 
 
+def _members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
+    """iter_tar_members, with a damaged gzip stream reported as TarFormatError."""
+    try:
+        yield from iter_tar_members(f)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise TarFormatError(f"gzip stream damaged or cut short: {exc}") from None
+
+
 def iter_tar_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
     """Yield (name, data) for every regular file in a tar stream (header checksums checked)."""
     pax_path: str | None = None
@@ -192,11 +201,41 @@ def iter_tar_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
             pax_path = long_name = None
 
 
+class _Prefixed:
+    """A stream with `head` (bytes already read from it) put back in front."""
+
+    def __init__(self, head: bytes, f: BinaryIO) -> None:
+        self.head, self.f = head, f
+
+    def read(self, n: int = -1) -> bytes:
+        if not self.head:
+            return self.f.read(n)
+        if 0 <= n < len(self.head):
+            out, self.head = self.head[:n], self.head[n:]
+            return out
+        out, self.head = self.head, b""
+        return out + (self.f.read() if n < 0 else self.f.read(n - len(out)))
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def open_tar_stream(f: BinaryIO) -> BinaryIO:
+    """The tar stream in `f`, gunzipped on the fly when `f` holds gzip data (a .tar.gz / .tgz shard,
+    what webdataset's ShardWriter writes with compress=True): told by its first two bytes, not its name."""
+    head = f.read(2)
+    stream: Any = _Prefixed(head, f)
+    if head == GZIP_MAGIC:
+        stream = gzip.GzipFile(fileobj=stream, mode="rb")
+    return stream
+
+
 def iter_samples(f: BinaryIO) -> Iterator[dict[str, Any]]:
-    """Group members into samples by key (webdataset's rule: basename up to its first dot)."""
+    """Group members into samples by key (webdataset's rule: basename up to its first dot).
+    gzip-compressed tars are decompressed in the stream; gzip damage raises TarFormatError."""
     current: dict[str, Any] | None = None
     try:
-        for name, data in iter_tar_members(f):
+        for name, data in _members(open_tar_stream(f)):
             dirname, _, base = name.rpartition("/")
             key, _, ext = base.partition(".")
             if dirname:

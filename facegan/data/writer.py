@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import functools
 import gc
 import hashlib
 import io
@@ -44,10 +45,11 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 
+from facegan.data.foreign import foreign_labels
 from facegan.data.imageio import (ImageError, check_source_size, crc32, crop_box, decode_chw, encode, prepare,
                                   read_file_stat)
 from facegan.data.limits import check_memory, human
@@ -309,9 +311,35 @@ def samples_labels(samples: list[dict[str, Any]], *, ext: str, strict: bool) -> 
 
 
 def strict_checks(manifest: dict[str, Any]) -> bool:
-    """Whether a set's samples must carry both checksums (written by this version or later)."""
+    """Whether a set's samples must carry both checksums (written by this version or later;
+    never for an imported set, whose samples are as their writer made them)."""
     version = manifest.get("format_version", 1)
-    return isinstance(version, int) and version >= 2
+    return isinstance(version, int) and version >= 2 and "imported" not in manifest
+
+
+LabelReader = Callable[[list[dict[str, Any]]], list[dict[str, Any] | ValueError]]
+
+
+def labels_reader(manifest: dict[str, Any]) -> LabelReader:
+    """How this set's samples turn into labels: `samples_labels` for a built set (checksums
+    checked), the import's mapping for an imported one (facegan.data.foreign)."""
+    ext = manifest["image_ext"]
+    imported = manifest.get("imported")
+    if isinstance(imported, dict):
+        return functools.partial(foreign_labels, ext=ext, spec=dict(imported.get("labels", {})))
+    return functools.partial(samples_labels, ext=ext, strict=strict_checks(manifest))
+
+
+def shard_location(location: str | Path, manifest: dict[str, Any]) -> str:
+    """Where a set's shards are: beside its manifest, or (an import written to --out) where the
+    manifest's `shard_location` says."""
+    return str(manifest.get("shard_location") or location)
+
+
+def known_skipped(rec: dict[str, Any]) -> set[str]:
+    """Keys of the samples an import found unusable in this shard (they stay in the tar: skipped by
+    every reader, counted once in the manifest, not a new problem for `verify`)."""
+    return {s["key"] for s in rec.get("skipped", []) if isinstance(s, dict) and "key" in s}
 
 
 @dataclass
@@ -968,7 +996,8 @@ def load_manifest(location: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise DataError(f"{store.url(MANIFEST)}: cannot read: {exc.strerror or exc}") from None
     if raw is None:
-        raise DataError(f"{location}: no {MANIFEST} (is this a shard set built by `facegan shards build`?)")
+        raise DataError(f"{location}: no {MANIFEST} (is this a shard set built by `facegan shards build`? "
+                        f"WebDataset tars written by another tool: `facegan shards import {location}`)")
     try:
         manifest = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -981,12 +1010,19 @@ def load_manifest(location: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def check_sample(sample: dict[str, Any], *, ext: str, height: int, width: int, strict: bool = True
-                 ) -> dict[str, Any]:
+def check_sample(sample: dict[str, Any], *, ext: str, height: int, width: int, strict: bool = True,
+                 read_labels: LabelReader | None = None) -> dict[str, Any]:
     """Validate one sample (checksums, then a full decode); returns its labels. Raises
-    ImageError/ValueError naming the sample and the problem."""
+    ImageError/ValueError naming the sample and the problem. `read_labels` (`labels_reader` of
+    the set's manifest) replaces the built-set checks given by `strict`."""
     try:
-        labels = sample_labels(sample, ext=ext, strict=strict)
+        if read_labels is None:
+            labels = sample_labels(sample, ext=ext, strict=strict)
+        else:
+            got = read_labels([sample])[0]
+            if isinstance(got, ValueError):
+                raise got
+            labels = got
         decode_chw(sample[ext], ext=ext, height=height, width=width)
     except ValueError as exc:   # JSONDecodeError and UnicodeDecodeError included
         raise (ImageError if isinstance(exc, ImageError) else ValueError)(
@@ -994,7 +1030,7 @@ def check_sample(sample: dict[str, Any], *, ext: str, height: int, width: int, s
     return labels
 
 
-class _HashingReader(io.RawIOBase):
+class HashingReader(io.RawIOBase):
     """Read-through wrapper that hashes and counts what is read (verify streams shards once)."""
 
     def __init__(self, f: BinaryIO) -> None:
@@ -1017,7 +1053,11 @@ class _HashingReader(io.RawIOBase):
 
 
 def unlisted_tars(store: Store, manifest: dict[str, Any]) -> list[str]:
+    imported = manifest.get("imported")
+    if isinstance(imported, dict) and imported.get("scope") != "folder":
+        return []   # an import of chosen files: the folder's other tars are none of its business
     listed = {rec["name"] for rec in manifest["shards"]}
+    listed.update(s.get("name") for s in manifest.get("skipped_shards", []) if isinstance(s, dict))
     try:
         return [n for n in store.listdir() if n.endswith(".tar") and n not in listed]
     except OSError:
@@ -1031,24 +1071,27 @@ def verify_shards(location: str | Path, *, progress: bool = False) -> list[str]:
     that the manifest does not list is a problem too: it is not part of the set.
     """
     manifest = load_manifest(location)
-    store = open_store(location)
+    store = open_store(shard_location(location, manifest))
     height, width = manifest["resolution"]
     ext = manifest["image_ext"]
-    strict = strict_checks(manifest)
+    read_labels = labels_reader(manifest)
     problems: list[str] = []
     for rec in manifest["shards"]:
         name = rec["name"]
+        known = known_skipped(rec)
         if not store.exists(name):
             problems.append(f"{name}: missing")
             continue
         count = 0
         try:
             with store.open_read(name) as f:
-                reader = _HashingReader(f)
+                reader = HashingReader(f)
                 try:
                     for sample in iter_samples(reader):
+                        if sample.get("__key__") in known:
+                            continue
                         try:
-                            check_sample(sample, ext=ext, height=height, width=width, strict=strict)
+                            check_sample(sample, ext=ext, height=height, width=width, read_labels=read_labels)
                             count += 1
                         except (ImageError, ValueError) as exc:
                             problems.append(f"{name}: {exc}")
@@ -1078,11 +1121,11 @@ def inspect_shards(location: str | Path, *, preview: str | Path | None = None, n
     damaged set says so instead of quietly counting less.
     """
     manifest = load_manifest(location)
-    store = open_store(location)
+    store = open_store(shard_location(location, manifest))
     height, width = manifest["resolution"]
     ext = manifest["image_ext"]
     attr_names = manifest["attr_names"]
-    strict = strict_checks(manifest)
+    read_labels = labels_reader(manifest)
     sums = np.zeros(len(attr_names), dtype=np.int64)
     n_attr = 0
     n_read = 0
@@ -1091,14 +1134,16 @@ def inspect_shards(location: str | Path, *, preview: str | Path | None = None, n
     problems: list[str] = []
     for rec in manifest["shards"]:
         name = rec["name"]
+        known = known_skipped(rec)
         good = 0
         try:
             with store.open_read(name) as f:
                 for sample in iter_samples(f):
-                    try:
-                        labels = sample_labels(sample, ext=ext, strict=strict)
-                    except ValueError as exc:
-                        problems.append(f"{name}: sample {sample.get('__key__')}: {exc}")
+                    if sample.get("__key__") in known:
+                        continue
+                    labels = read_labels([sample])[0]
+                    if isinstance(labels, ValueError):
+                        problems.append(f"{name}: sample {sample.get('__key__')}: {labels}")
                         continue
                     good += 1
                     attrs = labels.get("attrs")
@@ -1150,5 +1195,5 @@ def save_grid(imgs_NCHW: np.ndarray, path: str | Path, *, nrow: int | None = Non
 
 
 __all__ = ["BuildResult", "ShardBuild", "ShardJob", "build_shards", "build_one_shard", "check_sample",
-           "encode_chunk", "inspect_shards", "load_manifest", "make_manifest", "parse_labels", "plan_shards", "sample_labels", "samples_labels",
-           "save_grid", "scan_source", "verify_shards", "write_shard", "human", "PipeStore"]
+           "encode_chunk", "HashingReader", "inspect_shards", "labels_reader", "load_manifest", "make_manifest", "parse_labels", "plan_shards", "sample_labels", "samples_labels",
+           "save_grid", "scan_source", "shard_location", "verify_shards", "write_shard", "human", "PipeStore"]

@@ -12,6 +12,7 @@ family (`Family.upgrade_v1`); a checkpoint from a newer facegan is refused namin
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from facegan.checkpoint import FORMAT_VERSION, find_checkpoint, load_checkpoint
+from facegan.checkpoint import FORMAT_VERSION, fetch_checkpoint, find_checkpoint, load_checkpoint
 from facegan.config import ConfigError, from_dict
 from facegan.errors import CheckpointError, DataError
 from facegan.families import FAMILIES, RunConfig
@@ -92,7 +93,11 @@ class LoadedRun:
 
 
 def load_run(path: str | Path, *, ema: bool = True) -> LoadedRun:
-    """Every net of a run's checkpoint, rebuilt from its meta (no shard set needed) and loaded."""
+    """Every net of a run's checkpoint, rebuilt from its meta (no shard set needed) and loaded.
+    `path` may be an fsspec URL (a checkpoint in ray.storage_path on S3): it is fetched first."""
+    if "://" in str(path):
+        with tempfile.TemporaryDirectory(prefix="facegan-checkpoint-") as tmp:
+            return load_run(fetch_checkpoint(str(path), Path(tmp)), ema=ema)
     ckpt = find_checkpoint(path)
     state, meta, family, cfg = read_checkpoint(ckpt)
     data = DataInfo.from_meta(meta)

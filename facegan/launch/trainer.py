@@ -39,7 +39,7 @@ from facegan.errors import UserError
 from facegan.families import RunConfig
 from facegan.hooks import Hooks
 from facegan.launch.cluster import ensure_ray
-from facegan.launch.sinks import make_sinks
+from facegan.launch.sinks import make_sinks, netrc_key
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,21 @@ def run_location(cfg: RunConfig) -> tuple[str, str]:
     """(storage_path, run name) of the Ray run: <out_dir>/ray unless ray.storage_path is set."""
     out_dir = Path(cfg.train.out_dir)
     return cfg.ray.storage_path or str(out_dir / "ray"), out_dir.name
+
+
+def ray_storage(cfg: RunConfig) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for Ray's RunConfig. A URL (s3://bucket/runs) goes through
+    fsspec, wrapped for pyarrow: the same S3 client, credentials, endpoint and timeouts as the
+    shard sets (facegan.data.store), its bucket checked before any worker starts. A local path as is."""
+    storage, _ = run_location(cfg)
+    if not _is_url(storage) or storage.startswith("file://"):
+        return storage, None
+    import pyarrow.fs
+
+    from facegan.data.store import FsspecStore
+
+    store = FsspecStore(storage)
+    return store.path.rstrip("/"), pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(store.fs))
 
 
 def preflight(cfg: RunConfig) -> None:
@@ -154,12 +169,14 @@ def fit(trainer: Any, cfg: RunConfig) -> Any:
 
 def ship_wandb_key(cfg: RunConfig, key: str | None = None) -> Any:
     """An ObjectRef to the W&B key (default: this driver's WANDB_API_KEY) when rank 0 may need it
-    (W&B on and not forced offline, a key given), else None.
+    (W&B on and not forced offline, a key given; for wandb.mode online also `wandb login`'s), else None.
 
     The object store is not shown on the dashboard, unlike a job's or an actor's runtime_env and a
     Train run's train_loop_config; the ref lives as long as this driver. Without a key here, rank 0
     uses its own node's environment (or `wandb login`)."""
-    key = os.environ.get(WANDB_KEY, "") if key is None else key
+    if key is None:
+        # wandb.mode: online also takes the key `wandb login` stored in this driver's ~/.netrc.
+        key = os.environ.get(WANDB_KEY, "") or ((netrc_key() or "") if cfg.wandb.mode == "online" else "")
     if not key or not cfg.wandb.enabled or cfg.wandb.mode in ("disabled", "offline"):
         return None
     import ray
@@ -177,7 +194,8 @@ def make_trainer(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: Train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    storage, name = run_location(cfg)
+    _, name = run_location(cfg)
+    storage, storage_fs = ray_storage(cfg)
     rc = cfg.ray
     backend = rc.backend if rc.backend != "auto" else ("nccl" if rc.use_gpu else "gloo")
     return TorchTrainer(
@@ -190,14 +208,14 @@ def make_trainer(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: Train
         scaling_config=ScalingConfig(num_workers=rc.num_workers, use_gpu=rc.use_gpu,
                                      resources_per_worker=worker_resources(cfg),
                                      placement_strategy=rc.placement_strategy),
-        run_config=RayRunConfig(name=name, storage_path=storage, callbacks=callbacks,
+        run_config=RayRunConfig(name=name, storage_path=storage, storage_filesystem=storage_fs, callbacks=callbacks,
                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
                                 failure_config=FailureConfig(max_failures=rc.max_failures)))
 
 
 def forward_reports(queue: Any) -> Any:
     """A Train callback (run on the Train controller) handing every report and checkpoint to the driver."""
-    from ray.train.v2.api.callback import UserCallback
+    from ray.train import UserCallback
 
     class ForwardReports(UserCallback):
         def __init__(self, q: Any) -> None:
@@ -263,9 +281,16 @@ def run_training(cfg: RunConfig, *, config_dict: dict[str, Any], train_fn: Train
         if watcher is not None:
             watcher.stop()
     return {"metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
-            "checkpoint": result.checkpoint.path if result.checkpoint else "",
+            "checkpoint": _storage_url(storage, result.checkpoint.path) if result.checkpoint else "",
             "run_dir": f"{storage.rstrip('/')}/{name}",
             "wandb_dir": _wandb_dir(cfg)}
+
+
+def _storage_url(storage: str, path: str) -> str:
+    """A path Ray reports inside ray.storage_path's filesystem, as a URL when that storage is one."""
+    if _is_url(storage) and not _is_url(path):
+        return f"{storage.split('://', 1)[0]}://{path.lstrip('/')}"
+    return path
 
 
 class _ProgressWatcher:

@@ -5,7 +5,9 @@
 Each set's manifold is the union of balls around its rows, each ball reaching the row's k-th
 nearest neighbour in the same set. Precision is the share of fakes inside the real manifold
 (are the samples realistic?); recall the share of reals inside the fake manifold (is the real
-variety covered?). torchmetrics has no such metric; distances come in blocks (facegan.metrics.knn).
+variety covered?). The arithmetic is torch-fidelity's `prc_features_to_metric` (the reference
+implementation's k-NN radii, its `save_cpu_ram` path: distances in blocks of `chunk_size` rows,
+so 10k x 10k never sits in memory at once).
 
     .venv/bin/python -m pytest tests/test_metrics.py -q -k precision
 """
@@ -13,20 +15,23 @@ variety covered?). torchmetrics has no such metric; distances come in blocks (fa
 from __future__ import annotations
 
 from torch import Tensor
+from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
 from facegan.metrics.fid import check_features
-from facegan.metrics.knn import kth_neighbour_distance, within_any_ball
 from facegan.metrics.registry import MetricInputs, register_metric
 
 
 def precision_recall(*, real_NF: Tensor, fake_NF: Tensor, k: int = 3, chunk_size: int = 1024) -> tuple[float, float]:
     """(precision, recall) of the fake features against the real ones."""
     check_features(real_NF=real_NF, fake_NF=fake_NF, min_rows=k + 1)
-    real_radii = kth_neighbour_distance(real_NF, k=k, chunk_size=chunk_size)
-    fake_radii = kth_neighbour_distance(fake_NF, k=k, chunk_size=chunk_size)
-    precision = within_any_ball(fake_NF, real_NF, real_radii, chunk_size=chunk_size).float().mean()
-    recall = within_any_ball(real_NF, fake_NF, fake_radii, chunk_size=chunk_size).float().mean()
-    return float(precision), float(recall)
+    if k < 1:
+        raise ValueError(f"k: expected a positive integer, got {k}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
+    # torch-fidelity's convention: features_1 are the generated rows, features_2 the real ones.
+    out = prc_features_to_metric(fake_NF.detach().cpu().float(), real_NF.detach().cpu().float(),
+                                 prc_neighborhood=k, prc_batch_size=chunk_size, save_cpu_ram=True, verbose=False)
+    return float(out[KEY_METRIC_PRECISION]), float(out[KEY_METRIC_RECALL])
 
 
 @register_metric("precision_recall", needs=("real_eval_feats", "fake_feats"), feature_based=True)

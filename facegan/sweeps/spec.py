@@ -305,6 +305,7 @@ class SweepPlan:
             set_path(data, key, value)
         set_path(data, "train.out_dir", str(Path(self.out_dir) / "trials" / trial_id))
         set_path(data, "wandb.group", self.spec.name)
+        set_path(data, "wandb.job_type", "sweep-trial")
         set_path(data, "wandb.name", trial_name or f"{self.spec.name}-{trial_id}")
         return data
 
