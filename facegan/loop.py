@@ -12,6 +12,17 @@ epochs: the shard stream is endless and every rank runs the same number of steps
 happens at ticks (`train.tick_kimg`: reduced metrics, grids) and checkpoints
 (`train.checkpoint_kimg`). This module imports neither Ray nor W&B; it talks to its runner through
 `facegan.hooks.Hooks`.
+
+`train` reads top to bottom; the parts it hands off to, in the order they run:
+
+    build_run      the run's state: nets, EMA copies, optimizers, scaler, Steps, RNG, counters, and
+                   the one facegan.runstate.RunState that checkpoints them (save and resume alike)
+    resume_run     checks a checkpoint fits, then RunState.load
+    place, enter_stage, wrap_nets   device and memory format, the growth stage, DDP wrapping
+    run_phases     one step's phases, under SkipNonFinite (the one rule for non-finite losses)
+    finish_step    family state, rate factors, EMA, the step's scalars
+    TickWork       rows and metrics to the sinks, evaluations, grids
+    Every          the schedule of every "each N kimg" event (ticks, checkpoints, evaluations)
 """
 
 from __future__ import annotations
@@ -309,8 +320,11 @@ def build_run(cfg: RunConfig, data: DataInfo, *, device: torch.device, amp_dtype
     # more entry here (facegan.runstate says what it must provide).
     components = {**nets, **emas, **{f"opt_{name}": opt for name, opt in opts.items()}, "scaler": scaler,
                   "family": steps, "rng": RankRNG(gen, device, rank=rank, world_size=world)}
-    info = lambda: {"family": family.name, "model": to_dict(cfg.model), "world_size": world,  # noqa: E731
-                    "config": to_dict(cfg), **data.to_meta(), **steps.meta()}
+
+    def info() -> dict[str, Any]:
+        return {"family": family.name, "model": to_dict(cfg.model), "world_size": world, "config": to_dict(cfg),
+                **data.to_meta(), **steps.meta()}
+
     state = RunState(components, counters=(progress, bad), info=info)
     return Run(nets=nets, emas=emas, opts=opts, specs=specs, scaler=scaler, steps=steps, gen=gen,
                progress=progress, bad=bad, state=state)

@@ -21,8 +21,8 @@ mapping's state_dicts, nothing laid out by hand.
 - `info()`: what else the meta records for readers of the checkpoint (family, model, config, what
   the family knows of its data): written at each save, not read back by resume.
 
-Adding a piece of state (an augmentation pipe's probability `p`, say) is one entry in the mapping
-`facegan.loop.run_state` builds: `"augment": pipe`, where `pipe.state_dict()` returns tensors and
+Adding a piece of state (an augmentation pipe's probability `p`, say) is one entry in the
+`components` mapping that `facegan.loop.build_run` builds: `"augment": pipe`, where `pipe.state_dict()` returns tensors and
 plain values and `pipe.load_state_dict(d)` restores them. A checkpoint written before the entry
 existed has no such key: resume hands the component `{}`, so its load_state_dict({}) must leave
 its fresh state as it is (and one that cannot start fresh raises ValueError, which resume reports

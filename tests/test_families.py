@@ -75,6 +75,9 @@ def test_family_steps_resumes_exactly_and_samples(name: str, synthetic_shards: P
     full = family_cfg(name, synthetic_shards, tmp_path / "full")
     metrics = train(full)
     assert metrics["images_seen"] >= 48
+    # What a family declares is what its run reports: sweeps and Tune trust `metrics` as objectives.
+    missing = sorted(set(FAMILIES[name].metrics) - set(metrics))
+    assert not missing, f"{name}: declared metrics that its phases and ticks never report: {missing}"
     assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k in FAMILIES[name].metrics)
     train(family_cfg(name, synthetic_shards, tmp_path / "split", train={"total_kimg": 0.024}))
     train(family_cfg(name, synthetic_shards, tmp_path / "split", train={"resume": "latest"}))
