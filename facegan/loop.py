@@ -190,10 +190,12 @@ class SkipNonFinite:
     a skipped step runs no `Steps.after_step`, no `lr_factors`, no EMA update, and its losses stay
     out of the means; `BadSteps` counts it and stops the run after `train.max_bad_steps` in a row.
 
-    How the decision is taken, chosen once per run (the outcome is the same):
+    How the decision is taken, chosen once per run (parameters, optimizer state and counts end
+    the same either way):
       on the device: fused Adam without fp16's GradScaler. The loss's finiteness, agreed over ranks
         (`finite_flag`), reaches fused Adam as `found_inf`, which skips the update where it is 1;
-        later phases still run (their updates skipped), so no host sync is needed. The host reads
+        later phases still run (their updates skipped, though their forwards still move batch-norm
+        running statistics), so no host sync is needed. The host reads
         the flag after the step only when the family keeps host-side state per step (`after_step`,
         `lr_factors`), else at the next tick with the losses.
       on the host: one `all_ranks_finite` sync per phase; the step stops at the first non-finite
