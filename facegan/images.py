@@ -42,7 +42,7 @@ def as_uint8_images(img_BCHW: Tensor) -> Tensor:
 
 def save_grid_png(img_BCHW: Tensor, path: str | Path, *, nrow: int | None = None) -> Path:
     """Tile images (float [-1, 1] or uint8) into one PNG with 2 px gaps; `nrow` images per row."""
-    from facegan.data.writer import save_grid
+    from facegan.data.imageio import save_grid
 
     path = Path(path)
     try:

@@ -12,6 +12,17 @@ epochs: the shard stream is endless and every rank runs the same number of steps
 happens at ticks (`train.tick_kimg`: reduced metrics, grids) and checkpoints
 (`train.checkpoint_kimg`). This module imports neither Ray nor W&B; it talks to its runner through
 `facegan.hooks.Hooks`.
+
+`train` reads top to bottom; the parts it hands off to, in the order they run:
+
+    build_run      the run's state: nets, EMA copies, optimizers, scaler, Steps, RNG, counters, and
+                   the one facegan.runstate.RunState that checkpoints them (save and resume alike)
+    resume_run     checks a checkpoint fits, then RunState.load
+    place, enter_stage, wrap_nets   device and memory format, the growth stage, DDP wrapping
+    run_phases     one step's phases, under SkipNonFinite (the one rule for non-finite losses)
+    finish_step    family state, rate factors, EMA, the step's scalars
+    TickWork       rows and metrics to the sinks, evaluations, grids
+    Every          the schedule of every "each N kimg" event (ticks, checkpoints, evaluations)
 """
 
 from __future__ import annotations
@@ -180,10 +191,12 @@ class SkipNonFinite:
     a skipped step runs no `Steps.after_step`, no `lr_factors`, no EMA update, and its losses stay
     out of the means; `BadSteps` counts it and stops the run after `train.max_bad_steps` in a row.
 
-    How the decision is taken, chosen once per run (the outcome is the same):
+    How the decision is taken, chosen once per run (parameters, optimizer state and counts end
+    the same either way):
       on the device: fused Adam without fp16's GradScaler. The loss's finiteness, agreed over ranks
         (`finite_flag`), reaches fused Adam as `found_inf`, which skips the update where it is 1;
-        later phases still run (their updates skipped), so no host sync is needed. The host reads
+        later phases still run (their updates skipped, though their forwards still move batch-norm
+        running statistics), so no host sync is needed. The host reads
         the flag after the step only when the family keeps host-side state per step (`after_step`,
         `lr_factors`), else at the next tick with the losses.
       on the host: one `all_ranks_finite` sync per phase; the step stops at the first non-finite
@@ -313,8 +326,11 @@ def build_run(cfg: RunConfig, data: DataInfo, *, device: torch.device, amp_dtype
     # more entry here (facegan.runstate says what it must provide).
     components = {**nets, **emas, **{f"opt_{name}": opt for name, opt in opts.items()}, "scaler": scaler,
                   "family": steps, "augment": pipe, "rng": RankRNG(gen, device, rank=rank, world_size=world)}
-    info = lambda: {"family": family.name, "model": to_dict(cfg.model), "world_size": world,  # noqa: E731
-                    "config": to_dict(cfg), **data.to_meta(), **steps.meta()}
+
+    def info() -> dict[str, Any]:
+        return {"family": family.name, "model": to_dict(cfg.model), "world_size": world, "config": to_dict(cfg),
+                **data.to_meta(), **steps.meta()}
+
     state = RunState(components, counters=(progress, bad), info=info)
     return Run(nets=nets, emas=emas, opts=opts, specs=specs, scaler=scaler, steps=steps, pipe=pipe, gen=gen,
                progress=progress, bad=bad, state=state)

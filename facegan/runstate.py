@@ -21,8 +21,8 @@ mapping's state_dicts, nothing laid out by hand.
 - `info()`: what else the meta records for readers of the checkpoint (family, model, config, what
   the family knows of its data): written at each save, not read back by resume.
 
-Adding a piece of state (an augmentation pipe's probability `p`, say) is one entry in the mapping
-`facegan.loop.run_state` builds: `"augment": pipe`, where `pipe.state_dict()` returns tensors and
+Adding a piece of state (an augmentation pipe's probability `p`, say) is one entry in the
+`components` mapping that `facegan.loop.build_run` builds: `"augment": pipe`, where `pipe.state_dict()` returns tensors and
 plain values and `pipe.load_state_dict(d)` restores them. A checkpoint written before the entry
 existed has no such key: resume hands the component `{}`, so its load_state_dict({}) must leave
 its fresh state as it is (and one that cannot start fresh raises ValueError, which resume reports
@@ -148,16 +148,23 @@ class RunState:
             meta.update(values)
         return meta
 
-    def load(self, state: Mapping[str, Any], meta: Mapping[str, Any], *, where: Path) -> None:
-        """Restore every component from `state` (a key the checkpoint lacks: {}) and every counter
-        from `meta`; CheckpointError naming the component that does not fit."""
+    def load_state_dict(self, state: Mapping[str, Any], *, where: Path | str = "checkpoint") -> None:
+        """Every component from state.pt's entry of its key ({} where the checkpoint has none);
+        CheckpointError naming the component that does not fit."""
         for key, component in self.components.items():
             try:
                 component.load_state_dict(state.get(key, {}))
             except (KeyError, RuntimeError, ValueError) as exc:
                 raise CheckpointError(f"{where}: does not fit this model: {key}: {exc}") from None
+
+    def load_meta(self, meta: Mapping[str, Any]) -> None:
         for counter in self.counters:
             counter.load_state_dict(meta)
+
+    def load(self, state: Mapping[str, Any], meta: Mapping[str, Any], *, where: Path) -> None:
+        """Resume: the components from `state`, the counters from `meta`."""
+        self.load_state_dict(state, where=where)
+        self.load_meta(meta)
 
     def save(self, directory: Path, *, keep: int, rank: int) -> Path | None:
         """Write the checkpoint `directory` from rank 0 and keep the newest `keep` beside it;

@@ -67,8 +67,10 @@ def test_registry_holds_dcgan_family():
     assert isinstance(SPEC, Family) and SPEC.name == "dcgan" and cfg.family is SPEC
     assert isinstance(SPEC.build_steps(cfg, DataInfo()), DCGANSteps)
     assert SPEC.phases(cfg) == [Phase("d", opt="D"), Phase("g", opt="G", uses_data=False)]
-    assert {k: (v.nets, v.lr_key) for k, v in SPEC.optimizers(cfg).items()} == {
-        "G": (("G",), "optim.g_lr"), "D": (("D",), "optim.d_lr")}
+    assert {k: (v.nets, v.lr, v.betas) for k, v in SPEC.optimizers(cfg).items()} == {
+        "G": (("G",), 2e-4, (0.5, 0.999)), "D": (("D",), 2e-4, (0.5, 0.999))}
+    other = from_dict(RunConfig, {"data": {"shards": "unused"}, "optim": {"g_lr": 1e-4, "d_lr": 3e-4}})
+    assert {k: v.lr for k, v in SPEC.optimizers(other).items()} == {"G": 1e-4, "D": 3e-4}
     nets = SPEC.build_nets(cfg, DataInfo())
     assert set(nets) == {"G", "D"}
     assert nets["G"].z_dim == 100 and nets["G"].resolution == 64 and nets["D"].resolution == 64

@@ -97,6 +97,9 @@ def check_exact_resume(name: str, shards: Path, root: Path, **sections: dict[str
     full = family_cfg(name, shards, root / "full", **sections)
     metrics = train(full)
     assert metrics["images_seen"] >= 48
+    # What a family declares is what its run reports: sweeps and Tune trust `metrics` as objectives.
+    missing = sorted(set(FAMILIES[name].metrics) - set(metrics))
+    assert not missing, f"{name}: declared metrics that its phases and ticks never report: {missing}"
     assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k in FAMILIES[name].metrics)
     train(family_cfg(name, shards, root / "split", **{**sections, "train": {"total_kimg": 0.024}}))
     train(family_cfg(name, shards, root / "split", **{**sections, "train": {"resume": "latest"}}))

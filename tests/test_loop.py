@@ -124,10 +124,14 @@ def nan_family():
     FAMILIES.pop("nan_test", None)
 
 
-def test_sporadic_nan_steps_are_skipped_and_counted(synthetic_shards, tmp_path, nan_family) -> None:
+@pytest.mark.parametrize("fused_adam", [True, False])   # the non-finite rule on the device, and on the host
+def test_sporadic_nan_steps_are_skipped_and_counted(synthetic_shards, tmp_path, nan_family, fused_adam) -> None:
     nan_family(lambda call: call % 5 == 0)
-    metrics = train(tiny_cfg(synthetic_shards, tmp_path / "r", model={"family": "nan_test"}))
+    metrics = train(tiny_cfg(synthetic_shards, tmp_path / "r", model={"family": "nan_test"},
+                             train={"fused_adam": fused_adam}))
     assert metrics["bad_steps"] == 5 and metrics["step"] == 25
+    rows = [json.loads(line) for line in (tmp_path / "r" / "losses.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "step"] == [s for s in range(1, 26) if s % 5]   # skipped: no row
     state, _ = load_checkpoint(list_checkpoints(tmp_path / "r" / "checkpoints")[-1])
     assert all(torch.isfinite(v).all() for v in state["G"].values() if v.is_floating_point())
 

@@ -88,6 +88,17 @@ def test_readme_python_examples_run(tmp_path: Path) -> None:
         assert proc.returncode == 0, f"README python example failed:\n{block}\n{proc.stderr}"
 
 
+def test_readme_lists_the_family_registry() -> None:
+    """The family table under "## Model families" and the Layout's family folders are the registry, in its order."""
+    from facegan.families import FAMILIES
+
+    section = README.split("\n## Model families\n", 1)[1].split("\n## ", 1)[0]
+    table = re.findall(r"^\| `([a-z0-9_]+)` \|", section, flags=re.M)
+    assert table == list(FAMILIES), f"README family table {table} != facegan.families.FAMILIES {list(FAMILIES)}"
+    folders = " ".join(f"{name}/" for name in FAMILIES)
+    assert f"\n  {folders}\n" in README, f"README Layout should list the family folders: {folders}"
+
+
 @pytest.mark.slow
 def test_make_demo_runs(tmp_path: Path) -> None:
     """`make demo` as a new user runs it (the venv already exists: `make test` made it)."""

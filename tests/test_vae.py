@@ -48,7 +48,7 @@ def test_declares_one_phase_one_optimizer_and_a_generator_without_discriminator(
     cfg = run_cfg()
     assert SPEC.phases(cfg) == [Phase("fit", opt="VAE")]
     (spec,) = SPEC.optimizers(cfg).values()
-    assert spec.nets == ("E", "G") and spec.lr == 1e-3 and spec.lr_key == "optim.lr"
+    assert spec.nets == ("E", "G") and spec.lr == 1e-3
     assert SPEC.generator == "G" and SPEC.discriminator is None and cfg.gan.beta == 1.0
     assert cfg.train.ema_kimg == 0.0 and cfg.eval.metrics == []
 

@@ -62,8 +62,8 @@ def test_declares_paper_defaults_and_n_critic_phases():
     assert SPEC.phases(cfg) == [Phase("critic", opt="D", repeat=5), Phase("g", opt="G", uses_data=False)]
     assert SPEC.phases(run_cfg(gan={"n_critic": 2}))[0].repeat == 2
     opts = SPEC.optimizers(cfg)
-    assert {k: (v.nets, v.lr, v.betas, v.lr_key) for k, v in opts.items()} == {
-        "G": (("G",), 1e-4, (0.0, 0.9), "optim.g_lr"), "D": (("D",), 1e-4, (0.0, 0.9), "optim.d_lr")}
+    assert {k: (v.nets, v.lr, v.betas) for k, v in opts.items()} == {
+        "G": (("G",), 1e-4, (0.0, 0.9)), "D": (("D",), 1e-4, (0.0, 0.9))}
     assert cfg.gan.lambda_gp == 10.0 and cfg.model.d_norm == "layer" and not cfg.model.d_batchnorm
 
 

@@ -18,6 +18,7 @@ import os
 import time
 import warnings
 import zlib
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -249,3 +250,29 @@ def decode_chw(data: bytes, *, ext: str, height: int, width: int) -> "torch.Tens
     if not arr.flags.writeable:   # raw (.npy) pixels are a view of the sample's bytes
         arr = arr.copy()
     return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+def tile(imgs_NCHW: np.ndarray, *, nrow: int | None = None, pad: int = 2, top: int = 0,
+         even: bool = False) -> np.ndarray:
+    """uint8 NxCxHxW images tiled into one uint8 HxWx3 array on white: `nrow` per row (default:
+    as square as can be), `pad` px between and around them, `top` px of blank strip above (room for
+    a caption), `even`: both sides rounded up to even (H.264 frames need them). The one tiler:
+    grids, shard previews and video frames."""
+    n, _, h, w = imgs_NCHW.shape
+    nrow = nrow or int(np.ceil(np.sqrt(n)))
+    rows = -(-n // nrow)
+    height, width = top + rows * (h + pad) + pad, nrow * (w + pad) + pad
+    if even:
+        height, width = height + height % 2, width + width % 2
+    grid = np.full((height, width, 3), 255, dtype=np.uint8)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        y, x = top + pad + r * (h + pad), pad + c * (w + pad)
+        grid[y:y + h, x:x + w] = imgs_NCHW[i].transpose(1, 2, 0)
+    return grid
+
+
+def save_grid(imgs_NCHW: np.ndarray, path: str | Path, *, nrow: int | None = None) -> None:
+    """Tile uint8 NxCxHxW images into one PNG (2 px gaps)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(tile(imgs_NCHW, nrow=nrow)).save(path)

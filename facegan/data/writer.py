@@ -51,7 +51,7 @@ import numpy as np
 
 from facegan.data.foreign import foreign_labels
 from facegan.data.imageio import (ImageError, check_source_size, crc32, crop_box, decode_chw, encode, prepare,
-                                  read_file_stat)
+                                  read_file_stat, save_grid)
 from facegan.data.limits import check_memory, human
 from facegan.data.recipe import IMAGE_EXT, ShardRecipe
 from facegan.data.records import SPLITS, DataError, SourceItem, SourceScan, item_key
@@ -1175,23 +1175,6 @@ def inspect_shards(location: str | Path, *, preview: str | Path | None = None, n
         save_grid(np.stack(images), preview)
         report["preview"] = str(preview)
     return report
-
-
-def save_grid(imgs_NCHW: np.ndarray, path: str | Path, *, nrow: int | None = None) -> None:
-    """Tile uint8 NxCxHxW images into one PNG (2 px gaps)."""
-    from PIL import Image
-
-    n, c, h, w = imgs_NCHW.shape
-    nrow = nrow or int(np.ceil(np.sqrt(n)))
-    ncol_rows = int(np.ceil(n / nrow))
-    pad = 2
-    grid = np.full((ncol_rows * (h + pad) + pad, nrow * (w + pad) + pad, 3), 255, dtype=np.uint8)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = \
-            imgs_NCHW[i].transpose(1, 2, 0)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
 
 
 __all__ = ["BuildResult", "ShardBuild", "ShardJob", "build_shards", "build_one_shard", "check_sample",

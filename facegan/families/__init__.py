@@ -5,10 +5,12 @@
     family = FAMILIES[cfg.model.family]                        # a facegan.families.base.Family
 
 Adding a family: a folder `facegan/families/<name>/` (its `__init__.py` declares options and a
-`Family` subclass without importing torch; `nets.py`; `steps.py`) and one line below. Nothing
-else names families: the loop runs `family.phases(cfg)`, checkpoints hold `family.build_nets`'s
-nets and `family.optimizers`' Adams, sweeps read `family.metrics` and `option_keys(family)`, Tune
-reads `OptimizerSpec.lr_key`, the CLI reads the capabilities (`takes_attrs`, `generator`, ...).
+`Family` subclass as `FAMILY`, without importing torch; `nets.py`; `steps.py`) and its name in
+`PACKAGES` below: that is the one edit. Nothing else names families: the loop runs
+`family.phases(cfg)`, checkpoints hold `family.build_nets`'s nets and `family.optimizers`' Adams,
+sweeps read `family.metrics` and `option_keys(family)`, Tune sets a resumed trial's optimizers
+from `family.optimizers(cfg)` of its own config, the CLI reads the capabilities (`takes_attrs`,
+`generator`, ...). README.md's family table lists the same names (tests/test_readme.py checks).
 
 This module and every family's `__init__` import no torch: a run config validates without it.
 """
@@ -16,30 +18,31 @@ This module and every family's `__init__` import no torch: a run config validate
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from facegan.config import (AugmentConfig, ConfigError, DataConfig, RayConfig, WandbConfig, apply_overrides, from_dict,
-                            read_yaml, require)
-from facegan.families import (began, classifier, conditional, dcgan, infobegan, infogan, overlay, predictor,
-                              progressive, sngan, vae, wgangp)
+from facegan.config import AugmentConfig, ConfigError, DataConfig, RayConfig, WandbConfig, apply_overrides, from_dict, read_yaml, require
 from facegan.families.base import (DataInfo, Family, OptimizerSpec, Phase, option_keys,  # noqa: F401 (API)
                                    section_fields)
 
-FAMILIES: dict[str, Family] = {
-    "dcgan": dcgan.FAMILY,
-    "overlay": overlay.FAMILY,
-    "conditional": conditional.FAMILY,
-    "classifier": classifier.FAMILY,
-    "wgangp": wgangp.FAMILY,
-    "vae": vae.FAMILY,
-    "infogan": infogan.FAMILY,
-    "began": began.FAMILY,
-    "infobegan": infobegan.FAMILY,
-    "predictor": predictor.FAMILY,
-    "progressive": progressive.FAMILY,
-    "sngan": sngan.FAMILY,
-}
+# The registry: each name is a package facegan/families/<name>/ whose FAMILY is named so.
+PACKAGES = ("dcgan", "overlay", "conditional", "classifier", "wgangp", "vae", "infogan", "began", "infobegan",
+            "predictor", "progressive", "sngan")
+
+
+def _register(packages: tuple[str, ...]) -> dict[str, Family]:
+    found: dict[str, Family] = {}
+    for package in packages:
+        family = importlib.import_module(f"{__name__}.{package}").FAMILY
+        if not isinstance(family, Family) or family.name != package:
+            raise TypeError(f"facegan/families/{package}/__init__.py: FAMILY must be a Family named {package!r}, "
+                            f"got {family!r}")
+        found[package] = family
+    return found
+
+
+FAMILIES: dict[str, Family] = _register(PACKAGES)
 
 
 def get_family(name: Any, *, where: str = "model.family") -> Family:

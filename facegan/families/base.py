@@ -17,7 +17,7 @@ ModelSpec).
 
     family = FAMILIES["wgangp"]
     family.phases(cfg)        # [Phase("critic", opt="D", repeat=5), Phase("g", opt="G", uses_data=False)]
-    family.optimizers(cfg)    # {"G": OptimizerSpec(nets=("G",), lr=1e-4, betas=(0.0, 0.9), lr_key="optim.g_lr"), ...}
+    family.optimizers(cfg)    # {"G": OptimizerSpec(nets=("G",), lr=1e-4, betas=(0.0, 0.9)), ...}
 """
 
 from __future__ import annotations
@@ -56,15 +56,16 @@ class Phase:
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """One Adam optimizer over the parameters of `nets`; `lr_key` names the config field that sets
-    its rate (a sweep's PBT mutation of that key is applied to a resumed optimizer)."""
+    """One Adam optimizer over the parameters of `nets`, with the rate, betas and weight decay of
+    the run config it was declared from. The loop builds it from these; `Steps.lr_factors` scale
+    `lr` during training; a PBT trial resumed from another trial's checkpoint gets this spec's
+    `lr` and `betas`, taken from its own (mutated) config, in the optimizer's param groups
+    (facegan.launch.tune._resume_point)."""
 
     nets: tuple[str, ...]
     lr: float
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
-    lr_key: str = ""
-    betas_keys: tuple[str, str] = ("", "")
 
 
 @dataclass(frozen=True)
@@ -190,8 +191,7 @@ class TwoTimescaleOptim:
             require(0 <= v < 1, f"optim.{name}: expected 0 <= beta < 1, got {v}")
 
     def spec(self, net: str, lr_field: str) -> OptimizerSpec:
-        return OptimizerSpec(nets=(net,), lr=getattr(self, lr_field), betas=(self.beta1, self.beta2),
-                             lr_key=f"optim.{lr_field}", betas_keys=("optim.beta1", "optim.beta2"))
+        return OptimizerSpec(nets=(net,), lr=getattr(self, lr_field), betas=(self.beta1, self.beta2))
 
 
 @dataclass(kw_only=True)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from facegan.errors import CheckpointError, ConfigError
 from facegan.families.base import DataInfo
+from facegan.runtime import distributed
 
 
 @dataclass
@@ -53,10 +54,6 @@ class StepContext:
     @property
     def device(self) -> torch.device:
         return self.batch["image"].device
-
-
-def distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def mean_over_ranks(values: Tensor) -> Tensor:
@@ -180,12 +177,11 @@ class Steps:
                     real: Tensor | None) -> dict[str, Tensor]:
         """Grids written at every tick: name -> images. `nets` are the evaluation nets (EMA where the
         family has one, eval mode); `latent`/`attrs` are fixed for the run; `real` a fixed real batch."""
-        G = nets.get(self.generator_name)
+        G = nets.get(self.cfg.family.generator or "")   # Family.generator: the net that makes images
         if G is None:
             return {}
         return {"samples": self.generate(G, latent, attrs)}
 
-    generator_name = "G"
     # Whether tick_images draws on the fixed real batch (reconstructions): only then does rank 0
     # read one from the val split.
     grid_uses_real = False

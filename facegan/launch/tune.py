@@ -354,7 +354,7 @@ def _resume_point(checkpoint: Any, data: dict[str, Any], where: Path) -> dict[st
     state, meta = load_checkpoint(staging)
     # The loop writes its run config into every checkpoint; a trial's out_dir is trials/<trial_id>.
     writer = Path(meta.get("config", {}).get("train", {}).get("out_dir", "")).name
-    # Each optimizer's rate (and betas) come from the config keys its family names (OptimizerSpec).
+    # Each optimizer's rate and betas: what the family declares from this trial's config (OptimizerSpec).
     cfg = from_dict(RunConfig, data)
     specs = cfg.family.optimizers(cfg)
     changed = False
@@ -362,7 +362,7 @@ def _resume_point(checkpoint: Any, data: dict[str, Any], where: Path) -> dict[st
         for group in state.get(f"opt_{name}", {}).get("param_groups", []):
             if group.get("lr") != spec.lr:
                 group["lr"], changed = spec.lr, True
-            if spec.betas_keys[0] and tuple(group.get("betas", ())) != tuple(spec.betas):
+            if tuple(group.get("betas", ())) != tuple(spec.betas):
                 group["betas"], changed = tuple(spec.betas), True
     if changed:
         save_checkpoint(where, state=state, meta=dict(meta, config=copy.deepcopy(data)))

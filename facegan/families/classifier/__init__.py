@@ -101,8 +101,7 @@ class Classifier(Family):
 
     def optimizers(self, cfg) -> dict[str, OptimizerSpec]:
         o = cfg.optim
-        return {"C": OptimizerSpec(nets=("C",), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay,
-                                   lr_key="optim.lr", betas_keys=("optim.beta1", "optim.beta2"))}
+        return {"C": OptimizerSpec(nets=("C",), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)}
 
     def build_nets(self, cfg, data: DataInfo):
         from facegan.families.classifier.nets import CLASSIFIERS

@@ -26,14 +26,13 @@ from facegan.errors import CheckpointError
 from facegan.families.base import DataInfo
 from facegan.families.classifier import KIND
 from facegan.families.classifier.scoring import EVAL_JSON, count_correct, scored_attrs, summarize
-from facegan.families.steps import StepContext, Steps, distributed
+from facegan.families.steps import StepContext, Steps
+from facegan.runtime import distributed
 
 log = logging.getLogger(__name__)
 
 
 class ClassifierSteps(Steps):
-    generator_name = ""
-
     def __init__(self, cfg: Any, data: DataInfo) -> None:
         super().__init__(cfg, data)
         self.attr_names = list(data.attr_names)

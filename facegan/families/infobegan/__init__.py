@@ -31,11 +31,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from facegan.config import require
 from facegan.families.base import DataInfo, Phase
 from facegan.families.began import (BEGAN, BEGAN_CURVES, BEGAN_METRICS, BEGANModelConfig, BEGANOptions,
                                     check_began_size)
-from facegan.families.infogan import INFO_CURVES, INFO_METRICS, MAX_CAT_DIM, MAX_CONT_DIM, check_info_weights
+from facegan.families.infogan import INFO_CURVES, INFO_METRICS, InfoLossOptions, check_codes
 
 
 @dataclass(kw_only=True)
@@ -47,27 +46,16 @@ class InfoBEGANModelConfig(BEGANModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(0 <= self.cat_dim <= MAX_CAT_DIM and self.cat_dim != 1,
-                f"model.cat_dim: expected 0 (no categorical code) or 2..{MAX_CAT_DIM}, got {self.cat_dim}")
-        require(0 <= self.cont_dim <= MAX_CONT_DIM, f"model.cont_dim: expected 0..{MAX_CONT_DIM}, got {self.cont_dim}")
-        require(self.cat_dim + self.cont_dim >= 1,
-                "model.cat_dim, model.cont_dim: an InfoBEGAN needs at least one code (both are 0)")
-        require(1 <= self.q_hidden <= 4096, f"model.q_hidden: expected 1..4096, got {self.q_hidden}")
+        check_codes(self, what="an InfoBEGAN")
         check_began_size(self, in_dim=self.z_dim + self.cat_dim + self.cont_dim)
 
 
 @dataclass(kw_only=True)
-class InfoBEGANOptions(BEGANOptions):
+class InfoBEGANOptions(InfoLossOptions, BEGANOptions):
     """`gan:` of the infobegan family: BEGAN's control plus the predictor's loss weights."""
 
     info_weight: float = 0.1          # lambda on L_info in both phases (at 1 it drowned BEGAN's L1 signal: see the docstring)
-    cat_weight: float = 1.0
-    cont_weight: float = 1.0
     noise_recovery: float = 0.1       # weight of z's recovery MSE inside L_info (the report's 0.1); 0: Q predicts codes only
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_info_weights(self)
 
 
 class InfoBEGAN(BEGAN):

@@ -72,12 +72,7 @@ class InfoGANModelConfig(GanModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(0 <= self.cat_dim <= MAX_CAT_DIM and self.cat_dim != 1,
-                f"model.cat_dim: expected 0 (no categorical code) or 2..{MAX_CAT_DIM}, got {self.cat_dim}")
-        require(0 <= self.cont_dim <= MAX_CONT_DIM, f"model.cont_dim: expected 0..{MAX_CONT_DIM}, got {self.cont_dim}")
-        require(self.cat_dim + self.cont_dim >= 1,
-                "model.cat_dim, model.cont_dim: an InfoGAN needs at least one code (both are 0)")
-        require(1 <= self.q_hidden <= 4096, f"model.q_hidden: expected 1..4096, got {self.q_hidden}")
+        check_codes(self, what="an InfoGAN")
         # G mirrors D's trunk; its first layer maps the latent to the widest channels (4x4).
         top = self.base_channels * 2 ** (self.resolution.bit_length() - 4)
         size = dcgan_trunk_params(self.resolution, self.base_channels) + 16 * top * (
@@ -87,18 +82,19 @@ class InfoGANModelConfig(GanModelConfig):
                 f"gives nets of about {size / 1e6:.0f}M parameters, more than {MAX_NET_PARAMS / 1e6:.0f}M: lower them")
 
 
-def check_info_weights(opts: object) -> None:
-    """The info-loss weights of `opts` (InfoGAN's and InfoBEGAN's gan: sections), as floats >= 0."""
-    for name in ("info_weight", "cat_weight", "cont_weight", "noise_recovery"):
-        value = finite_number(name, getattr(opts, name))
-        if value < 0:
-            raise ConfigError(f"{name} must be >= 0, got {value!r}")
-        setattr(opts, name, value)
+def check_codes(m: object, *, what: str) -> None:
+    """The code fields of `m` (InfoGAN's and InfoBEGAN's model: sections): cat_dim, cont_dim, q_hidden."""
+    require(0 <= m.cat_dim <= MAX_CAT_DIM and m.cat_dim != 1,
+            f"model.cat_dim: expected 0 (no categorical code) or 2..{MAX_CAT_DIM}, got {m.cat_dim}")
+    require(0 <= m.cont_dim <= MAX_CONT_DIM, f"model.cont_dim: expected 0..{MAX_CONT_DIM}, got {m.cont_dim}")
+    require(m.cat_dim + m.cont_dim >= 1, f"model.cat_dim, model.cont_dim: {what} needs at least one code (both are 0)")
+    require(1 <= m.q_hidden <= 4096, f"model.q_hidden: expected 1..4096, got {m.q_hidden}")
 
 
 @dataclass(kw_only=True)
-class InfoGANOptions(DCGANOptions):
-    """`gan:` of the infogan family: DCGAN's tricks (d_noise_power is extension 2) plus the info loss."""
+class InfoLossOptions:
+    """The info loss's weights, each a float >= 0: mixed into InfoGAN's and InfoBEGAN's `gan:`
+    sections (first among the bases, so its checks run after the other base's)."""
 
     info_weight: float = 1.0          # lambda on L_info in both phases (InfoGAN: 1)
     cat_weight: float = 1.0           # weight of the categorical cross-entropy inside L_info
@@ -106,8 +102,19 @@ class InfoGANOptions(DCGANOptions):
     noise_recovery: float = 0.0       # extension 1: weight of z's recovery MSE inside L_info (the report: 0.1); 0: no head
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        check_info_weights(self)
+        checks = getattr(super(), "__post_init__", None)
+        if checks is not None:
+            checks()
+        for name in ("info_weight", "cat_weight", "cont_weight", "noise_recovery"):
+            value = finite_number(name, getattr(self, name))
+            if value < 0:
+                raise ConfigError(f"{name} must be >= 0, got {value!r}")
+            setattr(self, name, value)
+
+
+@dataclass(kw_only=True)
+class InfoGANOptions(InfoLossOptions, DCGANOptions):
+    """`gan:` of the infogan family: DCGAN's tricks (d_noise_power is extension 2) plus the info loss."""
 
 
 class InfoGAN(DCGAN):

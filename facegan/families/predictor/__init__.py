@@ -134,8 +134,7 @@ class Predictor(Family):
 
     def optimizers(self, cfg) -> dict[str, OptimizerSpec]:
         o = cfg.optim
-        return {"P": OptimizerSpec(nets=("P",), lr=o.lr, betas=(o.beta1, o.beta2), lr_key="optim.lr",
-                                   betas_keys=("optim.beta1", "optim.beta2"))}
+        return {"P": OptimizerSpec(nets=("P",), lr=o.lr, betas=(o.beta1, o.beta2))}
 
     def build_nets(self, cfg, data: DataInfo):
         from facegan.families.predictor.load import build_predictor, load_gan

@@ -34,7 +34,8 @@ from facegan.families.base import DataInfo
 from facegan.families.progressive.diversity import diversity_push, diversity_term
 from facegan.families.progressive.nets import in_use
 from facegan.families.progressive.video import frame_path, save_frame, sorted_frames, write_video
-from facegan.families.steps import StepContext, Steps, distributed, mean_over_ranks
+from facegan.families.steps import StepContext, Steps, mean_over_ranks
+from facegan.runtime import distributed
 from facegan.losses import bce_logits, d_accuracy, r1_penalty
 
 VIDEO_SEED = 2**31 - 1   # + train.seed: the video's latents, apart from the training and grid streams

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
+from facegan.data.imageio import tile
 from facegan.images import as_uint8_images
 
 FRAME_RE = re.compile(r"^frame-(\d{9})\.png$")
@@ -37,16 +38,8 @@ def grid_array(img_BCHW: Tensor, *, nrow: int, caption: str = "") -> np.ndarray:
     """uint8 HxWx3 grid (2 px gaps) with an optional caption strip on top; even sides (H.264 needs them)."""
     from PIL import Image, ImageDraw
 
-    u8 = as_uint8_images(img_BCHW).cpu().numpy()
-    n, _, h, w = u8.shape
-    rows = -(-n // nrow)
-    pad, strip = 2, 14 if caption else 0
-    height, width = strip + rows * (h + pad) + pad, nrow * (w + pad) + pad
-    grid = np.full((height + height % 2, width + width % 2, 3), 255, dtype=np.uint8)
-    for i in range(n):
-        r, c = divmod(i, nrow)
-        top, left = strip + pad + r * (h + pad), pad + c * (w + pad)
-        grid[top:top + h, left:left + w] = u8[i].transpose(1, 2, 0)
+    pad = 2
+    grid = tile(as_uint8_images(img_BCHW).cpu().numpy(), nrow=nrow, pad=pad, top=14 if caption else 0, even=True)
     if caption:
         pil = Image.fromarray(grid)
         ImageDraw.Draw(pil).text((pad + 1, 1), caption, fill=(0, 0, 0))

@@ -162,8 +162,7 @@ class VAE(Family):
 
     def optimizers(self, cfg) -> dict[str, OptimizerSpec]:
         o = cfg.optim
-        return {"VAE": OptimizerSpec(nets=("E", "G"), lr=o.lr, betas=(o.beta1, o.beta2), lr_key="optim.lr",
-                                     betas_keys=("optim.beta1", "optim.beta2"))}
+        return {"VAE": OptimizerSpec(nets=("E", "G"), lr=o.lr, betas=(o.beta1, o.beta2))}
 
     def build_nets(self, cfg, data: DataInfo):
         from facegan.families.vae.nets import build_vae

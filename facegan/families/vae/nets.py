@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from facegan.families.dcgan.nets import dcgan_init_
 from facegan.families.vae import vae_layout, vae_widths
 
 
@@ -85,19 +86,6 @@ class VAEDecoder(nn.Module):
         return out if logits else torch.sigmoid(out) * 2 - 1
 
 
-def vae_init_(module: nn.Module) -> None:
-    """DCGAN-style init, in place: conv weights ~ N(0, 0.02), batch-norm scales ~ N(1, 0.02), biases 0;
-    linear layers keep PyTorch's default (fan-in scaled) init."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
-
-
 def build_vae(*, resolution: int = 64, z_dim: int = 128, base_channels: int = 32, batchnorm: bool = True,
               channels: int = 3) -> dict[str, nn.Module]:
     """{"E": encoder, "G": decoder}, initialised (draws from torch's global RNG, which the loop seeds)."""
@@ -105,5 +93,5 @@ def build_vae(*, resolution: int = 64, z_dim: int = 128, base_channels: int = 32
               batchnorm=batchnorm)
     nets = {"E": VAEEncoder(**kw), "G": VAEDecoder(**kw)}
     for net in nets.values():
-        vae_init_(net)
+        dcgan_init_(net)   # DCGAN's init; linear layers keep PyTorch's default (fan-in scaled) one
     return nets

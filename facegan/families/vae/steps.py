@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facegan.families.base import DataInfo
-from facegan.families.steps import StepContext, Steps, distributed
+from facegan.families.steps import StepContext, Steps
+from facegan.runtime import distributed
 
 
 def to_unit(img_BCHW: Tensor) -> Tensor:
