@@ -19,7 +19,7 @@ def cmd_classifier_train(args: argparse.Namespace) -> int:
     from facegan.families.classifier.scoring import EVAL_JSON, format_table
 
     cfg = load_run_config(args.config, args.set, default_family="classifier")
-    metrics, wandb_dir = run(cfg, no_ray=args.no_ray, progress=not args.no_progress)
+    metrics, wandb_dir = run(cfg, no_ray=args.no_ray, progress=not args.no_progress, overwrite=args.overwrite)
     out = Path(cfg.train.out_dir)
     ckpts = list_checkpoints(out / "checkpoints")
     print(f"trained classifier {cfg.model.arch} to {metrics.get('kimg', 0):.1f} kimg "

@@ -55,7 +55,10 @@ def _recipe_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_shards_build(args: argparse.Namespace) -> int:
+    from facegan.data.paths import refuse_overlap
+
     recipe = _recipe_from_args(args)
+    refuse_overlap(args.out, out_flag="--out", inputs={"--root": args.root})
     progress = not args.no_progress and sys.stderr.isatty()   # no bar lines in logs and pipes
     try:
         if args.ray:

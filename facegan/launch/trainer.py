@@ -419,13 +419,21 @@ def job_entry(argv: list[str] | None, *, description: str, default_family: str =
     parser.add_argument("--config", required=True, help="run config YAML (configs/*.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.total_kimg=50 (repeatable)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in a train.out_dir that holds an earlier run (its files are removed)")
     args = parser.parse_args(argv)
+    from facegan.launch.rundir import claim_run_dir
+
     try:
         cfg = load_run_config(args.config, args.set, default_family=default_family)
-        result = run_training(cfg, config_dict=to_dict(cfg))  # checks the shard set before Ray starts
+        with claim_run_dir(cfg, overwrite=args.overwrite):
+            result = run_training(cfg, config_dict=to_dict(cfg))  # checks the shard set before Ray starts
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun with --set train.resume=latest to continue", file=sys.stderr)
+        return 130
     print(json.dumps(result, indent=1, sort_keys=True, default=str))
     return 0
 
