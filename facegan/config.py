@@ -309,6 +309,7 @@ class GanEvalConfig:
 # torch threads per process: far above any machine's cores (each thread reserves its stack and
 # libgomp's per-thread state; 100000 of them exhaust memory before the run starts).
 MAX_THREADS = 1024
+MAX_KIMG = 1_000_000   # 10^9 images: 40x StyleGAN2's longest FFHQ run; more is a typo (or inf)
 
 
 @dataclass(kw_only=True)
@@ -338,7 +339,7 @@ class CommonTrainConfig:
     max_minutes: float = 0.0               # >0: stop (with a checkpoint) at the first tick after this long
 
     def __post_init__(self) -> None:
-        require(self.total_kimg > 0, f"train.total_kimg: expected > 0, got {self.total_kimg}")
+        require(0 < self.total_kimg <= MAX_KIMG, f"train.total_kimg: expected 0 < kimg <= {MAX_KIMG:,}, got {self.total_kimg}")
         require(self.tick_kimg > 0, f"train.tick_kimg: expected > 0, got {self.tick_kimg}")
         require(self.checkpoint_kimg > 0, f"train.checkpoint_kimg: expected > 0, got {self.checkpoint_kimg}")
         require(self.keep_checkpoints >= 1, f"train.keep_checkpoints: expected >= 1, got {self.keep_checkpoints}")

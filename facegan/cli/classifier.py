@@ -37,8 +37,11 @@ def cmd_classifier_train(args: argparse.Namespace) -> int:
 
 
 def cmd_classifier_eval(args: argparse.Namespace) -> int:
+    from facegan.data.paths import output_file
     from facegan.families.classifier.scoring import evaluate_classifier, format_table, load_classifier
 
+    if args.json:
+        output_file(args.json, flag="--json", suffix=".json")
     model = load_classifier(args.checkpoint)
     result = evaluate_classifier(model, args.shards, args.split, batch_size=args.batch_size)
     result["checkpoint"] = model.checkpoint

@@ -114,7 +114,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out: expected a .png file for the grid, got {args.out}")
     if args.out and Path(args.out).is_dir():
         raise ConfigError(f"--out: {args.out} is a directory; give a .png file (or use --out-dir)")
+    if args.out_dir:
+        from facegan.data.paths import output_dir
+
+        output_dir(args.out_dir, flag="--out-dir")
+    if args.out:
+        from facegan.data.paths import output_file
+
+        output_file(args.out, flag="--out", suffix=".png")
     gen = load_generator(args.checkpoint, ema=not args.no_ema)
+    from facegan.data.limits import check_images
+
+    check_images(args.n, *gen.resolution, what="-n")
     # Attribute families draw each face's attributes at their training rates (`facegan generate` chooses).
     img = gen.sample(args.n, seed=args.seed)
     where = []

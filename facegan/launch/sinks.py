@@ -15,8 +15,29 @@ from pathlib import Path
 from typing import Any
 
 from facegan.config import to_dict
+from facegan.errors import UserError
 
 log = logging.getLogger(__name__)
+
+WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")   # what wandb.init accepts
+INIT_TIMEOUT_S = 30.0   # an online start that cannot reach W&B gives up after this (wandb's default: 90 s)
+
+
+def _check_wandb_env(mode: str) -> None:
+    """One line for what wandb would report with a traceback (a bad $WANDB_MODE) or after minutes
+    of retries (a malformed key)."""
+    env = os.environ.get("WANDB_MODE", "")
+    if env and env not in WANDB_MODES:
+        raise UserError(f"$WANDB_MODE: expected one of online, offline, disabled, got {env!r}")
+    key = os.environ.get("WANDB_API_KEY", "")
+    if mode == "online" and key:
+        try:
+            from wandb.sdk.lib.wbauth.validation import check_api_key
+        except ImportError:   # another wandb version: its own checks apply
+            return
+        problem = check_api_key(key)
+        if problem:
+            raise UserError(f"WANDB_API_KEY: {problem} Set a valid key, or wandb.mode: offline")
 
 
 class WandbSink:
@@ -29,6 +50,7 @@ class WandbSink:
             # else stays on this machine.
             has_key = bool(os.environ.get("WANDB_API_KEY"))
             mode = os.environ.get("WANDB_MODE") or ("online" if has_key else "offline")
+        _check_wandb_env(mode)
         if mode in ("offline", "disabled"):
             # wandb's process-wide analytics (OpenTelemetry probe) and Sentry error reporting
             # read the environment, not init(mode=...): without these an offline run still
@@ -48,9 +70,14 @@ class WandbSink:
                 pass
         self.wandb = wandb
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(project=project, entity=entity or None, group=group or None, name=name or None,
-                              config=config, dir=str(out_dir), mode=mode, id=run_id, resume="allow",
-                              settings=wandb.Settings(silent=True, x_disable_stats=True))
+        try:
+            self.run = wandb.init(project=project, entity=entity or None, group=group or None, name=name or None,
+                                  config=config, dir=str(out_dir), mode=mode, id=run_id, resume="allow",
+                                  settings=wandb.Settings(silent=True, x_disable_stats=True,
+                                                          init_timeout=INIT_TIMEOUT_S))
+        except (wandb.errors.Error, TimeoutError) as exc:
+            raise UserError(f"wandb.mode {mode}: W&B did not start a run ({' '.join(str(exc).split())[:200]}); check "
+                            "WANDB_API_KEY and the network, or set wandb.mode: offline") from None
         self.mode = mode
 
     @property

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from facegan.config import ConfigError, from_dict
-from facegan.errors import UserError
+from facegan.errors import DataError, UserError
 from facegan.families import RunConfig
 from facegan.hooks import Hooks
 from facegan.launch.cluster import ensure_ray
@@ -93,6 +93,12 @@ def preflight(cfg: RunConfig) -> None:
     shards = ShardSet.open(cfg.data.shards)
     # The same checks the worker's loop makes, before any worker starts (~15 s and a Ray traceback later).
     check_shards(cfg, shards, world_size=cfg.ray.num_workers)
+    if not _is_url(cfg.data.shards):
+        # Unreadable shard files would fail in every worker, once per restart, each with a traceback.
+        unreadable = [url for url in shards.urls("train") if not os.access(url, os.R_OK)]
+        if unreadable:
+            raise DataError(f"data.shards: {len(unreadable)} of {len(shards.urls('train'))} train shards cannot be "
+                            f"read, e.g. {unreadable[0]} ({'missing' if not os.path.exists(unreadable[0]) else 'no read permission'})")
     if not _is_url(cfg.train.out_dir):
         check_writable_dir(cfg.train.out_dir, field="train.out_dir")
     evaluation = cfg.eval

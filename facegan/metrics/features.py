@@ -175,11 +175,13 @@ def load_inception(path: str | Path) -> FeatureExtractor:
     path = Path(path)
     if not path.is_file():
         raise InceptionWeightsError(f"inception weights file not found: {path} ({_WEIGHTS_HELP})")
+    if path.stat().st_size == 0:
+        raise InceptionWeightsError(f"{path}: the file is empty (0 bytes); {_WEIGHTS_HELP}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises pickle, zip and runtime errors alike for a bad file
         raise InceptionWeightsError(f"{path}: cannot be read as a PyTorch state_dict "
-                                    f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); {_WEIGHTS_HELP}"
+                                    f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); {_WEIGHTS_HELP}"
                                     ) from None
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise InceptionWeightsError(f"{path}: expected a state_dict (a mapping of names to tensors), "
