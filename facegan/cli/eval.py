@@ -80,6 +80,10 @@ def cmd_eval(args: Any) -> int:
         output_file(args.json, flag="--json", suffix=".json")
     if args.images:
         input_dir(args.images, flag="--images")
+    if args.features == "inception" and args.inception_weights:
+        from facegan.metrics.features import check_weights_file
+
+        check_weights_file(args.inception_weights)
     if args.baseline == "real" and args.real_split == args.eval_split:
         import sys
 

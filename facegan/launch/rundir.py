@@ -55,25 +55,36 @@ def claim_run_dir(cfg: Any, *, overwrite: bool = False) -> Iterator[Path]:
     out = Path(cfg.train.out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"train.out_dir: {out} exists and is not a directory")
-    with hold_lock(out, what="train.out_dir"):
-        earlier = previous_run(out)
-        if earlier and not cfg.train.resume:
-            if not overwrite:
-                raise ConfigError(f"train.out_dir: {out} already holds a run ({', '.join(earlier)}); resume it with "
-                                  "--set train.resume=latest, replace it with --overwrite, or choose another "
-                                  "train.out_dir")
-            for name in RUN_FILES:
-                path = out / name
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.exists():
-                    path.unlink()
-            log.warning("train.out_dir: removed the earlier run in %s (--overwrite): %s", out, ", ".join(earlier))
-        point = _resume_point(cfg, out)
-        if point is not None:
-            meta = read_meta(point)
-            kimg = float(meta.get("images_seen", 0)) / 1000
-            if kimg >= cfg.train.total_kimg:
-                raise ConfigError(f"train.total_kimg: {point} is already at {kimg:g} kimg, not below "
-                                  f"train.total_kimg {cfg.train.total_kimg:g}; raise train.total_kimg to train on")
-        yield out
+    created = not out.exists()
+    try:
+        with hold_lock(out, what="train.out_dir"):
+            _check_previous(cfg, out, overwrite=overwrite)
+            yield out
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()   # a run that failed before writing anything leaves no empty folder behind
+        raise
+
+
+def _check_previous(cfg: Any, out: Path, *, overwrite: bool) -> None:
+    """Refuse (or with `overwrite` clear) an earlier run under a fresh one; refuse a resume at its end."""
+    earlier = previous_run(out)
+    if earlier and not cfg.train.resume:
+        if not overwrite:
+            raise ConfigError(f"train.out_dir: {out} already holds a run ({', '.join(earlier)}); resume it with "
+                              "--set train.resume=latest, replace it with --overwrite, or choose another "
+                              "train.out_dir")
+        for name in RUN_FILES:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        log.warning("train.out_dir: removed the earlier run in %s (--overwrite): %s", out, ", ".join(earlier))
+    point = _resume_point(cfg, out)
+    if point is not None:
+        meta = read_meta(point)
+        kimg = float(meta.get("images_seen", 0)) / 1000
+        if kimg >= cfg.train.total_kimg:
+            raise ConfigError(f"train.total_kimg: {point} is already at {kimg:g} kimg, not below "
+                              f"train.total_kimg {cfg.train.total_kimg:g}; raise train.total_kimg to train on")
