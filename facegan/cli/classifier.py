@@ -63,6 +63,8 @@ def register(sub: Any) -> None:
                     help="override a config key, e.g. --set model.arch=resnet18")
     ct.add_argument("--no-ray", action="store_true", help="run the loop in this process (one rank)")
     ct.add_argument("--no-progress", action="store_true", help="no progress line (log lines with -v instead)")
+    ct.add_argument("--overwrite", action="store_true", help="start afresh in a train.out_dir that holds an earlier "
+                                                            "run (its checkpoints and losses are removed)")
     ct.set_defaults(func=cmd_classifier_train)
     ce = csub.add_parser("eval", help="per-attribute accuracy against the majority baseline")
     ce.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a run folder (its newest)")
