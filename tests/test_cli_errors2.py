@@ -120,12 +120,17 @@ CASES: list[tuple[str, list[str], str, dict[str, str]]] = [
     ("ray-address-env", ["train", "{cfg}", "--set", "train.out_dir={tmp}/r"],
      r"\$RAY_ADDRESS: expected auto or host:port", {"RAY_ADDRESS": "garbage"}),
     # fsspec URLs
-    ("verify-s3", ["shards", "verify", "s3://bucket/set"], r"s3://bucket/set: the s3:// protocol needs .*s3fs", {}),
-    ("verify-gs", ["shards", "verify", "gs://bucket/set"], r"gs:// protocol needs .*gcsfs", {}),
+    ("verify-missing-package", ["shards", "verify", "nopkg://bucket/set"],
+     r"nopkg://bucket/set: the nopkg:// protocol needs a package that is not installed \(Install nopkgfs", {}),
+    ("verify-s3-no-credentials", ["shards", "verify", "s3://bucket/set"],
+     r"s3://bucket/set: the s3:// protocol needs .*s3fs|s3://bucket/set/manifest.json: cannot read: NoCredentialsError",
+     {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_CONFIG_FILE": "/nonexistent",
+      "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_EC2_METADATA_DISABLED": "true"}),
     ("stream-foo", ["shards", "stream", "foo://x/set"], r"foo://x/set: unknown protocol foo://", {}),
     ("build-foo", ["shards", "build", "--source", "synthetic", "--count", "32", "--out", "foo://x/set"],
      r"unknown protocol foo://", {}),
-    ("train-s3", ["train", "{cfg}", "--no-ray", "--set", "data.shards=s3://bucket/set"], r"s3fs", {}),
+    ("train-missing-package", ["train", "{cfg}", "--no-ray", "--set", "data.shards=nopkg://bucket/set"],
+     r"data.shards|nopkg:// protocol needs .*nopkgfs", {}),
     # a file where a folder is needed, or the reverse
     ("sample-out-dir-file", ["sample", "--checkpoint", "{gan}", "--out-dir", "{tmp}/afile"],
      r"--out-dir: .*afile is a file; expected a folder", {}),
@@ -169,6 +174,11 @@ def test_bad_inputs_exit_2_with_one_line_and_change_nothing(argv: list[str], mes
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    from fsspec.registry import known_implementations
+
+    # A protocol fsspec knows whose package is not installed (whether s3fs, gcsfs are, varies).
+    monkeypatch.setitem(known_implementations, "nopkg", {"class": "nopkgfs.NoPkgFileSystem",
+                                                         "err": "Install nopkgfs to access nopkg://"})
     before = snapshot(tmp_path, runs["root"], runs["shards"])
     filled = [a.format(tmp=tmp_path, **{k: str(v) for k, v in runs.items()}) for a in argv]
     t0 = time.monotonic()

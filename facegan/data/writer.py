@@ -973,6 +973,11 @@ def load_manifest(location: str | Path) -> dict[str, Any]:
         raw = store.read_bytes(MANIFEST)
     except OSError as exc:
         raise DataError(f"{store.url(MANIFEST)}: cannot read: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001  (remote filesystems raise their own: no credentials, ...)
+        if not isinstance(store, FsspecStore):
+            raise
+        raise DataError(f"{store.url(MANIFEST)}: cannot read: {type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:200]}") from None
     if raw is None:
         raise DataError(f"{location}: no {MANIFEST} (is this a shard set built by `facegan shards build`?)")
     try:
