@@ -23,36 +23,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from conftest import REPO
 from facegan.cli import main
 from facegan.config import from_dict
 from facegan.families import RunConfig
-from facegan.loop import train
+from test_cli_errors import make_runs
 
 
 @pytest.fixture(scope="module")
 def runs(synthetic_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("cli_errors2")
-    gan = {"data": {"shards": str(synthetic_shards), "batch_size": 8, "num_workers": 0},
-           "model": {"family": "dcgan", "resolution": 32, "z_dim": 8, "base_channels": 4},
-           "train": {"total_kimg": 0.016, "tick_kimg": 0.016, "checkpoint_kimg": 0.016, "out_dir": str(root / "gan"),
-                     "num_threads": 1, "grid_size": 4},
-           "wandb": {"enabled": False}}
-    train(from_dict(RunConfig, gan))
-    cond = {**gan, "model": {**gan["model"], "family": "conditional"},
-            "train": {**gan["train"], "out_dir": str(root / "cond")}}
-    train(from_dict(RunConfig, cond))
-    train(from_dict(RunConfig, {"data": gan["data"], "model": {"family": "classifier", "resolution": 32,
-                                                                "dense_units": 8},
-                                "train": {**{k: v for k, v in gan["train"].items() if k != "grid_size"},
-                                          "out_dir": str(root / "clf")},
-                                "eval": {"splits": ["val"]}, "wandb": {"enabled": False}}))
-    (root / "gan.yaml").write_text(yaml.safe_dump(gan))
-    return {"root": root, "gan": root / "gan", "cond": root / "cond", "clf": root / "clf", "cfg": root / "gan.yaml",
-            "shards": synthetic_shards}
+    return make_runs(tmp_path_factory.mktemp("cli_errors2"), synthetic_shards, conditional=True)
 
 
 def snapshot(*roots: Path) -> dict[str, Any]:

@@ -103,6 +103,8 @@ def summarize_run(cfg: Any, metrics: dict[str, float], *, wandb_dir: str = "") -
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from facegan.data.limits import check_images
+    from facegan.data.paths import output_dir, output_file
     from facegan.families.loading import load_generator
     from facegan.images import save_grid_png, save_pngs
 
@@ -115,17 +117,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.out and Path(args.out).is_dir():
         raise ConfigError(f"--out: {args.out} is a directory; give a .png file (or use --out-dir)")
     if args.out_dir:
-        from facegan.data.paths import output_dir
-
         output_dir(args.out_dir, flag="--out-dir")
     if args.out:
-        from facegan.data.paths import output_file
-
         output_file(args.out, flag="--out", suffix=".png")
     gen = load_generator(args.checkpoint, ema=not args.no_ema)
-    from facegan.data.limits import check_images
-
-    check_images(args.n, *gen.resolution, what="-n")
+    check_images(args.n, *gen.resolution, what="-n")   # before one allocation of n images
     # Attribute families draw each face's attributes at their training rates (`facegan generate` chooses).
     img = gen.sample(args.n, seed=args.seed)
     where = []

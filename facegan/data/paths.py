@@ -39,36 +39,30 @@ def refuse_overlap(out: str | Path, *, out_flag: str, inputs: dict[str, str | Pa
             raise DataError(f"{out_flag} {out}: holds the input {flag} {given}; choose a folder that does not")
 
 
-def _first_file_above(path: Path) -> Path | None:
-    for parent in path.parents:
+def _check_output(path: str | Path, *, flag: str, want_dir: bool, suffix: str = "") -> Path:
+    p = Path(path).expanduser()
+    if suffix and p.suffix.lower() != suffix:
+        raise ConfigError(f"{flag}: expected a {suffix} file, got {path}")
+    if p.exists() and p.is_dir() != want_dir:
+        raise ConfigError(f"{flag}: {path} is a file; expected a folder" if want_dir
+                          else f"{flag}: {path} is a folder; expected a {suffix or 'file'} path")
+    for parent in p.parents:   # the nearest existing folder above must be one, not a file
         if parent.exists():
-            return parent if not parent.is_dir() else None
-    return None
+            if not parent.is_dir():
+                raise ConfigError(f"{flag}: {path}: {parent} is a file, not a folder")
+            break
+    return p
 
 
 def output_file(path: str | Path, *, flag: str, suffix: str = "") -> Path:
     """`path` as a file this command may create or replace: not a folder, no file where a folder
     above it must be, the `suffix` (e.g. ".json") when given."""
-    p = Path(path).expanduser()
-    if suffix and p.suffix.lower() != suffix:
-        raise ConfigError(f"{flag}: expected a {suffix} file, got {path}")
-    if p.is_dir():
-        raise ConfigError(f"{flag}: {path} is a folder; expected a {suffix or 'file'} path")
-    blocker = _first_file_above(p)
-    if blocker is not None:
-        raise ConfigError(f"{flag}: {path}: {blocker} is a file, not a folder")
-    return p
+    return _check_output(path, flag=flag, want_dir=False, suffix=suffix)
 
 
 def output_dir(path: str | Path, *, flag: str) -> Path:
     """`path` as a folder this command may create or write into (not an existing file)."""
-    p = Path(path).expanduser()
-    if p.exists() and not p.is_dir():
-        raise ConfigError(f"{flag}: {path} is a file; expected a folder")
-    blocker = _first_file_above(p)
-    if blocker is not None:
-        raise ConfigError(f"{flag}: {path}: {blocker} is a file, not a folder")
-    return p
+    return _check_output(path, flag=flag, want_dir=True)
 
 
 def input_dir(path: str | Path, *, flag: str) -> Path:

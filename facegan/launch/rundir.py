@@ -52,6 +52,9 @@ def _resume_point(cfg: Any, out: Path) -> Path | None:
 def claim_run_dir(cfg: Any, *, overwrite: bool = False) -> Iterator[Path]:
     """Hold `train.out_dir`'s lock for the run; refuse a fresh run over an earlier one (unless
     `overwrite`, which clears it) and a resume that is already at `train.total_kimg`."""
+    if "://" in cfg.train.out_dir:   # not a local folder: no flock to hold there
+        yield Path(cfg.train.out_dir)
+        return
     out = Path(cfg.train.out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"train.out_dir: {out} exists and is not a directory")
