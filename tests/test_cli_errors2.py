@@ -363,3 +363,16 @@ def test_stream_workers_beyond_the_process_limit_are_refused_before_forking(runs
     assert r.returncode == 2, r.stderr
     assert re.fullmatch(r"error: --workers: 60 worker processes, but the process limit \(ulimit -u\) leaves room "
                         r"for \d+ more\n", r.stderr), r.stderr
+
+
+def test_augment_lists_the_photos_it_skipped_in_the_new_sets_manifest(runs: dict[str, Path], tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((48, 48, 3)) * 255).astype(np.uint8)).save(photos / "good.png")
+    (photos / "bad.jpg").write_bytes(b"not a jpeg")
+    assert main(["augment", str(photos), "--checkpoint", str(runs["gan"]), "--variants", "1", "--jitter", "0.1",
+                 "--steps", "2", "--restarts", "1", "--no-progress", "--out", str(tmp_path / "aug")]) == 0
+    manifest = json.loads((tmp_path / "aug" / "manifest.json").read_text())
+    assert manifest["counts"]["total"] == 1 and manifest["num_skipped"] == 1
+    assert manifest["skipped"][0]["input"] == str(photos / "bad.jpg")
+    assert "cannot identify image file" in manifest["skipped"][0]["reason"]
