@@ -10,11 +10,17 @@ Written under a temporary name, flushed to disk and renamed, so a crash never le
 checkpoint behind a valid name (a killed writer's temporary folder is removed by the next
 `prune_checkpoints`); a full disk raises CheckpointError and leaves the earlier checkpoints as they
 were. Loaded with `torch.load(weights_only=True)`, so a checkpoint can hold no code.
+
+meta.json carries the sha256 and size of state.pt (format 3), checked before every load: a flipped
+bit or a truncated copy is a CheckpointError naming the file, never a silently different model.
+Checkpoints written before format 3 carry no checksum and load with a note saying so.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -29,8 +35,12 @@ META = "meta.json"
 STATE = "state.pt"
 # 2: nets, EMA copies ("<net>_ema"), optimizers ("opt_<name>") and the family's state ("family") by
 # name, for any family; 1: GAN checkpoints before families were packages (G/D only) and classifier
-# checkpoints ("model"/"opt"). facegan.families.loading upgrades format 1 on load.
-FORMAT_VERSION = 2
+# checkpoints ("model"/"opt"). facegan.families.loading upgrades format 1 on load. 3: format 2 plus
+# meta["checksums"] (sha256 and size of state.pt), checked on load.
+FORMAT_VERSION = 3
+CHECKSUMS_SINCE = 3
+
+log = logging.getLogger(__name__)
 
 
 
@@ -79,6 +89,7 @@ def save_checkpoint(directory: Path, *, state: dict[str, Any], meta: dict[str, A
     try:
         tmp.mkdir(parents=True)
         _write_durably(tmp / STATE, lambda f: torch.save(state, f))
+        meta["checksums"] = {STATE: _file_digest(tmp / STATE)}
         _write_durably(tmp / META, lambda f: f.write(json.dumps(meta, indent=1, sort_keys=True).encode()))
     except OSError as exc:  # disk full, read-only, quota: earlier checkpoints stay as they were
         shutil.rmtree(tmp, ignore_errors=True)
@@ -95,14 +106,52 @@ def save_checkpoint(directory: Path, *, state: dict[str, Any], meta: dict[str, A
     return directory
 
 
+def _file_digest(path: Path) -> dict[str, Any]:
+    sha = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+            size += len(block)
+    return {"sha256": sha.hexdigest(), "bytes": size}
+
+
 def read_meta(directory: Path) -> dict[str, Any]:
     path = Path(directory) / META
     if not path.is_file():
         raise CheckpointError(f"{directory}: not a facegan checkpoint (no {META})")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: expected a JSON object (the checkpoint's step, config, ...), "
+                              f"got {type(meta).__name__}")
+    return meta
+
+
+def verify_state(directory: Path, meta: dict[str, Any]) -> None:
+    """Check state.pt against the checksum in its meta (format >= 3); a note for older checkpoints."""
+    path = Path(directory) / STATE
+    expected = (meta.get("checksums") or {}).get(STATE) if isinstance(meta.get("checksums"), dict) else None
+    if expected is None:
+        version = meta.get("format_version", 1)
+        if isinstance(version, int) and version > FORMAT_VERSION:
+            return   # a newer facegan's checkpoint: facegan.families.loading refuses it naming both formats
+        if isinstance(version, int) and version >= CHECKSUMS_SINCE:
+            raise CheckpointError(f"{directory / META}: format {version} but no checksum of {STATE}; the meta "
+                                  "was edited or damaged")
+        log.warning("%s: written in checkpoint format %s, before checkpoints carried checksums: loaded unverified",
+                    directory, version)
+        return
+    found = _file_digest(path)
+    if found != expected:
+        what = (f"{found['bytes']} bytes, expected {expected.get('bytes')}" if found["bytes"] != expected.get("bytes")
+                else f"sha256 {found['sha256'][:12]}..., expected {str(expected.get('sha256'))[:12]}...")
+        raise CheckpointError(f"{path}: damaged ({what}); use an earlier checkpoint of the run "
+                              "(checkpoints/ckpt-*) or a backup")
 
 
 def load_checkpoint(directory: Path, *, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
@@ -111,6 +160,7 @@ def load_checkpoint(directory: Path, *, map_location: str | torch.device = "cpu"
     path = Path(directory) / STATE
     if not path.is_file():
         raise CheckpointError(f"{directory}: no {STATE}")
+    verify_state(Path(directory), meta)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or non-tensor pickles

@@ -11,6 +11,7 @@ Every config section is a keyword-only dataclass that validates itself in `__pos
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -97,14 +98,19 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        number = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return _parse_number(value)
-            except ValueError:
+                number = _parse_number(value)
+            except (ValueError, OverflowError):
                 pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(number):   # inf/nan would pass `> 0` checks and overflow later (kimg -> steps)
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -140,6 +146,12 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "") -> T:
             f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(prefix + k for k in unknown)}"
             f" (valid keys{' in ' + where if where else ''}: {', '.join(sorted(fields))})"
         )
+    missing = [name for name, f in fields.items() if name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"missing key{'s' if len(missing) > 1 else ''} {', '.join(prefix + k for k in missing)}"
+                          f" (required{' in ' + where if where else ''})")
     kwargs = {}
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
@@ -179,7 +191,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
             raise ConfigError(f"override {item!r}: expected key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            # Blank (`--set train.out_dir=`) means the default, as a blank YAML value does.
+            value = yaml.load(raw, Loader=UniqueKeyLoader) if raw.strip() else None
         except (yaml.YAMLError, ValueError) as exc:
             raise ConfigError(f"--set {item}: the value is not valid YAML ({' '.join(str(exc).split())[:120]})") from None
         node = data
@@ -193,12 +206,31 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
     return data
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:
+                continue   # an unhashable key: construct_mapping's own error says so
+            if first is not key_node.start_mark:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} given twice in one mapping "
+                                  f"(first on line {first.line + 1}); keep one")
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except (yaml.YAMLError, ValueError) as exc:  # PyYAML raises ValueError for impossible dates (2021-02-30)
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -276,6 +308,12 @@ class GanEvalConfig:
         require(not unknown, f"eval.metrics: unknown {unknown}; known: {sorted(METRIC_NAMES)}")
 
 
+# torch threads per process: far above any machine's cores (each thread reserves its stack and
+# libgomp's per-thread state; 100000 of them exhaust memory before the run starts).
+MAX_THREADS = 1024
+MAX_KIMG = 1_000_000   # 10^9 images: 40x StyleGAN2's longest FFHQ run; more is a typo (or inf)
+
+
 @dataclass(kw_only=True)
 class CommonTrainConfig:
     """The `train` section's settings that every kind of run has (GAN and classifier runs)."""
@@ -303,12 +341,14 @@ class CommonTrainConfig:
     max_minutes: float = 0.0               # >0: stop (with a checkpoint) at the first tick after this long
 
     def __post_init__(self) -> None:
-        require(self.total_kimg > 0, f"train.total_kimg: expected > 0, got {self.total_kimg}")
+        require(0 < self.total_kimg <= MAX_KIMG, f"train.total_kimg: expected 0 < kimg <= {MAX_KIMG:,}, got {self.total_kimg}")
         require(self.tick_kimg > 0, f"train.tick_kimg: expected > 0, got {self.tick_kimg}")
         require(self.checkpoint_kimg > 0, f"train.checkpoint_kimg: expected > 0, got {self.checkpoint_kimg}")
         require(self.keep_checkpoints >= 1, f"train.keep_checkpoints: expected >= 1, got {self.keep_checkpoints}")
         require(self.max_bad_steps >= 1, f"train.max_bad_steps: expected >= 1, got {self.max_bad_steps}")
-        require(self.num_threads >= 0, f"train.num_threads: expected >= 0, got {self.num_threads}")
+        require(0 <= self.num_threads <= MAX_THREADS,
+                f"train.num_threads: expected 0..{MAX_THREADS} (0: torch's default), got {self.num_threads}")
+        require(bool(str(self.out_dir).strip()), "train.out_dir: expected a folder, got an empty string")
         require(self.max_minutes >= 0, f"train.max_minutes: expected >= 0 (0: no limit), got {self.max_minutes}")
 
 

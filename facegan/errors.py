@@ -34,3 +34,8 @@ class FaceModelError(UserError):
 
 class OutputError(UserError):
     """A file cannot be written (disk full, read-only, quota); what was written before stays intact."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C, caught where the command knows what it leaves (e.g. the checkpoint to resume from):
+    `facegan` prints the message on one line and exits with status 130."""

@@ -28,13 +28,21 @@ from facegan.loop import train
 
 @pytest.fixture(scope="module")
 def runs(synthetic_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("cli_errors")
+    return make_runs(tmp_path_factory.mktemp("cli_errors"), synthetic_shards)
+
+
+def make_runs(root: Path, synthetic_shards: Path, *, conditional: bool = False) -> dict[str, Path]:
+    """Tiny finished runs under root: a DCGAN (gan), a classifier (clf), with `conditional` a
+    conditional GAN (cond); the DCGAN's config (cfg) and a folder of three PNGs (three)."""
     gan = {"data": {"shards": str(synthetic_shards), "batch_size": 8, "num_workers": 0},
            "model": {"family": "dcgan", "resolution": 32, "z_dim": 8, "base_channels": 4},
            "train": {"total_kimg": 0.016, "tick_kimg": 0.016, "checkpoint_kimg": 0.016, "out_dir": str(root / "gan"),
                      "num_threads": 1, "grid_size": 4},
            "wandb": {"enabled": False}}
     train(from_dict(RunConfig, gan))
+    if conditional:
+        train(from_dict(RunConfig, {**gan, "model": {**gan["model"], "family": "conditional"},
+                                    "train": {**gan["train"], "out_dir": str(root / "cond")}}))
     train(from_dict(RunConfig, {"data": gan["data"], "model": {"family": "classifier", "resolution": 32,
                                                                 "dense_units": 8},
                                 "train": {**{k: v for k, v in gan["train"].items() if k != "grid_size"},
@@ -48,7 +56,7 @@ def runs(synthetic_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     for i in range(3):
         Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(three / f"{i}.png")
     return {"root": root, "gan": root / "gan", "clf": root / "clf", "cfg": root / "gan.yaml",
-            "shards": synthetic_shards, "three": three}
+            "shards": synthetic_shards, "three": three, **({"cond": root / "cond"} if conditional else {})}
 
 
 MISTAKES = [

@@ -31,7 +31,7 @@ import argparse
 import logging
 import sys
 
-from facegan.errors import UserError
+from facegan.errors import Interrupted, UserError
 
 
 def _version() -> str:
@@ -68,3 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(exc, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -42,6 +42,14 @@ def _edits(args: argparse.Namespace, gen: Any) -> list[Any]:
     return edits
 
 
+def _identities(text: str) -> set[int] | None:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in parts if not p.lstrip("-").isdigit()]
+    if bad:
+        raise ConfigError(f"--identities: expected comma-separated integer ids, got {bad[0]!r} in {text!r}")
+    return {int(p) for p in parts} or None
+
+
 def _sources(args: argparse.Namespace, gen: Any, skipped: list[dict[str, str]]) -> tuple[list[Any], str, str]:
     """(sources, their description, the image format for the new shards)."""
     from facegan.augment import folder_sources, shard_sources
@@ -50,7 +58,7 @@ def _sources(args: argparse.Namespace, gen: Any, skipped: list[dict[str, str]]) 
     if (src / "manifest.json").is_file():
         from facegan.data.stream import ShardSet
 
-        ids = {int(i) for i in args.identities.split(",") if i.strip()} if args.identities else None
+        ids = _identities(args.identities)
         splits = [s.strip() for s in args.split.split(",") if s.strip()]
         fmt = ShardSet.open(str(src)).manifest.get("image_ext", "jpg").lstrip(".")
         found = list(shard_sources(str(src), splits=splits, identities=ids, resolution=gen.resolution))
@@ -116,9 +124,14 @@ def cmd_augment(args: argparse.Namespace) -> int:
         raise ConfigError("--workers: augment inverts in this process (Ray tasks are for `facegan invert`)")
     if not 0 <= args.jitter <= 10:
         raise ConfigError(f"--jitter: expected 0..10 (latent units), got {args.jitter}")
+    from facegan.data.paths import refuse_overlap
+
     out = Path(args.out)
     if "://" in args.out or args.out.startswith("pipe:"):
         raise ConfigError("--out: augment writes a local (or mounted) folder")
+    refuse_overlap(out, out_flag="--out", inputs={"SRC": args.src})
+    refuse_overlap(out.with_name(out.name + STAGING_SUFFIX), out_flag="--out's staging folder", inputs={"SRC": args.src})
+    _identities(args.identities)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} exists and is not a directory")
     options = _options(args)
@@ -178,7 +191,7 @@ def cmd_augment(args: argparse.Namespace) -> int:
                          min_side=0, max_aspect=1e6,
                          description=f"facegan augment of {described} with {gen.checkpoint}")
     result = build_shards(recipe, root=staging, out=out, progress=not args.no_progress and sys.stderr.isatty(),
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, skipped=skipped)
     m = result.manifest
     _record_in_manifest(out, filtered)
     print(f"augmented {len(sources)} images ({len(sources) - len(todo)} staged by an earlier run) from {described} "
@@ -195,7 +208,7 @@ def cmd_augment(args: argparse.Namespace) -> int:
     for s in skipped[:10]:
         print(f"  skipped {s['input']}: {s['reason']}")
     if len(skipped) > 10:
-        print(f"  ... and {len(skipped) - 10} more (listed in {staging / 'skipped.json'})")
+        print(f"  ... and {len(skipped) - 10} more (listed in {out / 'manifest.json'})")
     print(f"  check it: facegan shards verify {out}")
     return 0
 

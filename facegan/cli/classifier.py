@@ -19,7 +19,7 @@ def cmd_classifier_train(args: argparse.Namespace) -> int:
     from facegan.families.classifier.scoring import EVAL_JSON, format_table
 
     cfg = load_run_config(args.config, args.set, default_family="classifier")
-    metrics, wandb_dir = run(cfg, no_ray=args.no_ray, progress=not args.no_progress)
+    metrics, wandb_dir = run(cfg, no_ray=args.no_ray, progress=not args.no_progress, overwrite=args.overwrite)
     out = Path(cfg.train.out_dir)
     ckpts = list_checkpoints(out / "checkpoints")
     print(f"trained classifier {cfg.model.arch} to {metrics.get('kimg', 0):.1f} kimg "
@@ -37,8 +37,11 @@ def cmd_classifier_train(args: argparse.Namespace) -> int:
 
 
 def cmd_classifier_eval(args: argparse.Namespace) -> int:
+    from facegan.data.paths import output_file
     from facegan.families.classifier.scoring import evaluate_classifier, format_table, load_classifier
 
+    if args.json:
+        output_file(args.json, flag="--json", suffix=".json")
     model = load_classifier(args.checkpoint)
     result = evaluate_classifier(model, args.shards, args.split, batch_size=args.batch_size)
     result["checkpoint"] = model.checkpoint
@@ -60,6 +63,8 @@ def register(sub: Any) -> None:
                     help="override a config key, e.g. --set model.arch=resnet18")
     ct.add_argument("--no-ray", action="store_true", help="run the loop in this process (one rank)")
     ct.add_argument("--no-progress", action="store_true", help="no progress line (log lines with -v instead)")
+    ct.add_argument("--overwrite", action="store_true", help="start afresh in a train.out_dir that holds an earlier "
+                                                            "run (its checkpoints and losses are removed)")
     ct.set_defaults(func=cmd_classifier_train)
     ce = csub.add_parser("eval", help="per-attribute accuracy against the majority baseline")
     ce.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a run folder (its newest)")

@@ -42,7 +42,16 @@ def cmd_compare(args: Any) -> int:
 
     if not str(args.out).endswith(".html") or Path(args.out).is_dir():
         raise ConfigError(f"--out: expected a .html file, got {args.out}")
+    from facegan.data.paths import output_file
+    from facegan.data.stream import ShardSet
+
+    output_file(args.out, flag="--out", suffix=".html")
     attrs = [a.strip() for a in args.attrs.split(",") if a.strip()] or list(REPORT_ATTRS)
+    known = ShardSet.open(args.shards).attr_names
+    unknown = [a for a in attrs if a not in known]
+    if args.attrs and unknown:
+        raise ConfigError(f"--attrs: unknown attribute{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                          f"(the shard set's: {', '.join(known) or 'none'})")
     req = CompareRequest(runs=list(args.runs), shards=args.shards, classifier=args.classifier,
                          num_samples=args.num_samples, num_real=args.num_real, grid_size=args.grid_size,
                          attrs=attrs,

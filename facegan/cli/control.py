@@ -18,6 +18,7 @@ import argparse
 from pathlib import Path
 
 from facegan.config import ConfigError
+from facegan.data.limits import check_images
 
 
 def _positive(text: str) -> int:
@@ -39,6 +40,7 @@ def cmd_blend(args: argparse.Namespace) -> int:
 
     bundle = load_control_generator(args.checkpoint, ema=not args.no_ema, alpha=args.alpha, beta=args.beta)
     h, w = bundle.resolution
+    check_images(args.n, h, w, what="-n")
     photos = load_photos(args.photos, crop=bundle.crop, height=h, width=w)   # fail on bad photos first
     path = args.classifier or getattr(bundle.cfg.gan, "classifier", "")
     if not path:
@@ -61,6 +63,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     bundle = load_control_generator(args.checkpoint, ema=not args.no_ema, alpha=args.alpha, beta=args.beta)
     requested = parse_attrs(args.attrs, bundle.attr_names)
+    check_images(args.n, *bundle.resolution, what="-n")
     faces = generate_faces(bundle, requested, n=args.n, seed=args.seed)
     save_grid_png(faces, Path(args.out))
     asked = ", ".join(f"{k}={v}" for k, v in requested.items()) or "nothing (training rates)"

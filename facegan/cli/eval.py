@@ -83,6 +83,22 @@ def cmd_eval(args: Any) -> int:
         raise ConfigError(f"--workers: expected 0 or more, got {args.workers}")
     if args.json and (Path(args.json).is_dir() or Path(args.json).suffix.lower() != ".json"):
         raise ConfigError(f"--json: expected a .json file to write, got {args.json}")
+    from facegan.data.paths import input_dir, output_file
+
+    if args.json:
+        output_file(args.json, flag="--json", suffix=".json")
+    if args.images:
+        input_dir(args.images, flag="--images")
+    if args.features == "inception" and args.inception_weights:
+        from facegan.metrics.features import check_weights_file
+
+        check_weights_file(args.inception_weights)
+    if args.baseline == "real" and args.real_split == args.eval_split:
+        import sys
+
+        print(f"WARNING: --real-split {args.real_split} is also --eval-split: the real baseline is scored against the "
+              "same images (precision/recall 1.0, FID ~0 by construction); pick another --real-split for a baseline",
+              file=sys.stderr)
     req.preflight()
     if req.face == "auto" and req.features != "face" and not req.face_extra:
         import sys

@@ -182,11 +182,16 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_DIRECTION_SAMPLES = 1_000_000   # a mean direction settles long before; 10^6 faces take hours on a CPU
+
+
 def cmd_directions(args: argparse.Namespace) -> int:
     from facegan.families.classifier.scoring import load_classifier
     from facegan.families.loading import load_generator
     from facegan.inversion import find_directions, save_directions
 
+    if not 20 <= args.num_samples <= MAX_DIRECTION_SAMPLES:   # batched, so time, not memory, bounds it
+        raise ConfigError(f"--num-samples: expected 20..{MAX_DIRECTION_SAMPLES:,} generated faces, got {args.num_samples}")
     gen = load_generator(args.checkpoint, ema=not args.no_ema)
     classifier = load_classifier(args.classifier)
     if gen.attr_names and list(classifier.attr_names) != gen.attr_names:

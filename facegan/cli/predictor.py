@@ -54,7 +54,7 @@ def cmd_predictor_train(args: argparse.Namespace) -> int:
     from facegan.cli.train import run, summarize_run
 
     cfg = predictor_config(args.checkpoint, config=args.config, overrides=args.set)
-    metrics, wandb_dir = run(cfg, no_ray=args.no_ray)
+    metrics, wandb_dir = run(cfg, no_ray=args.no_ray, overwrite=args.overwrite)
     print(summarize_run(cfg, metrics, wandb_dir=wandb_dir))
     print(f"  predicts latents of: {cfg.gan.generator}")
     return 0
@@ -69,4 +69,6 @@ def register(sub: Any) -> None:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set gan.switch_kimg=100 (repeatable)")
     t.add_argument("--no-ray", action="store_true", help="run the loop in this process (one rank)")
+    t.add_argument("--overwrite", action="store_true", help="start afresh where an earlier predictor run is "
+                                                           "(its checkpoints and losses are removed)")
     t.set_defaults(func=cmd_predictor_train)

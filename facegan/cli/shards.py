@@ -56,7 +56,10 @@ def _recipe_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_shards_build(args: argparse.Namespace) -> int:
+    from facegan.data.paths import refuse_overlap
+
     recipe = _recipe_from_args(args)
+    refuse_overlap(args.out, out_flag="--out", inputs={"--root": args.root})
     progress = not args.no_progress and sys.stderr.isatty()   # no bar lines in logs and pipes
     try:
         if args.ray:
@@ -108,8 +111,13 @@ def cmd_shards_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_shards_inspect(args: argparse.Namespace) -> int:
+    from facegan.data.paths import output_file
     from facegan.data.writer import inspect_shards
 
+    if args.preview:
+        output_file(args.preview, flag="--preview", suffix=".png")
+    if args.json:
+        output_file(args.json, flag="--json")
     report = inspect_shards(args.dir, preview=args.preview)
     c = report["counts"]
     print(f"{args.dir}: {c['total']} samples (train {c['train']}, val {c['val']}, test {c['test']}), "
@@ -141,6 +149,9 @@ def _check_stream_flags(args: argparse.Namespace) -> None:
             raise ConfigError(f"{flag}: expected an integer >= {low}, got {value}")
     if args.rank >= args.world_size:
         raise ConfigError(f"--rank: expected 0 <= rank < --world-size ({args.world_size}), got {args.rank}")
+    from facegan.data.limits import check_workers
+
+    check_workers(args.workers, what="--workers")   # before any DataLoader forks them
 
 
 def _last_line(exc: Exception) -> str:

@@ -11,11 +11,33 @@ from pathlib import Path
 from typing import Any
 
 from facegan.config import ConfigError
+from facegan.errors import Interrupted
 
 
-def run(cfg: Any, *, no_ray: bool, progress: bool = True) -> tuple[dict[str, float], str]:
+def run(cfg: Any, *, no_ray: bool, progress: bool = True, overwrite: bool = False) -> tuple[dict[str, float], str]:
     """Train cfg in this process or on Ray Train; (the last report's metrics, the W&B run folder).
-    With `progress`, one updating line (kimg, img/s, ETA, losses) instead of log lines."""
+    With `progress`, one updating line (kimg, img/s, ETA, losses) instead of log lines. The run
+    folder is this command's alone while it runs (facegan.launch.rundir: a fresh run over an earlier
+    one needs `overwrite`)."""
+    from facegan.data.stream import ShardSet
+    from facegan.launch.rundir import claim_run_dir
+    from facegan.loop import check_shards
+
+    # The config and its shard set first: a mistake there is named before the run folder's state.
+    check_shards(cfg, ShardSet.open(cfg.data.shards), world_size=1 if no_ray else cfg.ray.num_workers)
+    try:
+        with claim_run_dir(cfg, overwrite=overwrite):
+            return _run(cfg, no_ray=no_ray, progress=progress)
+    except KeyboardInterrupt:
+        from facegan.checkpoint import list_checkpoints
+
+        found = list_checkpoints(Path(cfg.train.out_dir) / "checkpoints")
+        raise Interrupted("interrupted; " + (f"the last checkpoint is {found[-1]}: rerun with --set "
+                                             "train.resume=latest to continue" if found else
+                                             "no checkpoint was written yet")) from None
+
+
+def _run(cfg: Any, *, no_ray: bool, progress: bool) -> tuple[dict[str, float], str]:
     import logging
 
     from facegan.config import to_dict
@@ -49,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from facegan.families import load_run_config
 
     cfg = load_run_config(args.config, args.set)
-    metrics, wandb_dir = run(cfg, no_ray=args.no_ray, progress=not args.no_progress)
+    metrics, wandb_dir = run(cfg, no_ray=args.no_ray, progress=not args.no_progress, overwrite=args.overwrite)
     print(summarize_run(cfg, metrics, wandb_dir=wandb_dir))
     return 0
 
@@ -92,6 +114,8 @@ def wandb_lines(wandb_dir: str) -> list[str]:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from facegan.data.limits import check_images
+    from facegan.data.paths import output_dir, output_file
     from facegan.families.loading import load_generator
     from facegan.images import save_grid_png, save_pngs
 
@@ -103,7 +127,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out: expected a .png file for the grid, got {args.out}")
     if args.out and Path(args.out).is_dir():
         raise ConfigError(f"--out: {args.out} is a directory; give a .png file (or use --out-dir)")
+    if args.out_dir:
+        output_dir(args.out_dir, flag="--out-dir")
+    if args.out:
+        output_file(args.out, flag="--out", suffix=".png")
     gen = load_generator(args.checkpoint, ema=not args.no_ema)
+    check_images(args.n, *gen.resolution, what="-n")   # before one allocation of n images
     # Attribute families draw each face's attributes at their training rates (`facegan generate` chooses).
     img = gen.sample(args.n, seed=args.seed)
     where = []
@@ -125,6 +154,8 @@ def register(sub: Any) -> None:
                    help="override a config key, e.g. --set train.total_kimg=50 (repeatable)")
     t.add_argument("--no-ray", action="store_true", help="run the loop in this process (one rank)")
     t.add_argument("--no-progress", action="store_true", help="no progress line (log lines with -v instead)")
+    t.add_argument("--overwrite", action="store_true", help="start afresh in a train.out_dir that holds an earlier "
+                                                           "run (its checkpoints, samples and losses are removed)")
     t.set_defaults(func=cmd_train)
 
     sm = sub.add_parser("sample", help="draw a sample grid from a checkpoint or run folder")

@@ -118,37 +118,86 @@ def _decode_jpeg_scaled(data: bytes, crop: str | tuple[int, int], out_h: int, ou
     return arr, full_w, full_h, box
 
 
+# EXIF orientation -> the transpose that shows the photo upright (PIL's ImageOps.exif_transpose table).
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}
+
+
+def _jpeg_has_exif(data: bytes) -> bool:
+    """Whether a JPEG carries an EXIF segment (APP1 "Exif") before its image data: only those can
+    be rotated, and only those pay for PIL's EXIF parse."""
+    i, n = 2, min(len(data), 1 << 16)
+    while i + 10 <= n and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xDA:   # start of scan: no more headers
+            return False
+        if marker == 0xE1 and data[i + 4:i + 10] == b"Exif\0\0":
+            return True
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return False
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001  (a damaged EXIF block: show the pixels as stored)
+        return 1
+    return value if value in _ORIENTATION else 1
+
+
+def to_rgb8(img: Image.Image) -> Image.Image:
+    """An RGB image with 8 bits per channel. 16-bit greyscale (PNG, TIFF: modes I;16*, I) is scaled
+    down, not clipped (PIL's convert("RGB") turns every value above 255 white); float images are
+    refused (no agreed range)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16") or img.mode == "I":
+        arr = np.asarray(img).astype(np.int64)
+        if img.mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ImageError(f"32-bit integer image with values {arr.min()}..{arr.max()}: expected 8 or 16 bits")
+        return Image.fromarray((arr >> 8).astype(np.uint8), mode="L").convert("RGB")
+    if img.mode == "F":
+        raise ImageError("32-bit float image: no agreed pixel range; convert it to 8 or 16 bits")
+    return img.convert("RGB")
+
+
 def prepare(data: bytes, *, crop: str | tuple[int, int], out_h: int, out_w: int, min_side: int = 0,
             max_aspect: float = 0.0, stats: dict[str, float] | None = None) -> Image.Image:
     """Decode encoded image bytes, centre-crop and resize to (out_h, out_w); returns an RGB image.
 
     JPEGs are decoded by libjpeg-turbo with DCT scaling (n/8) to the smallest size that still
     leaves at least the output resolution inside the crop: most of the decode cost of a 178x218
-    CelebA image disappears when the target is 64x64 (it decodes at 67x82). Other formats, and
-    JPEGs libjpeg-turbo will not turn into RGB (CMYK), go through PIL (draft mode for JPEG).
-    Corrupt or truncated files raise ImageError. `stats` (optional) accumulates seconds spent
-    per stage ("decode", "resize").
+    CelebA image disappears when the target is 64x64 (it decodes at 67x82). Other formats, JPEGs
+    libjpeg-turbo will not turn into RGB (CMYK) and JPEGs with EXIF go through PIL (draft mode for
+    JPEG). Photos are turned upright by their EXIF orientation (phones store them sideways) before
+    the crop; 16-bit images are scaled to 8 bits (`to_rgb8`). Corrupt or truncated files raise
+    ImageError. `stats` (optional) accumulates seconds spent per stage ("decode", "resize").
     """
     t0 = time.perf_counter()
     fast = _decode_jpeg_scaled(data, crop, out_h, out_w, min_side=min_side, max_aspect=max_aspect) \
-        if data[:2] == b"\xff\xd8" else None
+        if data[:2] == b"\xff\xd8" and not _jpeg_has_exif(data) else None
     if fast is not None:
         arr, full_w, full_h, box = fast
         img = Image.fromarray(arr)
     else:
         try:
             with Image.open(io.BytesIO(data)) as img:
+                orientation = _orientation(img)
                 full_w, full_h = img.size
+                if orientation >= 5:   # the upright photo is the stored one turned by 90 degrees
+                    full_w, full_h = full_h, full_w
                 _check_size(full_w, full_h, min_side=min_side, max_aspect=max_aspect)
                 box = crop_box(full_w, full_h, crop, out_h, out_w)
-                if img.format == "JPEG":
+                if img.format == "JPEG" and orientation == 1:
                     scale = min((box[2] - box[0]) / out_w, (box[3] - box[1]) / out_h)
                     if scale >= 2:
                         # draft() picks the largest reduction keeping the image >= the requested size.
                         img.draft("RGB", (int(np.ceil(full_w / scale)), int(np.ceil(full_h / scale))))
                 img.load()
-                if img.mode != "RGB":
-                    img = img.convert("RGB")
+                img = to_rgb8(img)
+                if orientation != 1:
+                    img = img.transpose(_ORIENTATION[orientation])
         except ImageError:
             raise
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
@@ -226,7 +275,7 @@ def decode_hwc(data: bytes, *, ext: str, height: int, width: int, out: np.ndarra
             with Image.open(io.BytesIO(data)) as img:
                 if img.format != "PNG":
                     raise ImageError(f"expected a PNG, found {img.format}")
-                arr = np.asarray(img.convert("RGB"))
+                arr = np.asarray(to_rgb8(img))
         else:
             raise ImageError(f"unknown image extension {ext!r}")
     except ImageError:

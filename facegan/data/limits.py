@@ -68,3 +68,44 @@ def check_memory(need: int, *, what: str, hint: str = "") -> None:
     if need > SHARE * avail:
         raise DataError(f"{what}: needs about {human(need)} of memory, more than "
                         f"{SHARE:.0%} of the {human(avail)} available" + (f"; {hint}" if hint else ""))
+
+
+MAX_WORKERS = 64                # loader worker processes per rank (data.num_workers' bound too)
+WORKER_BYTES = 256 << 20        # what a forked loader worker comes to (torch, its decode buffers, prefetch)
+
+
+def processes_left() -> int | None:
+    """How many more processes this user may start (`ulimit -u` minus the ones running), or None
+    without a limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    uid, running = os.getuid(), 0
+    try:
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    running += os.stat(f"/proc/{name}").st_uid == uid
+                except OSError:
+                    pass
+    except OSError:
+        return None
+    return max(0, soft - running)
+
+
+def check_workers(n: int, *, what: str) -> None:
+    """Refuse `n` worker processes beyond MAX_WORKERS, the process limit or the memory they need."""
+    if not 0 <= n <= MAX_WORKERS:
+        raise DataError(f"{what}: expected 0..{MAX_WORKERS} worker processes, got {n}")
+    left = processes_left()
+    if left is not None and n + 1 > left:
+        raise DataError(f"{what}: {n} worker processes, but the process limit (ulimit -u) leaves room for "
+                        f"{max(0, left - 1)} more")
+    check_memory(n * WORKER_BYTES, what=f"{what} {n}", hint=f"about {human(WORKER_BYTES)} per worker; use fewer")
+
+
+def check_images(n: int, height: int, width: int, *, what: str, factor: int = 16) -> None:
+    """Refuse generating `n` height x width images at once when they (float32, with `factor` times
+    that for the network's activations) would not fit in memory."""
+    check_memory(n * 3 * height * width * 4 * factor, what=f"{what} {n} ({height}x{width} images)",
+                 hint="ask for fewer")

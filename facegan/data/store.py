@@ -158,11 +158,28 @@ def check_bucket(url: str, bucket: str) -> None:
         raise
 
 
+def fsspec_filesystem(url: str) -> tuple[object, str]:
+    """fsspec's (filesystem, path) for `url`; DataError naming the package to install for a known
+    protocol whose package is missing (s3:// needs s3fs, gs:// gcsfs, ...), or an unknown protocol."""
+    import fsspec
+    from fsspec.registry import known_implementations, registry
+
+    protocol = url.split("://", 1)[0].split("::")[-1]
+    if protocol not in known_implementations and protocol not in registry:
+        raise DataError(f"{url}: unknown protocol {protocol}:// (a local path, or an fsspec protocol such as "
+                        "file://, memory://, s3://, gs://, az://, http://)")
+    try:
+        return fsspec.core.url_to_fs(url, **storage_options(url))
+    except ImportError as exc:
+        hint = known_implementations.get(protocol, {}).get("err") or str(exc)
+        raise DataError(f"{url}: the {protocol}:// protocol needs a package that is not installed ({hint})") from None
+    except ValueError as exc:
+        raise DataError(f"{url}: not a usable fsspec URL: {exc}") from None
+
+
 class FsspecStore(Store):
     def __init__(self, url: str) -> None:
-        import fsspec
-
-        self.fs, self.path = fsspec.core.url_to_fs(url, **storage_options(url))
+        self.fs, self.path = fsspec_filesystem(url)
         self.location = url.rstrip("/")
         if url.split("://", 1)[0].lower() in S3_PROTOCOLS:
             check_bucket(url.split("://", 1)[0].lower() + "://" + self.path.split("/", 1)[0], self.path.split("/", 1)[0])
@@ -268,9 +285,8 @@ def open_url(url: str) -> BinaryIO:
         assert proc.stdout is not None
         return proc.stdout
     if "://" in url and not url.startswith("file://"):
-        import fsspec
-
-        return fsspec.open(url, "rb", **storage_options(url)).open()
+        fs, path = fsspec_filesystem(url)
+        return fs.open(path, "rb")
     return open(url.removeprefix("file://"), "rb")
 
 

@@ -53,6 +53,7 @@ from facegan.data.foreign import foreign_labels
 from facegan.data.imageio import (ImageError, check_source_size, crc32, crop_box, decode_chw, encode, prepare,
                                   read_file_stat, save_grid)
 from facegan.data.limits import check_memory, human
+from facegan.data.lock import LOCK_NAME, hold_lock
 from facegan.data.recipe import IMAGE_EXT, ShardRecipe
 from facegan.data.records import SPLITS, DataError, SourceItem, SourceScan, item_key
 from facegan.data.store import FsspecStore, LocalStore, PipeStore, Store, open_store
@@ -635,7 +636,7 @@ class ShardBuild:
                 raise DataError(f"{where}: is a file; expected a folder (new, empty, or an earlier shard set)")
             if not store.root.is_dir():
                 return
-            entries = sorted(p.name for p in store.root.iterdir())
+            entries = sorted(p.name for p in store.root.iterdir() if p.name != LOCK_NAME)
         elif isinstance(store, FsspecStore):
             try:
                 if store.fs.isfile(store.path):
@@ -722,7 +723,7 @@ class ShardBuild:
         """Create the output folder (remembering whether this build made it)."""
         try:
             if isinstance(self.store, LocalStore):
-                self._created_out = not self.store.root.exists()
+                self._created_out = self._created_out or not self.store.root.exists()
                 (self.store.root / PARTIAL).mkdir(parents=True, exist_ok=True)
                 self.store.clean_temp()
         except OSError as exc:
@@ -742,13 +743,19 @@ class ShardBuild:
 
     @contextlib.contextmanager
     def running(self) -> Iterator["ShardBuild"]:
-        """Create the output folder; on any failure (Ctrl-C included) clean up, then re-raise."""
-        self.start()
-        try:
-            yield self
-        except BaseException:
-            self.cleanup(failed=True)
-            raise
+        """Create the output folder and hold its lock (one build at a time per --out, see
+        facegan.data.lock); on any failure (Ctrl-C included) clean up, then re-raise."""
+        lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if isinstance(self.store, LocalStore):
+            self._created_out = not self.store.root.exists()
+            lock = hold_lock(self.store.root, what=f"--out {self.out}")
+        with lock:
+            self.start()
+            try:
+                yield self
+            except BaseException:
+                self.cleanup(failed=True)
+                raise
 
     def cleanup(self, *, failed: bool) -> None:
         """After a failure: no temp files; finished shards stay in .partial/ for a rerun, and a
@@ -759,7 +766,8 @@ class ShardBuild:
         partial = self.store.root / PARTIAL
         if partial.is_dir() and not any(partial.iterdir()):
             partial.rmdir()
-        if failed and self._created_out and not any(self.store.root.iterdir()):
+        if failed and self._created_out and not [p for p in self.store.root.iterdir() if p.name != LOCK_NAME]:
+            (self.store.root / LOCK_NAME).unlink(missing_ok=True)
             self.store.root.rmdir()
 
     def _discard_staged(self) -> None:
@@ -806,9 +814,12 @@ class ShardBuild:
 
 
 def build_shards(recipe: ShardRecipe, *, root: str | Path | None, out: str | Path, progress: bool = True,
-                 overwrite: bool = False) -> BuildResult:
-    """Scan the source, write shards with local worker processes, then manifest.json. Resumes."""
+                 overwrite: bool = False, skipped: Iterable[dict[str, str]] = ()) -> BuildResult:
+    """Scan the source, write shards with local worker processes, then manifest.json. Resumes.
+    `skipped`: inputs a caller dropped before the scan ({"input", "reason"}), listed in the
+    manifest with the build's own."""
     build = ShardBuild(recipe, root=root, out=out, overwrite=overwrite)
+    build.scan.skipped = list(skipped) + list(build.scan.skipped)
     with build.running():
         _run_local(build, progress=progress)
         return build.finish()
@@ -995,6 +1006,11 @@ def load_manifest(location: str | Path) -> dict[str, Any]:
         raw = store.read_bytes(MANIFEST)
     except OSError as exc:
         raise DataError(f"{store.url(MANIFEST)}: cannot read: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001  (remote filesystems raise their own: no credentials, ...)
+        if not isinstance(store, FsspecStore):
+            raise
+        raise DataError(f"{store.url(MANIFEST)}: cannot read: {type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:200]}") from None
     if raw is None:
         raise DataError(f"{location}: no {MANIFEST} (is this a shard set built by `facegan shards build`? "
                         f"WebDataset tars written by another tool: `facegan shards import {location}`)")

@@ -146,20 +146,75 @@ def connect(address: str) -> dict[str, Any]:
     return dict(ctx.address_info)
 
 
-def ensure_ray(address: str = "", *, log_to_driver: bool = True) -> bool:
+PROBE_TIMEOUT_S = 3.0
+
+
+def probe_address(address: str, *, where: str) -> None:
+    """UserError within seconds when `address` (from `where`: a flag, field or $RAY_ADDRESS) is not
+    "auto" or host:port, or nothing listens there: ray.init would otherwise retry for minutes."""
+    import socket
+
+    from facegan.errors import UserError
+
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[1] if address.startswith(("ray://", "http://", "https://")) else address
+    host, sep, port = hostport.rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"{where}: expected auto or host:port (e.g. 127.0.0.1:6379), got {address!r}")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise UserError(f"no Ray cluster at {address} ({where}: {reason}); start one (`make ray-up`) or leave the "
+                        "address empty for a local cluster") from None
+
+
+def ensure_ray(address: str = "", *, log_to_driver: bool = True, where: str = "ray.address") -> bool:
     """Use the Ray this process is already connected to, else join `address` (or $RAY_ADDRESS,
     as inside `ray job submit`), else start a local cluster (whose workers' output reaches this
-    terminal only with log_to_driver; otherwise it stays in Ray's session logs). True if it started one."""
+    terminal only with log_to_driver; otherwise it stays in Ray's session logs). True if it started one.
+    An address where no cluster answers is a UserError naming it (`where`: the flag or field)."""
     import ray
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS", "")
+    if not address and os.environ.get("RAY_ADDRESS"):
+        address, where = os.environ["RAY_ADDRESS"], "$RAY_ADDRESS"
     if address:
-        connect(address)
+        probe_address(address, where=where)
+        try:
+            connect(address)
+        except ConnectionError as exc:
+            from facegan.errors import UserError
+
+            raise UserError(f"no Ray cluster at {address} ({where}: {str(exc).splitlines()[0][:200]})") from None
         return False
+    check_local_memory()
     start_local_cluster(log_to_driver=log_to_driver)
     return True
+
+
+LOCAL_RAY_BYTES = 16 << 30   # address space a local Ray (raylet, object store, GCS, workers) maps at the least
+
+
+def check_local_memory() -> None:
+    """A local cluster under an address-space cap (`ulimit -v`) or in a small container cannot map
+    its object store: Ray then hangs or its workers die without a word. Refuse it with one line."""
+    import resource
+
+    from facegan.data.limits import available_memory, human
+    from facegan.errors import UserError
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY and soft < LOCAL_RAY_BYTES:
+        raise UserError(f"ulimit -v {soft // 1024}: a local Ray cluster needs at least {human(LOCAL_RAY_BYTES)} of "
+                        "address space (its object store and workers); raise the limit, join a cluster "
+                        "(ray.address) or run in-process (--no-ray)")
+    if available_memory() < 1 << 30:
+        raise UserError(f"only {human(available_memory())} of memory available: too little for a local Ray cluster "
+                        "(object store and workers); free memory, join a cluster (ray.address) or use --no-ray")
 
 
 # ================================================================== head node for `make ray-up`

@@ -44,7 +44,7 @@ def build_shards_on_ray(recipe: ShardRecipe, *, root: str | Path | None, out: st
     location = str(Path(out).absolute()) if "://" not in str(out) and not str(out).startswith("pipe:") else str(out)
     total = sum(len(j.items) for j in build.todo)
     with build.running():
-        started = ensure_ray(address) if build.todo else False
+        started = ensure_ray(address, where="--address") if build.todo else False
         remote = ray.remote(num_cpus=1, max_retries=2, scheduling_strategy="SPREAD")(_shard_task)
         pending = {remote.remote(job, recipe, location, build.staged_name(job.name)): job for job in build.todo}
         bar = make_progress(total=total, enabled=progress and total > 0)

@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from facegan.config import to_dict
+from facegan.errors import UserError
 from facegan.stats import Sink
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,27 @@ def sync_command(run_dir: str | Path) -> str:
     return f"wandb sync {run_dir}"
 
 
+WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")   # what wandb.init accepts
+INIT_TIMEOUT_S = 30.0   # an online start that cannot reach W&B gives up after this (wandb's default: 90 s)
+
+
+def _check_wandb_env(mode: str) -> None:
+    """One line for what wandb would report with a traceback (a bad $WANDB_MODE) or after minutes
+    of retries (a malformed key)."""
+    env = os.environ.get("WANDB_MODE", "")
+    if env and env not in WANDB_MODES:
+        raise UserError(f"$WANDB_MODE: expected one of online, offline, disabled, got {env!r}")
+    key = os.environ.get("WANDB_API_KEY", "")
+    if mode == "online" and key:
+        try:
+            from wandb.sdk.lib.wbauth.validation import check_api_key
+        except ImportError:   # another wandb version: its own checks apply
+            return
+        problem = check_api_key(key)
+        if problem:
+            raise UserError(f"WANDB_API_KEY: {problem} Set a valid key, or wandb.mode: offline")
+
+
 class WandbSink:
     """One W&B run per job, from rank 0. Offline unless the user configured a key and mode."""
 
@@ -68,6 +90,7 @@ class WandbSink:
             # else stays on this machine.
             has_key = bool(os.environ.get("WANDB_API_KEY"))
             mode = os.environ.get("WANDB_MODE") or ("online" if has_key else "offline")
+        _check_wandb_env(mode)
         if mode in ("offline", "disabled"):
             # wandb's process-wide analytics (OpenTelemetry probe) and Sentry error reporting
             # read the environment, not init(mode=...): without these an offline run still
@@ -89,10 +112,15 @@ class WandbSink:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.log_checkpoints = log_checkpoints
-        self.run = wandb.init(project=project, entity=entity or None, group=group or None, name=name or None,
-                              config=config, dir=str(out_dir), mode=mode, id=run_id, resume="allow",
-                              job_type=job_type, tags=list(dict.fromkeys(tags)) or None,
-                              settings=wandb.Settings(silent=True, x_disable_stats=True))
+        try:
+            self.run = wandb.init(project=project, entity=entity or None, group=group or None, name=name or None,
+                                  config=config, dir=str(out_dir), mode=mode, id=run_id, resume="allow",
+                                  job_type=job_type, tags=list(dict.fromkeys(tags)) or None,
+                                  settings=wandb.Settings(silent=True, x_disable_stats=True,
+                                                          init_timeout=INIT_TIMEOUT_S))
+        except (wandb.errors.Error, TimeoutError) as exc:
+            raise UserError(f"wandb.mode {mode}: W&B did not start a run ({' '.join(str(exc).split())[:200]}); check "
+                            "WANDB_API_KEY and the network, or set wandb.mode: offline") from None
         self.mode = mode
         # The last step an earlier attempt of this run sent, per kind (a resumed run redoes the
         # steps after its checkpoint): history only moves forward.

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from facegan.config import ConfigError, from_dict
-from facegan.errors import UserError
+from facegan.errors import DataError, UserError
 from facegan.families import RunConfig
 from facegan.hooks import Hooks
 from facegan.launch.cluster import ensure_ray
@@ -108,6 +108,12 @@ def preflight(cfg: RunConfig) -> None:
     shards = ShardSet.open(cfg.data.shards)
     # The same checks the worker's loop makes, before any worker starts (~15 s and a Ray traceback later).
     check_shards(cfg, shards, world_size=cfg.ray.num_workers)
+    if not _is_url(cfg.data.shards):
+        # Unreadable shard files would fail in every worker, once per restart, each with a traceback.
+        unreadable = [url for url in shards.urls("train") if not os.access(url, os.R_OK)]
+        if unreadable:
+            raise DataError(f"data.shards: {len(unreadable)} of {len(shards.urls('train'))} train shards cannot be "
+                            f"read, e.g. {unreadable[0]} ({'missing' if not os.path.exists(unreadable[0]) else 'no read permission'})")
     if not _is_url(cfg.train.out_dir):
         check_writable_dir(cfg.train.out_dir, field="train.out_dir")
     evaluation = cfg.eval
@@ -444,13 +450,21 @@ def job_entry(argv: list[str] | None, *, description: str, default_family: str =
     parser.add_argument("--config", required=True, help="run config YAML (configs/*.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.total_kimg=50 (repeatable)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in a train.out_dir that holds an earlier run (its files are removed)")
     args = parser.parse_args(argv)
+    from facegan.launch.rundir import claim_run_dir
+
     try:
         cfg = load_run_config(args.config, args.set, default_family=default_family)
-        result = run_training(cfg, config_dict=to_dict(cfg))  # checks the shard set before Ray starts
+        with claim_run_dir(cfg, overwrite=args.overwrite):
+            result = run_training(cfg, config_dict=to_dict(cfg))  # checks the shard set before Ray starts
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun with --set train.resume=latest to continue", file=sys.stderr)
+        return 130
     print(json.dumps(result, indent=1, sort_keys=True, default=str))
     return 0
 

@@ -163,6 +163,17 @@ def _check_keys(path: Path, state: Mapping[str, Tensor], expected: dict[str, tor
         raise InceptionWeightsError(f"{path}: not a valid {what}: {'; '.join(parts)}")
 
 
+def check_weights_file(path: str | Path) -> Path:
+    """The weights file as a Path; InceptionWeightsError when it is missing or empty (checked before
+    any work starts; load_inception reads it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InceptionWeightsError(f"inception weights file not found: {path} ({_WEIGHTS_HELP})")
+    if path.stat().st_size == 0:
+        raise InceptionWeightsError(f"{path}: the file is empty (0 bytes); {_WEIGHTS_HELP}")
+    return path
+
+
 def load_inception(path: str | Path) -> FeatureExtractor:
     """The "inception" feature network from a local weights file, whichever of the two formats it is.
 
@@ -172,14 +183,12 @@ def load_inception(path: str | Path) -> FeatureExtractor:
 
     Raises InceptionWeightsError naming the file when it is missing or neither format.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InceptionWeightsError(f"inception weights file not found: {path} ({_WEIGHTS_HELP})")
+    path = check_weights_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises pickle, zip and runtime errors alike for a bad file
         raise InceptionWeightsError(f"{path}: cannot be read as a PyTorch state_dict "
-                                    f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); {_WEIGHTS_HELP}"
+                                    f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); {_WEIGHTS_HELP}"
                                     ) from None
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise InceptionWeightsError(f"{path}: expected a state_dict (a mapping of names to tensors), "

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from facegan.config import ConfigError, apply_overrides, from_dict, read_yaml, require, to_dict
+from facegan.config import MAX_KIMG, ConfigError, apply_overrides, from_dict, read_yaml, require, to_dict
 from facegan.families import RunConfig, get_family
 
 # Scalars every run reports at each tick (facegan.loop); each family adds its own (Family.metrics).
@@ -192,7 +192,8 @@ class Budget:
 
     def __post_init__(self) -> None:
         require(self.max_minutes >= 0, f"budget.max_minutes: expected >= 0 (0: no limit), got {self.max_minutes}")
-        require(self.trial_kimg >= 0, f"budget.trial_kimg: expected >= 0 (0: base config), got {self.trial_kimg}")
+        require(0 <= self.trial_kimg <= MAX_KIMG,
+                f"budget.trial_kimg: expected 0..{MAX_KIMG:,} (0: the base config's train.total_kimg), got {self.trial_kimg}")
         require(self.max_trials >= 0, f"budget.max_trials: expected >= 0 (0: all), got {self.max_trials}")
 
 
