@@ -547,3 +547,30 @@ def test_make_ray_up_job_submit_ray_down(synthetic_shards: Path, tmp_path: Path)
     for p in (port, dash):
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", p)) != 0, f"port {p} still open after ray-down"
+
+
+def test_preflight_refuses_a_set_whose_train_shards_hold_no_readable_sample(synthetic_shards: Path,
+                                                                             tmp_path: Path) -> None:
+    """Every worker would fail on such a set, once per restart, each with a traceback: the driver
+    says it once, before Ray starts. A set with one good train shard still passes (the stream skips
+    and counts the bad ones)."""
+    from facegan.config import from_dict
+    from facegan.errors import DataError
+    from facegan.families import RunConfig
+    from facegan.launch.trainer import preflight
+
+    shards = tmp_path / "shards"
+    shutil.copytree(synthetic_shards, shards)
+    train = sorted(shards.glob("train-*.tar"))
+    assert len(train) >= 2
+    cfg = from_dict(RunConfig, {
+        "data": {"shards": str(shards), "batch_size": 8, "num_workers": 0},
+        "model": {"family": "dcgan", "resolution": 32, "z_dim": 16, "base_channels": 8},
+        "train": {"total_kimg": 0.1, "out_dir": str(tmp_path / "run")},
+        "ray": {"num_workers": 2}, "wandb": {"enabled": False}})
+    for path in train[1:]:
+        path.write_bytes(b"not a tar at all" * 64)
+    preflight(cfg)                                    # one readable shard left: trains, bad ones counted
+    train[0].write_bytes(b"")
+    with pytest.raises(DataError, match=r"none of the \d+ train shards holds a readable sample, e\.g\. .*train-"):
+        preflight(cfg)

@@ -95,6 +95,19 @@ def ray_storage(cfg: RunConfig) -> tuple[str, Any]:
     return store.path.rstrip("/"), pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(store.fs))
 
 
+def first_sample_problem(path: str) -> str | None:
+    """Why the shard file at `path` yields no first sample (None: it does). Reads one sample only."""
+    from facegan.data.tario import TarFormatError, iter_samples
+
+    try:
+        with open(path, "rb") as f:
+            if next(iter_samples(f), None) is None:
+                return "no samples"
+    except (OSError, TarFormatError, EOFError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
 def preflight(cfg: RunConfig) -> None:
     """Catch what would otherwise fail inside every worker, once per retry, after a ~15 s start."""
     from facegan.data.stream import ShardSet
@@ -114,6 +127,13 @@ def preflight(cfg: RunConfig) -> None:
         if unreadable:
             raise DataError(f"data.shards: {len(unreadable)} of {len(shards.urls('train'))} train shards cannot be "
                             f"read, e.g. {unreadable[0]} ({'missing' if not os.path.exists(unreadable[0]) else 'no read permission'})")
+        # A set none of whose train shards starts with a readable sample (files overwritten, cut to
+        # nothing, not tars) would fail in every worker, once per restart; a set with some good
+        # shards trains, skipping and counting the bad ones, as the stream documents.
+        damaged = [(url, why) for url in shards.urls("train") if (why := first_sample_problem(url))]
+        if damaged and len(damaged) == len(shards.urls("train")):
+            raise DataError(f"data.shards: none of the {len(damaged)} train shards holds a readable sample, "
+                            f"e.g. {damaged[0][0]}: {damaged[0][1]}")
     if not _is_url(cfg.train.out_dir):
         check_writable_dir(cfg.train.out_dir, field="train.out_dir")
     evaluation = cfg.eval
