@@ -114,6 +114,27 @@ def test_cli_prints_a_table_and_writes_json(trained: dict[str, Path], tmp_path: 
     assert json.loads(out.read_text())["scores"]["num_fake"] == 64
 
 
+def test_cli_logs_the_scores_as_an_eval_run_on_wandb(trained: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """--wandb PROJECT: one offline W&B run of job_type eval beside the JSON, whose history holds the
+    scores, and the line that uploads it."""
+    from test_wandb import history, offline_runs, run_record
+
+    from facegan.cli import main
+
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--baseline", "random", "--shards", str(trained["shards"]), "--classifier",
+                 str(trained["clf"]), "--num-samples", "32", "--face", "off", "--json", str(out),
+                 "--wandb", "facegan-test"]) == 0
+    text = capsys.readouterr().out
+    (run,) = offline_runs(tmp_path)
+    assert f"wandb sync {run}" in text
+    record = run_record(run)
+    assert record.job_type == "eval" and "features-attr" in record.tags and "baseline" in record.tags
+    scores = json.loads(out.read_text())["scores"]
+    (row,) = [r for r in history(run) if "fid_attr" in r]
+    assert row["fid_attr"] == pytest.approx(scores["fid_attr"]) and row["num_fake"] == 32
+
+
 def test_training_reports_the_metrics_every_k_images(trained: dict[str, Path], tmp_path: Path) -> None:
     cfg = from_dict(RunConfig, {
         "data": {"shards": str(trained["shards"]), "batch_size": 16, "num_workers": 0},

@@ -46,6 +46,9 @@ def register(sub: Any) -> None:
     e.add_argument("--json", default="", help="where to write the result (default: next to the checkpoint, "
                                               "or eval.json in the current folder)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar (images featurised so far)")
+    e.add_argument("--wandb", default="", metavar="PROJECT",
+                   help="also log the scores as a W&B run (job_type eval) in PROJECT: offline unless a key is "
+                        "set (WANDB_API_KEY or wandb login with WANDB_MODE=online); its folder goes beside the JSON")
     e.set_defaults(func=cmd_eval)
 
 
@@ -140,4 +143,11 @@ def cmd_eval(args: Any) -> int:
     else:
         out = Path("eval.json")
     print(f"wrote {write_result(result, out)}")
+    if args.wandb:
+        from facegan.launch.sinks import log_eval_run, sync_command
+
+        run_dir, mode = log_eval_run(result, project=args.wandb, out_dir=out.parent, name=out.stem)
+        print(f"  W&B run:      {run_dir}")
+        if mode == "offline":
+            print(f"  W&B upload:   {sync_command(run_dir)}   (offline run; after `wandb login`)")
     return 0

@@ -193,6 +193,26 @@ class WandbSink:
             log.info("W&B run saved offline in %s; upload it with: %s", run_dir, sync_command(run_dir))
 
 
+def log_eval_run(result: dict[str, Any], *, project: str, out_dir: Path, name: str = "",
+                 tags: tuple[str, ...] = ()) -> tuple[str, str]:
+    """One W&B run of job_type "eval" for a `facegan eval` result: its numeric scores as history
+    (step 0) and summary, the request as config, tags for the features and the source kind.
+    Offline unless the user configured a key (as training runs). Returns (run folder, mode)."""
+    scores = {k: float(v) for k, v in result.get("scores", {}).items()
+              if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    request = result.get("request", {})
+    kind = "checkpoint" if request.get("checkpoint") else "images" if request.get("images") else "baseline"
+    sink = WandbSink(project=project, config={"request": request, "source": result.get("source", ""),
+                                              "kimg": result.get("kimg")},
+                     out_dir=out_dir, name=name or None, job_type="eval",
+                     tags=(f"features-{request.get('features', '')}", kind, *tags))
+    sink.log(scores, step=0)
+    sink.run.summary.update(scores)
+    run_dir, mode = sink.run_dir, sink.mode
+    sink.close()
+    return run_dir, mode
+
+
 def in_process_run_id(out_dir: Path, *, resume: str) -> str:
     """The W&B id of an in-process run: the one recorded in <out_dir>/wandb when the run resumes
     (train.resume set), a new one (recorded there) when it starts fresh."""
