@@ -105,7 +105,8 @@ CASES: list[tuple[str, list[str], str, dict[str, str]]] = [
     ("verify-missing-package", ["shards", "verify", "nopkg://bucket/set"],
      r"nopkg://bucket/set: the nopkg:// protocol needs a package that is not installed \(Install nopkgfs", {}),
     ("verify-s3-no-credentials", ["shards", "verify", "s3://bucket/set"],
-     r"s3://bucket/set: the s3:// protocol needs .*s3fs|s3://bucket/set/manifest.json: cannot read: NoCredentialsError",
+     r"s3://bucket/set: the s3:// protocol needs .*s3fs|s3://bucket/set/manifest.json: cannot read: NoCredentialsError"
+     r"|s3://bucket: no S3 credentials found; set AWS_ACCESS_KEY_ID",
      {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_CONFIG_FILE": "/nonexistent",
       "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_EC2_METADATA_DISABLED": "true"}),
     ("stream-foo", ["shards", "stream", "foo://x/set"], r"foo://x/set: unknown protocol foo://", {}),
@@ -371,7 +372,8 @@ def test_augment_lists_the_photos_it_skipped_in_the_new_sets_manifest(runs: dict
     Image.fromarray((np.random.default_rng(0).random((48, 48, 3)) * 255).astype(np.uint8)).save(photos / "good.png")
     (photos / "bad.jpg").write_bytes(b"not a jpeg")
     assert main(["augment", str(photos), "--checkpoint", str(runs["gan"]), "--variants", "1", "--jitter", "0.1",
-                 "--steps", "2", "--restarts", "1", "--no-progress", "--out", str(tmp_path / "aug")]) == 0
+                 "--steps", "2", "--restarts", "1", "--no-progress", "--max-identity-distance", "0",
+                 "--out", str(tmp_path / "aug")]) == 0
     manifest = json.loads((tmp_path / "aug" / "manifest.json").read_text())
     assert manifest["counts"]["total"] == 1 and manifest["num_skipped"] == 1
     assert manifest["skipped"][0]["input"] == str(photos / "bad.jpg")

@@ -79,17 +79,21 @@ def _check_wandb_env(mode: str) -> None:
             raise UserError(f"WANDB_API_KEY: {problem} Set a valid key, or wandb.mode: offline")
 
 
+def resolve_mode(mode: str) -> str:
+    """wandb.mode "auto": online only when the user configured it (a key, or WANDB_MODE=online);
+    anything else stays on this machine."""
+    if mode != "auto":
+        return mode
+    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+
+
 class WandbSink:
     """One W&B run per job, from rank 0. Offline unless the user configured a key and mode."""
 
     def __init__(self, *, project: str, config: dict[str, Any], out_dir: Path, mode: str = "auto",
                  entity: str = "", group: str = "", name: str = "", run_id: str | None = None,
                  job_type: str = "train", tags: tuple[str, ...] = (), log_checkpoints: bool = False) -> None:
-        if mode == "auto":
-            # Online only when the user configured it (a key, or WANDB_MODE=online); anything
-            # else stays on this machine.
-            has_key = bool(os.environ.get("WANDB_API_KEY"))
-            mode = os.environ.get("WANDB_MODE") or ("online" if has_key else "offline")
+        mode = resolve_mode(mode)
         _check_wandb_env(mode)
         if mode in ("offline", "disabled"):
             # wandb's process-wide analytics (OpenTelemetry probe) and Sentry error reporting
@@ -243,6 +247,7 @@ def make_sinks(cfg: Any, *, rank: int = 0, run_id: str | None = None, name: str 
     elif mode == "online" and not has_credentials():
         log.warning("wandb.mode=online but there is no W&B key (WANDB_API_KEY, or `wandb login`): logging offline")
         mode = "offline"
+    _check_wandb_env(resolve_mode(mode))   # before anything is written for the run (its recorded W&B id)
     out_dir = Path(cfg.train.out_dir)
     tags = (*w.tags, cfg.model.family, *((w.group,) if w.job_type == "sweep-trial" and w.group else ()))
     return (WandbSink(project=w.project, entity=w.entity, group=w.group,
