@@ -196,7 +196,7 @@ def test_tick_images_write_traversal_grids(tmp_path: Path) -> None:
     ("model", {"q_hidden": 10**6}, "model.q_hidden: expected 1..4096"),
     ("model", {"resolution": 1024, "base_channels": 1024}, "1024 at 1024 px gives nets of about .* more than 150M"),
     ("gan", {"noise_recovery": -0.1}, "noise_recovery must be >= 0"),
-    ("gan", {"info_weight": float("nan")}, "info_weight must be a finite number"),
+    ("gan", {"info_weight": float("nan")}, r"gan.info_weight: expected a finite number, got nan"),
     ("gan", {"d_noise_power": -1}, "d_noise_power must be >= 0"),
 ])
 def test_bad_options_are_refused_naming_the_field(section: str, values: dict, message: str) -> None:
