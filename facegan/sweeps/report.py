@@ -251,7 +251,8 @@ def _objective_plots(res: SweepResults, best_id: str | None) -> str:
     for ax, key in zip(axes.flat, keys):
         xs = [t.params.get(key) for t in trials]
         ys = [t.objective(res.metric) for t in trials]
-        if not _numeric(xs):
+        categorical = not _numeric(xs)   # e.g. augment.kind: one tick per value, labelled
+        if categorical:
             labels = sorted({str(x) for x in xs})
             xs = [labels.index(str(x)) for x in xs]
             ax.set_xticks(range(len(labels)), labels)
@@ -261,7 +262,7 @@ def _objective_plots(res: SweepResults, best_id: str | None) -> str:
                   ("tab:blue" if t.status(res.total_kimg) == "finished" else "tab:gray") for t in trials]
         ax.scatter(xs, ys, c=colors, s=28)
         ax.tick_params(axis="x", labelrotation=30)
-        if ax.get_xscale() == "linear" and _numeric(xs):
+        if ax.get_xscale() == "linear" and not categorical:
             ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
         ax.set_xlabel(key)
         ax.set_ylabel(res.metric)
