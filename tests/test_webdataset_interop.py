@@ -309,17 +309,25 @@ def test_out_and_brace_patterns_leave_the_shards_alone(tmp_path: Path) -> None:
 
 
 def test_read_only_source_asks_for_out(tmp_path: Path) -> None:
+    """A source folder facegan cannot write to: import asks for --out and writes nothing. As root
+    (CI) a chmod does not stop writes, so the folder is bind-mounted read-only in a mount
+    namespace of its own (`unshare -rm`), as the other read-only tests do."""
+    import shlex
+
+    from conftest import skip_unless_required
+
     src = tmp_path / "ro"
     shard_writer_set(src, n=10)
-    src.chmod(0o555)
-    try:
-        if os.access(src, os.W_OK):
-            pytest.skip("running as root: a read-only folder is writable")
-        res = facegan_cli("shards", "import", str(src))
-        assert res.returncode == 2 and "--out" in res.stderr and "Traceback" not in res.stderr
-        assert not (src / "manifest.json").exists()
-    finally:
-        src.chmod(0o755)
+    cmd = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "facegan.cli", "shards", "import", str(src)))
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount --bind {src} {src} && "
+                            f"mount -o remount,ro,bind {src} {src}"], capture_output=True)
+    if probe.returncode != 0:
+        skip_unless_required("FACEGAN_REQUIRE_MOUNTS", "needs `unshare -rm` to bind-mount a folder read-only")
+    res = subprocess.run(["unshare", "-rm", "bash", "-c", f"mount --bind {src} {src} && "
+                          f"mount -o remount,ro,bind {src} {src} && {cmd}"], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
+    assert res.returncode == 2 and "--out" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not (src / "manifest.json").exists()
 
 
 def test_a_built_sets_manifest_is_never_replaced(synthetic_shards: Path) -> None:
