@@ -364,3 +364,39 @@ def test_sweep_report_ranks_by_the_face_metric_once_trials_report_it(tmp_path: P
         rows.write_text(json.dumps({**last, "fid_face": face}) + "\n")
     res = load_results(tmp_path)
     assert res.rank_metric == "fid_face" and [t.trial_id for t in res.ranked()] == ["diffaugment", "none"]
+
+
+def test_data_efficiency_report_reads_runs_and_ratios_against_the_unaugmented_run(tmp_path: Path) -> None:
+    """benchmarks/bench_data_efficiency.py report on hand-made run folders: best/last per run, the
+    metric turning back up (last/best), each run against its group's `_none` run, ADA's p, the
+    memorisation ratio of the last evaluation, the plot."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    def write(name: str, fids: list[float], p: list[float] | None = None) -> None:
+        run = tmp_path / name
+        run.mkdir()
+        rows = [{"kind": "step", "kimg": 0.1, "loss/d": 1.0}]
+        for i, fid in enumerate(fids):
+            row = {"kind": "tick", "kimg": 3.0 * (i + 1), "img_per_sec": 50.0, "fid_attr": fid,
+                   "memorisation_ratio_attr": 0.9 + 0.01 * i}
+            if p is not None:
+                row["augment_p"] = p[i]
+            rows.append(row)
+        (run / "losses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write("g_none", [90.0, 40.0, 60.0])
+    write("g_ada", [95.0, 45.0, 30.0], p=[0.1, 0.2, 0.3])
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_data_efficiency.py"), "report",
+                          str(tmp_path / "g_none"), str(tmp_path / "g_ada"), "--json", str(tmp_path / "t.json"),
+                          "--plot", str(tmp_path / "t.png")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    table = {r["run"]: r for r in json.loads((tmp_path / "t.json").read_text())}
+    assert table["g_none"]["best"] == 40.0 and table["g_none"]["last_over_best"] == pytest.approx(1.5)
+    assert table["g_ada"]["last_vs_none"] == pytest.approx(0.5) and table["g_ada"]["best_kimg"] == 9.0
+    assert table["g_ada"]["augment_p"][-1] == [9.0, 0.3] and table["g_none"]["augment_p"] == []
+    assert table["g_none"]["memorisation_ratio"] == pytest.approx(0.92)
+    assert (tmp_path / "t.png").stat().st_size > 1000 and "g_ada" in out.stdout

@@ -71,12 +71,10 @@ def test_family_declares_a_consistent_protocol(name: str, synthetic_shards: Path
         assert isinstance(metric, str) and metric
 
 
-# Every kind of augmentation a family takes, besides none (the tests above and below run it).
+# Every kind of augmentation a family takes, besides none: one CPU step, exact resume and the 2-rank
+# DDP step each (DiffAugment: each rank its own draws; ADA: the per-sample gate and p from r_t
+# averaged over ranks; R1's double backward where the family has it).
 AUGMENT_CASES = [(name, kind) for name in NAMES for kind in FAMILIES[name].augment_kinds if kind != "none"]
-# Under DDP each family with augmentation runs its last kind (ada where it takes it: the pipe's ops,
-# the per-sample gate and p from r_t averaged over ranks; else diffaugment), so every family and
-# every kind is run on 2 ranks without a 2-rank run per pair (each costs ~10-30 s of process start).
-DDP_AUGMENT_CASES = [(name, FAMILIES[name].augment_kinds[-1]) for name in NAMES if len(FAMILIES[name].augment_kinds) > 1]
 
 
 def augment_sections(name: str, kind: str) -> dict[str, dict[str, Any]]:
@@ -173,7 +171,7 @@ def _ddp_worker(rank: int, world: int, cfg_dict: dict, result_dir: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, kind", [(name, "none") for name in NAMES] + DDP_AUGMENT_CASES)
+@pytest.mark.parametrize("name, kind", [(name, "none") for name in NAMES] + AUGMENT_CASES)
 def test_family_two_rank_ddp_keeps_ranks_identical(name: str, kind: str, synthetic_shards: Path,
                                                    tmp_path: Path) -> None:
     # 3 steps of 2 x 8 images: an unused parameter would raise in DDP's reducer at step 2. Each rank

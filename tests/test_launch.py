@@ -29,6 +29,7 @@ import yaml
 
 from conftest import REPO
 from conftest_ray import HEALTH_CHECK_INTERVAL_S, free_port, node_args
+from facegan.checkpoint import load_checkpoint
 from facegan.config import from_dict, to_dict
 from facegan.families import RunConfig
 from facegan.launch.cluster import BOOTSTRAP_FILE, ensure_bootstrap_file, offline_env, state_dir
@@ -497,12 +498,17 @@ def test_make_ray_up_job_submit_ray_down(synthetic_shards: Path, tmp_path: Path)
              # WANDB_MODE is also one the driver sets for its workers: Ray must not see it twice.
              json.dumps({"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": HEALTH_CHECK_INTERVAL_S,
                                       "WANDB_MODE": "offline"}}),
-             "--", "python", "ray_jobs/train.py", "--config", str(config_path), "--set", "train.total_kimg=0.096"],
+             "--", "python", "ray_jobs/train.py", "--config", str(config_path), "--set", "train.total_kimg=0.096",
+             # ADA (p adapted from r_t over both workers) and lazy R1, chosen at submit time.
+             "--set", "augment.kind=ada", "--set", "augment.p=0.5", "--set", "augment.interval=2",
+             "--set", "augment.speed_kimg=0.16", "--set", "gan.r1_gamma=1.0", "--set", "gan.r1_interval=2"],
             cwd=REPO, env=job_env, capture_output=True, text=True, timeout=300)
         assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-4000:]
         assert "succeeded" in (submit.stdout + submit.stderr).lower()
         meta = json.loads((ray_checkpoints(out / "ray" / out.name)[-1] / "meta.json").read_text())
         assert meta["step"] == 6 and meta["world_size"] == 2  # 12 steps in the file, 6 after --set
+        state, _ = load_checkpoint(ray_checkpoints(out / "ray" / out.name)[-1])
+        assert float(state["augment"]["p"]) != pytest.approx(0.5)   # ADA's p moved and was checkpointed
         assert list((out / "wandb").glob("offline-run-*"))
 
         # An attribute classifier goes the same way: ray_jobs/classifier.py.

@@ -1,5 +1,6 @@
-"""WGAN-GP and the VAE on Ray Train: 2 DDP workers (one per node of the shared test cluster) run the
-generic loop to the end, their parameters agree at every report, and the run's checkpoint loads.
+"""WGAN-GP (with DiffAugment), DCGAN (with ADA and R1) and the VAE on Ray Train: 2 DDP workers (one
+per node of the shared test cluster) run the generic loop to the end, their parameters agree at every
+report, the run's checkpoint loads, and ADA's p is one value for the run (checkpointed, reported).
 
     .venv/bin/python -m pytest -q tests/test_ray_families.py
 """
@@ -15,8 +16,13 @@ import pytest
 from facegan.config import to_dict
 
 FAMILY_SECTIONS = {
-    # Two critic batches per step: the repeat runs through DDP on every worker.
-    "wgangp": {"model": {"family": "wgangp"}, "gan": {"n_critic": 2}},
+    # Two critic batches per step: the repeat runs through DDP on every worker; DiffAugment on every
+    # image the critic sees (reals, fakes and the penalty's interpolates), each rank its own draws.
+    "wgangp": {"model": {"family": "wgangp"}, "gan": {"n_critic": 2}, "augment": {"kind": "diffaugment"}},
+    # ADA: p starts at 0.5 and moves every 2 steps from r_t all-reduced over the workers; R1's double
+    # backward every other step (synchronised by hand, like the gradient penalty).
+    "dcgan": {"model": {"family": "dcgan"}, "augment": {"kind": "ada", "p": 0.5, "interval": 2, "speed_kimg": 0.16},
+              "gan": {"r1_gamma": 1.0, "r1_interval": 2}},
     # The ELBO on val at the end: every rank scores its share, sums all-reduced over gloo.
     "vae": {"model": {"family": "vae", "z_dim": 8}, "optim": {"lr": 2e-3}},
 }
@@ -52,5 +58,12 @@ def test_two_worker_ray_run(family: str, ray_cluster: Any, synthetic_shards: Pat
         final = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()
                  if "eval/val/elbo" in line]
         assert final and final[-1]["eval/val/elbo"] == pytest.approx(result["metrics"]["eval/val/elbo"])
-    else:
+    elif family == "wgangp":
         assert {"loss/gp", "wasserstein", "loss/g"} <= set(result["metrics"])
+        assert state["augment"] == {}      # DiffAugment has no state
+    else:
+        # p moved from 0.5 (3 adjustments of 0.1 in 6 steps), the checkpoint holds the value the
+        # workers reported: one p for the run, not one per worker.
+        p = float(state["augment"]["p"])
+        assert p != pytest.approx(0.5) and p == pytest.approx(result["metrics"]["augment_p"])
+        assert result["metrics"]["loss/r1"] > 0
