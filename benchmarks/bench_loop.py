@@ -254,8 +254,9 @@ def facegan_config(shards: Path, out: Path, args: argparse.Namespace) -> RunConf
                  "shuffle_buffer": args.shuffle_buffer},
         "model": model,
         "optim": optim, "gan": gan, **sections,
-        # total_kimg lies beyond the window: should_stop ends the run, so no final checkpoint.
-        "train": {"total_kimg": (args.tick_steps + args.steps) * per_step * 2 / 1000,
+        # total_kimg lies beyond the window: should_stop ends the run, so no final checkpoint. fp32
+        # and NCHW like the bare loops (train.precision: auto would pick bf16 on a CPU with bf16 units).
+        "train": {"precision": "fp32", "channels_last": False, "total_kimg": (args.tick_steps + args.steps) * per_step * 2 / 1000,
                   "tick_kimg": tick_images / 1000, "checkpoint_kimg": 1e6, "device": "cpu",
                   "num_threads": args.threads, "seed": 0, "out_dir": str(out)},
         "wandb": {"enabled": False},

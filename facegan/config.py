@@ -323,11 +323,13 @@ class CommonTrainConfig:
     checkpoint_kimg: float = 20.0          # checkpoint every this many kimg (and at the end)
     keep_checkpoints: int = 3
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Autocast. auto: bf16 on CUDA (fp16 where the GPU has no bf16), fp32 on CPU; bf16 on CPU is
-    # honoured (CPU autocast; fast only where the CPU has bf16 units); fp16 on CPU falls back to fp32.
+    # Autocast (facegan.runtime.resolve_precision). auto: bf16 on CUDA (fp16 where the GPU has no
+    # bf16); on CPU bf16 where the CPU has bf16 units (AVX512-BF16/AMX) and the family has not opted
+    # out (Family.cpu_bf16), else fp32. bf16 on CPU is honoured; fp16 on CPU falls back to fp32.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False                  # torch.compile the training nets (in place: checkpoints unchanged)
-    channels_last: bool = False            # nets and batches in channels_last memory format
+    # Nets and batches in channels_last memory format; auto: on for CPU runs computing in bf16.
+    channels_last: bool | Literal["auto"] = "auto"
     # Fused Adam kernels (CPU and CUDA): faster, and they take the step's finiteness flag as a device
     # tensor, so the loop skips a non-finite step without a host sync; false: torch's default Adam
     # and one host sync per phase for the check.

@@ -347,12 +347,12 @@ def resume_run(run: Run, path: Path, cfg: RunConfig) -> None:
     run.state.load(state, meta, where=path)
 
 
-def place(run: Run, tc: Any, device: torch.device) -> None:
+def place(run: Run, tc: Any, device: torch.device, *, channels_last: bool) -> None:
     """Nets, EMA copies, optimizer state and the family's state on the run's device (and memory
     format: channels_last moves 4-d parameters and buffers in place, the same objects)."""
     for net in (*run.nets.values(), *run.emas.values()):
         net.to(device)
-        if tc.channels_last:
+        if channels_last:
             net.to(memory_format=torch.channels_last)
     for opt in run.opts.values():
         _optimizer_to(opt, fused=tc.fused_adam)
@@ -569,7 +569,8 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
     rank, world = hooks.rank, hooks.world_size
     tc, family = cfg.train, FAMILIES[cfg.model.family]
     out = Path(tc.out_dir)
-    device, amp_dtype = setup_torch(tc, hooks)
+    device, prec = setup_torch(tc, hooks, family)
+    amp_dtype = prec.amp_dtype
     shards = ShardSet.open(cfg.data.shards)
     check_shards(cfg, shards, world_size=world)
     if rank == 0:
@@ -584,7 +585,7 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
         resume_run(run, resume, cfg)
         if rank == 0:
             log.info("resumed from %s at step %d (%.1f kimg)", resume, progress.step, progress.kimg)
-    place(run, tc, device)
+    place(run, tc, device, channels_last=prec.channels_last)
     saved_stage, stage = progress.stage, run.steps.stage(progress.kimg)
     # A checkpoint that ends where a stage begins: clear the moments as an uninterrupted run does there.
     enter_stage(run, family, stage, clear_moments=saved_stage is not None and saved_stage != stage)
@@ -597,14 +598,16 @@ def train(cfg: RunConfig, *, hooks: Hooks | None = None) -> dict[str, float]:
     loader = train_loader(shards, batch_size=cfg.data.batch_size, rank=rank, world_size=world,
                           num_workers=cfg.data.num_workers, seed=tc.seed, shuffle_buffer=cfg.data.shuffle_buffer,
                           start_batch=progress.batches, pin_memory=on_gpu, normalize=not on_gpu,
-                          channels_last=tc.channels_last)
+                          channels_last=prec.channels_last)
     batch_total = cfg.data.batch_size * world
     feed = Feed(loader, progress, batch_total=batch_total, device=device, normalize=on_gpu)
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
     ticker = TickWork(cfg, run, shards=shards, hooks=hooks, device=device, autocast=autocast)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+        # What `auto` became on this machine sits beside the config as written.
+        resolved = {"precision": prec.name, "channels_last": prec.channels_last, "why": prec.why}
+        (out / "config.json").write_text(json.dumps({**to_dict(cfg), "resolved": resolved}, indent=1))
     ticks = every_kimg(tc.tick_kimg, batch_total=batch_total, images_seen=progress.images_seen)
     ckpts = every_kimg(tc.checkpoint_kimg, batch_total=batch_total, images_seen=progress.images_seen)
     evals = every_kimg(cfg.eval.every_kimg, batch_total=batch_total, images_seen=progress.images_seen)

@@ -5,7 +5,8 @@
   decision broadcast), so DDP never hangs on a rank that took another branch;
 - `BadSteps`: counts skipped (non-finite) steps and stops the run after `max_bad_steps` in a row;
 - `gather_rng`, `resume_dir`, `bare`: checkpoint/resume helpers (facegan.runstate holds the run's state);
-- `setup_torch`: device (CUDA when asked or available, else CPU), autocast dtype (`pick_precision`),
+- `setup_torch`: device (CUDA when asked or available, else CPU), precision (`resolve_precision`:
+  autocast dtype and channels_last, agreed across ranks),
   threads and determinism.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,26 +41,83 @@ def pick_device(tc: CommonTrainConfig, hooks: Hooks) -> torch.device:
     return torch.device("cpu")
 
 
-def pick_precision(tc: CommonTrainConfig, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for fp32.
+@dataclass(frozen=True)
+class Precision:
+    """What a run computes in: the autocast dtype (None: fp32), whether nets and batches are
+    channels_last, and why (the one line a run logs)."""
 
-    CUDA: auto and bf16 give bf16 (fp16 where the GPU has no bf16), fp16 gives fp16 (with a loss
-    scaler). CPU: auto is fp32; bf16, asked for explicitly, is CPU autocast in bf16 (fast only on
-    CPUs with bf16 units, so it warns on others); fp16 falls back to fp32 with a warning (its loss
-    scaling is a CUDA path)."""
-    p = tc.precision
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    why: str
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+
+
+_DTYPE_CODES = (None, torch.bfloat16, torch.float16)
+
+
+def resolve_precision(tc: CommonTrainConfig, device: torch.device, family: Any = None) -> Precision:
+    """`train.precision` and `train.channels_last` made concrete for this device and family.
+
+    CUDA: auto and bf16 give bf16 autocast (fp16 where the GPU has no bf16), fp16 gives fp16 (with a
+    loss scaler). CPU: auto is bf16 autocast where the CPU has bf16 units (AVX512-BF16 or AMX;
+    `cpu_has_bf16`) and the family has not opted out (`Family.cpu_bf16`, its `cpu_bf16_note` says
+    why), else fp32; bf16, asked for explicitly, is honoured (warning on CPUs without bf16 units,
+    where autocast emulates it); fp16 falls back to fp32 with a warning (its loss scaling is a CUDA
+    path). channels_last auto: on when a CPU run computes in bf16 (oneDNN's bf16 convolutions are
+    fastest on NHWC: DCGAN 64x64 1.70x fp32 with both, benchmarks/bench_precision.py per family),
+    off otherwise (on CUDA it stays what it was until a GPU measures it: set it explicitly)."""
+    p, name = tc.precision, getattr(family, "name", "this family")
     if device.type == "cuda":
-        if p == "auto" or p == "bf16":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float16 if p == "fp16" else None
-    if p == "bf16":
+        if p in ("auto", "bf16"):
+            amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            why = f"train.precision={p} on CUDA"
+        else:
+            amp, why = (torch.float16 if p == "fp16" else None), f"train.precision={p}"
+    elif p == "bf16":
         if not cpu_has_bf16():
             log.warning("train.precision=bf16 on a CPU without bf16 units: autocast emulates it, slower than fp32")
-        return torch.bfloat16
-    if p == "fp16":
-        log.warning("train.precision=fp16 needs CUDA; running fp32 on %s (train.precision: bf16 runs CPU autocast)",
-                    device)
-    return None
+        amp, why = torch.bfloat16, "train.precision=bf16"
+    elif p == "auto":
+        if not cpu_has_bf16():
+            amp, why = None, "train.precision=auto: this CPU has no bf16 units"
+        elif family is not None and not getattr(family, "cpu_bf16", True):
+            amp, why = None, f"train.precision=auto: {name} keeps fp32 on CPU ({family.cpu_bf16_note})"
+        else:
+            amp, why = torch.bfloat16, "train.precision=auto: this CPU has bf16 units (train.precision=fp32 to opt out)"
+    else:
+        if p == "fp16":
+            log.warning("train.precision=fp16 needs CUDA; running fp32 on %s (train.precision: bf16 runs CPU autocast)",
+                        device)
+        amp, why = None, f"train.precision={p}"
+    cl = tc.channels_last
+    if cl == "auto":
+        cl = device.type == "cpu" and amp is torch.bfloat16
+    return Precision(amp, bool(cl), why)
+
+
+def agree_precision(prec: Precision) -> Precision:
+    """Rank 0's precision on every rank: ranks on different machines (a CPU with and one without
+    bf16 units) could resolve `auto` differently, and DDP ranks must compute the same way."""
+    if not distributed():
+        return prec
+    t = torch.tensor([_DTYPE_CODES.index(prec.amp_dtype), int(prec.channels_last)], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.broadcast(t, src=0)
+    code, cl = (int(v) for v in t.tolist())
+    if (_DTYPE_CODES[code], bool(cl)) == (prec.amp_dtype, prec.channels_last):
+        return prec
+    log.warning("rank %d resolved %s, channels_last %s; using rank 0's choice", dist.get_rank(), prec.name,
+                prec.channels_last)
+    return Precision(_DTYPE_CODES[code], bool(cl), prec.why + " (rank 0's choice)")
+
+
+def pick_precision(tc: CommonTrainConfig, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for fp32 (`resolve_precision` without a family)."""
+    return resolve_precision(tc, device).amp_dtype
 
 
 def cpu_has_bf16() -> bool:
@@ -69,11 +128,13 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def setup_torch(tc: CommonTrainConfig, hooks: Hooks) -> tuple[torch.device, torch.dtype | None]:
-    """Device, autocast dtype, thread count and determinism from a train config section
-    (`facegan.config.CommonTrainConfig` fields); returns (device, autocast dtype or None)."""
+def setup_torch(tc: CommonTrainConfig, hooks: Hooks, family: Any = None) -> tuple[torch.device, Precision]:
+    """Device, precision (autocast dtype and memory format, agreed across ranks), thread count and
+    determinism from a train config section (`facegan.config.CommonTrainConfig` fields)."""
     device = pick_device(tc, hooks)
-    amp_dtype = pick_precision(tc, device)
+    prec = agree_precision(resolve_precision(tc, device, family))
+    if hooks.rank == 0:
+        log.info("precision: %s%s (%s)", prec.name, " + channels_last" if prec.channels_last else "", prec.why)
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     if tc.deterministic:
@@ -82,7 +143,7 @@ def setup_torch(tc: CommonTrainConfig, hooks: Hooks) -> tuple[torch.device, torc
         torch.backends.cudnn.benchmark = False
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    return device, amp_dtype
+    return device, prec
 
 
 def check_writable_dir(path: str | Path, *, field: str) -> Path:

@@ -76,8 +76,11 @@ def test_majority_baseline_on_a_toy_with_known_answer() -> None:
 def trained(synthetic_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A short report-CNN run on the session's synthetic shards (4 kimg: 250 steps of 16, ~5 s)."""
     out = tmp_path_factory.mktemp("clf") / "run"
+    # fp32, NCHW: the round-trip test below wants the run's own final scores bit for bit from the
+    # reloaded (fp32, NCHW) model; precision auto would train in bf16 + channels_last on a bf16 CPU.
     cfg = tiny_cfg(synthetic_shards, out, train={"total_kimg": 4, "tick_kimg": 1, "checkpoint_kimg": 2,
-                                                 "deterministic": False}, eval={"every_kimg": 2})
+                                                 "deterministic": False, "precision": "fp32",
+                                                 "channels_last": False}, eval={"every_kimg": 2})
     nets: list[torch.nn.Module] = []
     metrics = train_classifier(cfg, hooks=Hooks(wrap_model=lambda m, device: nets.append(m) or m))
     return {"cfg": cfg, "out": out, "metrics": metrics, "net": nets[0]}

@@ -297,7 +297,8 @@ def test_channels_last_applied_and_resumes_exactly(synthetic_shards: Path, tmp_p
                and not v.is_contiguous() for v in state["D"].values())
     # The switch really changes something: without it the batches are plain NCHW.
     plain = Recorder()
-    train(tiny_cfg(synthetic_shards, tmp_path / "nchw", steps=1), hooks=Hooks(wrap_model=plain.wrap))
+    train(tiny_cfg(synthetic_shards, tmp_path / "nchw", steps=1, train={"channels_last": False, "precision": "fp32"}),
+          hooks=Hooks(wrap_model=plain.wrap))
     assert not plain.seen["DCGANDiscriminator"]["input_channels_last"]
     assert_resumes_exactly(synthetic_shards, tmp_path, train={"channels_last": True})
 
@@ -311,16 +312,71 @@ def test_bf16_autocast_on_cpu_when_asked(synthetic_shards: Path, tmp_path: Path,
     assert math.isfinite(metrics["loss/d"]) and metrics["bad_steps"] == 0
     state, _ = last_state(tmp_path / "bf16")
     assert all(v.dtype in (torch.float32, torch.int64) for v in state["G"].values())   # master weights fp32
-    # auto is fp32 on CPU; fp16 falls back to fp32 with a warning.
-    for precision, warned in (("auto", False), ("fp16", True)):
+    # fp32 is fp32; fp16 falls back to fp32 with a warning.
+    for precision, warned in (("fp32", False), ("fp16", True)):
         caplog.clear()
         rec = Recorder()
         with caplog.at_level(logging.WARNING, logger="facegan.runtime"):
             train(tiny_cfg(synthetic_shards, tmp_path / precision, steps=1, train={"precision": precision}),
                   hooks=Hooks(wrap_model=rec.wrap))
         assert rec.seen["DCGANDiscriminator"]["output_dtype"] == "torch.float32"
+        assert not rec.seen["DCGANDiscriminator"]["input_channels_last"]      # channels_last auto: off in fp32
         assert ("needs CUDA" in caplog.text) == warned, caplog.text
     assert_resumes_exactly(synthetic_shards, tmp_path / "resume", train={"precision": "bf16"})
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_auto_precision_follows_the_cpu_and_the_family(synthetic_shards: Path, tmp_path: Path, monkeypatch,
+                                                       has_bf16: bool) -> None:
+    """precision auto + channels_last auto: bf16 and NHWC on a CPU with bf16 units, fp32 and NCHW on
+    one without, fp32 for a family that opts out (its note in the run's record); config.json records
+    what auto became, and the run resumes exactly."""
+    from facegan import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: has_bf16)
+    rec = Recorder()
+    train(tiny_cfg(synthetic_shards, tmp_path / "auto", steps=2), hooks=Hooks(wrap_model=rec.wrap))
+    want = "torch.bfloat16" if has_bf16 else "torch.float32"
+    assert rec.seen["DCGANDiscriminator"]["output_dtype"] == want
+    assert rec.seen["DCGANDiscriminator"]["input_channels_last"] == has_bf16
+    assert rec.seen["DCGANGenerator"]["params_channels_last"] == has_bf16
+    resolved = json.loads((tmp_path / "auto" / "config.json").read_text())["resolved"]
+    assert resolved["precision"] == ("bf16" if has_bf16 else "fp32")
+    assert resolved["channels_last"] is has_bf16
+    assert ("has bf16 units" if has_bf16 else "no bf16 units") in resolved["why"]
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["train"]["precision"] == "auto"
+    # A family that keeps fp32 on CPU does, and says why.
+    monkeypatch.setattr(DCGAN, "cpu_bf16", False)
+    monkeypatch.setattr(DCGAN, "cpu_bf16_note", "its samples degrade in bf16")
+    rec = Recorder()
+    train(tiny_cfg(synthetic_shards, tmp_path / "optout", steps=1), hooks=Hooks(wrap_model=rec.wrap))
+    assert rec.seen["DCGANDiscriminator"]["output_dtype"] == "torch.float32"
+    assert not rec.seen["DCGANDiscriminator"]["input_channels_last"]
+    resolved = json.loads((tmp_path / "optout" / "config.json").read_text())["resolved"]
+    assert resolved["precision"] == "fp32"
+    if has_bf16:
+        assert "dcgan keeps fp32 on CPU (its samples degrade in bf16)" in resolved["why"]
+    monkeypatch.undo()
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: has_bf16)
+    assert_resumes_exactly(synthetic_shards, tmp_path / "resume")
+
+
+def _precision_rank(rank: int, world: int, has_bf16: list[bool]) -> None:
+    from facegan import runtime
+    from facegan.config import TrainConfig
+
+    runtime.cpu_has_bf16 = lambda: has_bf16[rank]
+    prec = runtime.agree_precision(runtime.resolve_precision(TrainConfig(), torch.device("cpu")))
+    assert (prec.amp_dtype, prec.channels_last) == ((torch.bfloat16, True) if has_bf16[0] else (None, False)), rank
+
+
+@pytest.mark.parametrize("has_bf16", [[True, False], [False, True]])
+def test_ranks_take_rank0s_precision(tmp_path: Path, has_bf16: list[bool]) -> None:
+    """Ranks on CPUs that resolve `auto` differently (one with bf16 units, one without) all compute
+    the way rank 0 does: DDP ranks must."""
+    from ranks import run_ranks
+
+    run_ranks(_precision_rank, has_bf16, store=tmp_path / "pg")
 
 
 @pytest.mark.slow

@@ -273,6 +273,10 @@ class Family:
     augment_kinds: ClassVar[tuple[str, ...]] = ("none",)
     augment_note: ClassVar[str] = "it has no discriminator: augmentation is for the images a GAN's D sees"
     augment_nets: ClassVar[tuple[str, ...]] = ("D",)
+    # Whether `train.precision: auto` may pick bf16 autocast on a CPU with bf16 units (measured per
+    # family on real faces by benchmarks/bench_precision.py); a family that keeps fp32 says why.
+    cpu_bf16: ClassVar[bool] = True
+    cpu_bf16_note: ClassVar[str] = ""
     # Scalars its phases report (besides the loop's own); sweeps may optimise any of them.
     metrics: ClassVar[tuple[str, ...]] = ()
     # Panels of loss_curve.png: each a tuple of scalar names plotted together (y from 0 to 1 if `unit`).
