@@ -98,8 +98,11 @@ def test_table_and_json_from_hand_made_arms():
 
 def test_default_families_have_celeba64_configs():
     fams = bp.celeba64_families()
-    assert "dcgan" in fams and "progressive" not in fams
-    assert all((REPO / "configs" / f"{f}_celeba64.yaml").is_file() for f in fams)
+    assert "dcgan" in fams and "progressive" in fams
+    # every family its own celeba64 config, progressive (none) its UTKFace 64x64 one on the same shards
+    assert all((REPO / "configs" / f"{f}_celeba64.yaml").is_file() for f in fams if f not in bp.OTHER_CONFIGS)
+    assert bp.config_path("progressive") == REPO / "configs" / "progressive_utkface64.yaml"
+    assert bp.config_path("dcgan") == REPO / "configs" / "dcgan_celeba64.yaml"
 
 
 def test_predictor_and_overlay_skipped_without_inputs(tmp_path):
