@@ -36,10 +36,13 @@ first step to the last checkpoint, ticks included, start-up and the final evalua
 wall time around the subprocess beside it; speed-up = fp32_s0's train seconds / bf16_s0's.
 
 Quality, the same number for the three arms of a family:
-  generative families   fid_face of the final EMA generator against the val split (`facegan eval
-                        --features face`, dlib's face descriptor: a judge trained on neither
+  generative families   fid_face of the final raw generator against the val split (`facegan eval
+                        --features face --no-ema`, dlib's face descriptor: a judge trained on neither
                         precision), `--num-samples` images vs up to `--num-real` val faces, lower is
-                        better; face_detection_rate is kept beside it in the JSON
+                        better; face_detection_rate is kept beside it in the JSON. Not the EMA: at a
+                        few kimg with train.ema_kimg 10 the EMA generator is still mostly its
+                        initialisation (0.5 ** (1 / 10) = 93% of it after 1 kimg), which two arms
+                        of the same seed share, so it would hide what the precision did to training
   classifier            eval/val/mean_acc, its own val-split mean attribute accuracy at the end of the
                         run (the last tick of losses.jsonl), higher is better
   predictor             eval/image_mse, its own end-of-run reconstruction error |G(P(G(z))) - G(z)|^2
@@ -394,7 +397,7 @@ def eval_arm(arm: Arm, args: argparse.Namespace, logs: Path, console: Console) -
     out_json = arm.run_dir / EVAL_JSON
     cmd = [*FACEGAN, "eval", "--checkpoint", arm.result["checkpoint"], "--shards", str(Path(args.shards).resolve()),
            "--features", "face", "--num-samples", str(args.num_samples), "--num-real", str(args.num_real),
-           "--eval-split", "val", "--metrics", "fid,face_detection", "--no-progress", "--json", str(out_json)]
+           "--eval-split", "val", "--metrics", "fid,face_detection", "--no-ema", "--no-progress", "--json", str(out_json)]
     stamp = arm.run_dir / (EVAL_JSON + ".cmd")
     if (args.reuse or args.report) and out_json.is_file() and stamp.is_file() and \
             json.loads(stamp.read_text()) == cmd[1:]:

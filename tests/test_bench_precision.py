@@ -144,6 +144,9 @@ def test_toy_run_end_to_end(synthetic_shards, tmp_path):
     assert "| dcgan |" in res.stdout
     assert res.stdout.count("trained in") == 3
     assert (out / "logs" / "dcgan_fp32_s0.train.log").is_file()
+    # The judge scores the raw generator: a few-kimg EMA is still mostly the seed's initialisation.
+    eval_cmd = json.loads((out / "dcgan" / "bf16_s0" / (bp.EVAL_JSON + ".cmd")).read_text())
+    assert "--no-ema" in eval_cmd and not json.loads((out / "dcgan" / "bf16_s0" / bp.EVAL_JSON).read_text())["request"]["use_ema"]
 
     # A rerun with --reuse trains and evaluates nothing again.
     res2 = subprocess.run(cmd + ["--reuse"], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
