@@ -516,3 +516,22 @@ def test_scaling_model_reads_bench_comm_json_and_follows_its_model(tmp_path: Pat
     assert light[0] == 1.0 and all(0 < e < 1 for e in light[1:]) and light[2] > light[1]   # 400 beats 100 Gb/s
     # 128 images of 1 GFLOP at 200 TFLOP/s is 0.64 ms: the 1 ms floor sets the step.
     assert rows["light"][2] == "1.00" and rows["light"][3] == "128,000"
+
+
+def test_readme_precision_table_covers_every_family_and_matches_cpu_bf16() -> None:
+    """The README's per-family bf16 check (benchmarks/bench_precision.py on real faces) is what
+    `train.precision: auto` follows: every registered family has a row, and exactly the families
+    whose verdict is "degraded" keep fp32 on CPU, with a note saying why."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| family | fp32 s | bf16 s | speed-up |"))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0].split()[0].strip("`")] = cells[-1]
+    assert set(rows) == set(FAMILIES), sorted(set(FAMILIES) ^ set(rows))
+    for name, verdict in rows.items():
+        family = FAMILIES[name]
+        assert family.cpu_bf16 == (not verdict.startswith("degraded")), (name, verdict)
+        assert bool(family.cpu_bf16_note) == (not family.cpu_bf16), name
