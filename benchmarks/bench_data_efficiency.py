@@ -82,8 +82,9 @@ def run_grid(args: argparse.Namespace) -> int:
 
 
 def summarise(run: Path, metric: str) -> dict[str, Any]:
-    rows = [json.loads(line) for line in (run / "losses.jsonl").read_text().splitlines() if line.strip()]
-    ticks = [r for r in rows if r.get("kind") == "tick"]
+    from facegan.stats import read_log
+
+    ticks = [r for r in read_log(run / "losses.jsonl") if r.get("kind") == "tick"]
     evals = [(r["kimg"], r[metric]) for r in ticks if metric in r]
     if not evals:
         raise SystemExit(f"error: {run}/losses.jsonl: no tick reports {metric} (was eval.every_kimg set?)")

@@ -64,7 +64,9 @@ def last_tick(path: Path, kimg: float) -> dict[str, float]:
     run = path if (path / "losses.jsonl").is_file() else path.parent.parent
     if not (run / "losses.jsonl").is_file():
         return {}
-    rows = [json.loads(line) for line in (run / "losses.jsonl").read_text().splitlines() if line.strip()]
+    from facegan.stats import read_log
+
+    rows = read_log(run / "losses.jsonl")
     ticks = [r for r in rows if r.get("kind") == "tick" and r.get("kimg", 0) <= kimg + 1e-9]
     return {k: ticks[-1][k] for k in LOG_KEYS if ticks and k in ticks[-1]}
 

@@ -303,10 +303,9 @@ def final_checkpoint(run_dir: Path, kimg: float) -> tuple[Path, dict[str, Any]] 
 
 
 def read_rows(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "losses.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from facegan.stats import read_log
+
+    return read_log(run_dir / "losses.jsonl")
 
 
 def tick_rates(rows: list[dict[str, Any]]) -> list[float]:

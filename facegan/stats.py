@@ -13,6 +13,7 @@ in facegan.launch.sinks (W&B only under launch/).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -122,15 +123,23 @@ class JsonlSink:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A line a killed writer cut short stays alone on its line (readers skip it): the next row
+        # must not be glued to it and lost with it.
+        self.torn = False
+        if self.path.is_file() and self.path.stat().st_size:
+            with open(self.path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                self.torn = f.read(1) != b"\n"
 
     def progress(self, images_seen: int) -> None:
         pass
 
     def log_rows(self, rows: list[dict[str, Any]]) -> None:
-        text = "".join(json.dumps(row) + "\n" for row in rows)
+        text = "\n" * self.torn + "".join(json.dumps(row) + "\n" for row in rows)
         try:
             with open(self.path, "a") as f:
                 f.write(text)   # one write: a kill can cut at most the last line, which readers skip
+            self.torn = False
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}; the checkpoints written so "
                                   "far are intact (free space, then resume with train.resume: latest)") from None
@@ -201,6 +210,32 @@ def save_loss_arrays(rows: list[dict[str, float]], directory: Path, *, epoch: in
     return path
 
 
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The rows of a losses.jsonl as one uninterrupted run would have logged them.
+
+    The log is append-only: a run restarted from a checkpoint (a resume, or Ray Train's fault
+    recovery) logs again the steps after it, which the failed attempt may have logged already
+    (identical values under exact resume). Here each (kind, step) row appears once, the last one
+    written, in step order (a step's row before its tick's); a line cut short by a killed writer
+    is skipped. Every reader of the log goes through this."""
+    rows: dict[tuple[Any, int], tuple[int, dict[str, Any]]] = {}
+    step = 0
+    if not Path(path).is_file():
+        return []
+    for i, line in enumerate(Path(path).read_text().splitlines()):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(row, dict):
+            continue
+        step = row["step"] if isinstance(row.get("step"), int) else step
+        kind = row.get("kind")
+        rows[(kind, step) if isinstance(row.get("step"), int) else (kind, step, i)] = (i, row)  # type: ignore[index]
+    order = sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0] != "step", kv[1][0]))
+    return [row for _, (_, row) in order]
+
+
 def plot_loss_curves(jsonl: Path, out_png: Path, *,
                      panels: tuple[tuple[str, ...], ...] = (("loss/d", "loss/g"), ("D(x)", "D(G(z))"))) -> None:
     """Loss-curve PNG from the per-step JSON-lines file: one panel per tuple of scalar names (a
@@ -210,14 +245,7 @@ def plot_loss_curves(jsonl: Path, out_png: Path, *,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = []
-    if Path(jsonl).is_file():
-        for line in Path(jsonl).read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:   # a line cut short by a killed writer: the rows around it still count
-                continue
-    rows = [r for r in rows if r.get("kind") == "step"]
+    rows = [r for r in read_log(jsonl) if r.get("kind") == "step"]
     panels = tuple(p for p in panels if any(k in r for r in rows for k in p))
     if not rows or not panels:
         return

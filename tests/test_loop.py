@@ -17,6 +17,7 @@ from facegan.families import FAMILIES, RunConfig
 from facegan.families.dcgan import DCGAN
 from facegan.hooks import Hooks
 from facegan.loop import train
+from facegan.stats import read_log
 from facegan.runtime import TrainingError
 
 
@@ -80,6 +81,29 @@ def test_stop_and_resume_ends_with_identical_parameters(synthetic_shards: Path, 
     train(other)
     c, _ = load_checkpoint(list_checkpoints(tmp_path / "other" / "checkpoints")[-1])
     assert any(not torch.equal(a["G"][k], c["G"][k]) for k in a["G"])
+
+
+def test_the_log_of_a_run_resumed_behind_its_last_row_reads_as_one_run(synthetic_shards: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(tiny_cfg(synthetic_shards, out))
+    log_file = out / "losses.jsonl"
+    before = read_log(log_file)
+    # As after a kill: the run logged steps 14-25 past its step-13 checkpoint, and a torn last line.
+    with open(log_file, "a") as f:
+        f.write('{"kind": "step", "st')
+    mid = next(c for c in list_checkpoints(out / "checkpoints") if json.loads((c / "meta.json").read_text())["step"] == 13)
+    train(tiny_cfg(synthetic_shards, out, train={"resume": str(mid)}))
+    lines = log_file.read_text().splitlines()
+    assert lines.count('{"kind": "step", "st') == 1             # the torn line stays alone on its line
+    raw = [json.loads(line) for line in lines if line != '{"kind": "step", "st']
+    assert [r["step"] for r in raw if r["kind"] == "step"].count(14) == 2    # the log is append-only
+    after = read_log(log_file)
+    steps = [r for r in after if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, 26))      # each step once, in order
+    assert steps == [r for r in before if r["kind"] == "step"]   # and, resumed exactly, the same values
+    ticks = [r["step"] for r in after if r["kind"] == "tick"]
+    assert ticks == sorted(set(ticks)) and ticks == [r["step"] for r in before if r["kind"] == "tick"]
+    assert [r["kind"] for r in after if r["step"] == 25] == ["step", "tick"]
 
 
 def test_incompatible_checkpoint_says_what_differs(synthetic_shards: Path, tmp_path: Path) -> None:
