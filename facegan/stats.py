@@ -218,10 +218,10 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     (identical values under exact resume). Here each (kind, step) row appears once, the last one
     written, in step order (a step's row before its tick's); a line cut short by a killed writer
     is skipped. Every reader of the log goes through this."""
-    rows: dict[tuple[Any, int], tuple[int, dict[str, Any]]] = {}
-    step = 0
     if not Path(path).is_file():
         return []
+    kept: dict[Any, tuple[int, int, dict[str, Any]]] = {}
+    step = 0
     for i, line in enumerate(Path(path).read_text().splitlines()):
         try:
             row = json.loads(line)
@@ -229,11 +229,12 @@ def read_log(path: Path) -> list[dict[str, Any]]:
             continue
         if not isinstance(row, dict):
             continue
-        step = row["step"] if isinstance(row.get("step"), int) else step
-        kind = row.get("kind")
-        rows[(kind, step) if isinstance(row.get("step"), int) else (kind, step, i)] = (i, row)  # type: ignore[index]
-    order = sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0] != "step", kv[1][0]))
-    return [row for _, (_, row) in order]
+        if isinstance(row.get("step"), int):
+            step, key = row["step"], (row.get("kind"), row["step"])
+        else:
+            key = i   # a row without a step stays where it stands
+        kept[key] = (step, i, row)
+    return [row for _, _, row in sorted(kept.values(), key=lambda t: (t[0], t[2].get("kind") != "step", t[1]))]
 
 
 def plot_loss_curves(jsonl: Path, out_png: Path, *,

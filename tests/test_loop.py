@@ -17,8 +17,8 @@ from facegan.families import FAMILIES, RunConfig
 from facegan.families.dcgan import DCGAN
 from facegan.hooks import Hooks
 from facegan.loop import train
-from facegan.stats import read_log
 from facegan.runtime import TrainingError
+from facegan.stats import read_log
 
 
 def tiny_cfg(shards: Path, out: Path, **sections) -> RunConfig:
